@@ -1,0 +1,26 @@
+# Two entry points (see README): `make demo` and `make test`. Both build .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision pinned together: torch 2.13's torchvision fails to import, which breaks nnU-Net's trainer lookup
+TORCH := torch==2.14.1 torchvision==0.29.1
+DEMO_DIR ?= demo_output
+
+export nnUNet_def_n_proc ?= 2
+export nnUNet_n_proc_DA ?= 0
+export nnUNet_compile ?= f
+
+.PHONY: venv demo test
+venv: $(BIN)/nnunet_oar
+
+$(BIN)/nnunet_oar: setup.py
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH) nnunetv2==2.8.1 pytest
+	$(BIN)/pip install -q -e .
+	touch $@
+
+demo: venv
+	$(BIN)/nnunet_oar demo -o $(DEMO_DIR)
+
+test: venv
+	$(BIN)/python -m pytest -q tests

@@ -1,0 +1,7 @@
+"""Convert OpenKBP data to an nnU-Net raw data set; same as `nnunet_oar convert-openkbp`."""
+import sys
+
+from nnunet_oar.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["convert-openkbp", *sys.argv[1:]]))

@@ -1,0 +1,1 @@
+"""Source data sets (VISCERAL, OpenKBP) -> nnU-Net raw data sets."""

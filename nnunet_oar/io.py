@@ -1,0 +1,159 @@
+"""File I/O at the edges: image reading with clear errors, atomic writes, geometry records.
+
+Every output of nnunet_oar is written to a temporary name in its destination folder and renamed into
+place, so an interrupted run never leaves a half-written file or data set behind, and a rerun simply
+replaces what was there.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+PathLike = Union[str, os.PathLike]
+
+
+class InputError(ValueError):
+    """Bad input data. The message always names the offending file and what is wrong with it."""
+
+
+def _split_suffix(name: str) -> tuple:
+    for suffix in (".nii.gz", ".tar.xz", ".json", ".csv", ".npz", ".png", ".md"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    stem, dot, ext = name.rpartition(".")
+    return (stem, dot + ext) if dot else (name, "")
+
+
+@contextlib.contextmanager
+def atomic_path(dst: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``dst`` (same suffix, so writers pick the right format); on success
+    it is renamed onto ``dst``, on failure removed."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    stem, suffix = _split_suffix(dst.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=dst.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(dst: PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``dst``; on success it replaces ``dst`` (an existing
+    ``dst`` is removed only after the new one is complete), on failure it is removed."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    try:
+        yield tmp
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+            os.replace(dst, old / dst.name)
+            os.replace(tmp, dst)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_json(obj: Any, dst: PathLike) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(dst) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+def write_image(image: sitk.Image, dst: PathLike) -> None:
+    """Write a SimpleITK image (compressed), atomically."""
+    with atomic_path(dst) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def read_image(path: PathLike, what: str = "image") -> sitk.Image:
+    """Read an image and check that it is usable.
+
+    Raises:
+        InputError: naming ``path`` when the file is missing, unreadable, empty, not 3D, or holds NaN/inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} file does not exist")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reader error"
+        raise InputError(f"{path}: cannot read {what} ({first})") from None
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: {what} is {image.GetDimension()}D, expected 3D")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: {what} has {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    if 0 in image.GetSize():
+        raise InputError(f"{path}: {what} is empty (size {image.GetSize()})")
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind == "f" and (not np.isfinite(array).all() or _nifti_has_nan(path)):
+        raise InputError(f"{path}: {what} holds NaN or infinite values")
+    return image
+
+
+def _nifti_has_nan(path: Path) -> bool:
+    """ITK's NIfTI reader turns NaN into 0, so float NIfTI files are checked once more with nibabel."""
+    if not path.name.endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel
+    return not np.isfinite(np.asanyarray(nibabel.load(str(path)).dataobj)).all()
+
+
+def geometry(image: sitk.Image) -> Dict[str, list]:
+    """Geometry record used in every JSON contract: size, spacing (mm) and origin (mm) in SimpleITK
+    x,y,z order, and the 3x3 direction matrix row-major."""
+    return {
+        "size_xyz": list(image.GetSize()),
+        "spacing_xyz": list(image.GetSpacing()),
+        "origin_xyz": list(image.GetOrigin()),
+        "direction": list(image.GetDirection()),
+    }
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tol_mm: float = 1e-3) -> bool:
+    """True when two images share size, spacing, origin and direction (within ``tol_mm`` / 1e-4)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol_mm)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4)
+    )
+
+
+def image_from_geometry(array_zyx: np.ndarray, geom: Dict[str, list]) -> sitk.Image:
+    """Build an image from a numpy array (z,y,x) and a :func:`geometry` record."""
+    image = sitk.GetImageFromArray(array_zyx)
+    if tuple(image.GetSize()) != tuple(geom["size_xyz"]):
+        raise ValueError(f"array shape (z,y,x) {array_zyx.shape} does not match size_xyz {geom['size_xyz']}")
+    image.SetSpacing([float(v) for v in geom["spacing_xyz"]])
+    image.SetOrigin([float(v) for v in geom["origin_xyz"]])
+    image.SetDirection([float(v) for v in geom["direction"]])
+    return image

@@ -1,0 +1,132 @@
+"""The organ catalogue: the one place that knows each structure.
+
+Every stage refers to organs by their canonical name (``liver``, ``parotid_left``). This module maps
+those names to the ids used by the source data sets (VISCERAL RadLex ids, OpenKBP ROI file names),
+to the label values of the nnU-Net data sets we write, and to their left/right partners.
+
+Label values: an nnU-Net data set needs consecutive labels (background 0, then 1..n). A data set made
+from an organ *set* (VISCERAL, OpenKBP) numbers its organs in catalogue order; a subset keeps that
+order and is renumbered consecutively. :func:`labels_for` is the only function that does this.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence
+
+
+@dataclass(frozen=True)
+class Organ:
+    """One anatomical structure.
+
+    Attributes:
+        name: canonical name, used in dataset.json, file names and JSON outputs.
+        organ_set: the source data set family, ``"visceral"`` or ``"openkbp"``.
+        radlex: VISCERAL RadLex id (the number in VISCERAL mask file names), if any.
+        openkbp_roi: OpenKBP ROI file stem (``Brainstem`` for ``Brainstem.csv``), if any.
+        partner: canonical name of the contralateral structure, for paired organs.
+        hu: typical CT number in Hounsfield units (used by the synthetic phantoms).
+    """
+
+    name: str
+    organ_set: str
+    radlex: Optional[int] = None
+    openkbp_roi: Optional[str] = None
+    partner: Optional[str] = None
+    hu: float = 40.0
+
+    @property
+    def side(self) -> Optional[str]:
+        """``"left"``, ``"right"`` or ``None`` for unpaired structures."""
+        if self.partner is None:
+            return None
+        return "left" if self.name.endswith("_left") or "_left_" in self.name else "right"
+
+
+_ORGANS: List[Organ] = [
+    # VISCERAL Anatomy 3 structures (RadLex id -> name), in the order of their RadLex ids.
+    Organ("liver", "visceral", radlex=58, hu=60),
+    Organ("spleen", "visceral", radlex=86, hu=50),
+    Organ("pancreas", "visceral", radlex=170, hu=45),
+    Organ("gallbladder", "visceral", radlex=187, hu=10),
+    Organ("urinary_bladder", "visceral", radlex=237, hu=15),
+    Organ("aorta", "visceral", radlex=480, hu=180),
+    Organ("trachea", "visceral", radlex=1247, hu=-900),
+    Organ("lung_right", "visceral", radlex=1302, partner="lung_left", hu=-820),
+    Organ("lung_left", "visceral", radlex=1326, partner="lung_right", hu=-820),
+    Organ("sternum", "visceral", radlex=2473, hu=400),
+    Organ("thyroid_gland", "visceral", radlex=7578, hu=90),
+    Organ("vertebra_L1", "visceral", radlex=29193, hu=450),
+    Organ("kidney_right", "visceral", radlex=29662, partner="kidney_left", hu=150),
+    Organ("kidney_left", "visceral", radlex=29663, partner="kidney_right", hu=150),
+    Organ("adrenal_gland_right", "visceral", radlex=30324, partner="adrenal_gland_left", hu=30),
+    Organ("adrenal_gland_left", "visceral", radlex=30325, partner="adrenal_gland_right", hu=30),
+    Organ("psoas_major_right", "visceral", radlex=32248, partner="psoas_major_left", hu=55),
+    Organ("psoas_major_left", "visceral", radlex=32249, partner="psoas_major_right", hu=55),
+    Organ("rectus_abdominis_right", "visceral", radlex=40357, partner="rectus_abdominis_left", hu=50),
+    Organ("rectus_abdominis_left", "visceral", radlex=40358, partner="rectus_abdominis_right", hu=50),
+    # OpenKBP head-and-neck OARs (ROI file stem -> name).
+    Organ("brainstem", "openkbp", openkbp_roi="Brainstem", hu=35),
+    Organ("spinal_cord", "openkbp", openkbp_roi="SpinalCord", hu=35),
+    Organ("parotid_right", "openkbp", openkbp_roi="RightParotid", partner="parotid_left", hu=10),
+    Organ("parotid_left", "openkbp", openkbp_roi="LeftParotid", partner="parotid_right", hu=10),
+    Organ("esophagus", "openkbp", openkbp_roi="Esophagus", hu=40),
+    Organ("larynx", "openkbp", openkbp_roi="Larynx", hu=30),
+    Organ("mandible", "openkbp", openkbp_roi="Mandible", hu=900),
+]
+
+ORGANS: Dict[str, Organ] = {o.name: o for o in _ORGANS}
+BY_RADLEX: Dict[int, Organ] = {o.radlex: o for o in _ORGANS if o.radlex is not None}
+BY_OPENKBP_ROI: Dict[str, Organ] = {o.openkbp_roi: o for o in _ORGANS if o.openkbp_roi is not None}
+
+
+def get(name: str) -> Organ:
+    """Return the catalogue entry for a canonical name; raise a ``KeyError`` that lists the valid names."""
+    try:
+        return ORGANS[name]
+    except KeyError:
+        raise KeyError(f"unknown organ {name!r}; known organs: {', '.join(ORGANS)}") from None
+
+
+def organ_set(set_name: str) -> List[str]:
+    """Canonical names of one organ set (``"visceral"`` or ``"openkbp"``), in catalogue order."""
+    names = [o.name for o in _ORGANS if o.organ_set == set_name]
+    if not names:
+        raise KeyError(f"unknown organ set {set_name!r}; known: visceral, openkbp")
+    return names
+
+
+def labels_for(names: Iterable[str]) -> Dict[str, int]:
+    """nnU-Net ``labels`` dict for a set of organs: background 0, organs 1..n in catalogue order.
+
+    Args:
+        names: canonical organ names, in any order; duplicates are an error.
+
+    Returns:
+        ``{"background": 0, organ: label, ...}``, ready for dataset.json.
+    """
+    names = list(names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate organ names in {names}")
+    for n in names:
+        get(n)
+    order = [o.name for o in _ORGANS if o.name in set(names)]
+    return {"background": 0, **{n: i + 1 for i, n in enumerate(order)}}
+
+
+def organs_from_labels(labels: Dict[str, int]) -> Dict[int, str]:
+    """Invert a dataset.json ``labels`` dict: ``{label value: organ name}`` without background."""
+    return {int(v): k for k, v in labels.items() if k != "background" and int(v) != 0}
+
+
+def mirrored_channel_order(names: Sequence[str]) -> List[int]:
+    """Channel permutation that swaps left/right partners.
+
+    Args:
+        names: organ names in channel order.
+
+    Returns:
+        ``perm`` such that ``x[perm]`` is what ``x`` becomes when the image is mirrored left-right:
+        a paired organ's channel takes its partner's, provided the partner is present in ``names``.
+    """
+    index = {n: i for i, n in enumerate(names)}
+    return [index.get(get(n).partner, i) if get(n).partner else i for i, n in enumerate(names)]

@@ -1,0 +1,58 @@
+"""nnU-Net folder lookup with clear errors (the variables are read when called, not at import)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+
+
+def _env_folder(name: str) -> Path:
+    value = os.environ.get(name)
+    if not value:
+        raise OSError(f"environment variable {name} is not set; nnU-Net needs nnUNet_raw, nnUNet_preprocessed "
+                      "and nnUNet_results (see README)")
+    return Path(value)
+
+
+def raw_root() -> Path:
+    """``$nnUNet_raw``."""
+    return _env_folder("nnUNet_raw")
+
+
+def preprocessed_root() -> Path:
+    """``$nnUNet_preprocessed``."""
+    return _env_folder("nnUNet_preprocessed")
+
+
+def results_root() -> Path:
+    """``$nnUNet_results``."""
+    return _env_folder("nnUNet_results")
+
+
+def find_dataset(root: Path, dataset_id: int) -> Optional[Path]:
+    """The folder ``Dataset{ID:03d}_*`` under ``root``, or ``None``; two such folders are an error."""
+    hits = sorted(root.glob(f"Dataset{dataset_id:03d}_*")) if root.is_dir() else []
+    if len(hits) > 1:
+        raise RuntimeError(f"{root}: several folders for dataset id {dataset_id}: {[h.name for h in hits]}")
+    return hits[0] if hits else None
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """nnU-Net's folder name for a data set: ``Dataset{ID:03d}_{name}``."""
+    if not 1 <= dataset_id <= 999:
+        raise ValueError(f"dataset id must be 1..999, got {dataset_id}")
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def trainer_path() -> Path:
+    """The folder holding only our trainer modules; put it in ``nnUNet_extTrainer``."""
+    return Path(__file__).resolve().parent / "trainers"
+
+
+def ensure_trainer_path() -> None:
+    """Add :func:`trainer_path` to ``nnUNet_extTrainer`` in this process (for nnU-Net calls we make)."""
+    current = os.environ.get("nnUNet_extTrainer", "")
+    parts = [p for p in current.split(os.pathsep) if p]
+    if str(trainer_path()) not in parts:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join(parts + [str(trainer_path())])

@@ -1,0 +1,42 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _venv_on_path(monkeypatch):
+    """nnU-Net's console scripts (nnUNetv2_*) live next to this interpreter."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch):
+    """nnU-Net's three folders in a temporary directory, and the CPU-friendly settings."""
+    env = {k: tmp_path / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for k, v in env.items():
+        v.mkdir()
+        monkeypatch.setenv(k, str(v))
+    monkeypatch.setenv("nnUNet_def_n_proc", "2")
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_compile", "f")
+    return env
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory):
+    """Six small phantoms in VISCERAL layout (shared by the tests; treat as read-only)."""
+    from nnunet_oar.phantom import write_phantoms
+    out = tmp_path_factory.mktemp("phantoms") / "visceral"
+    write_phantoms(out, 6, seed=3, scale=0.4, progress=False)
+    return out
+
+
+def shared_or_skip(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not available (../shared is only present in the project workspace)")
+    return path
