@@ -7,7 +7,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo_output
 
 export nnUNet_def_n_proc ?= 2
-export nnUNet_n_proc_DA ?= 0
+export nnUNet_n_proc_DA ?= 1
 export nnUNet_compile ?= f
 
 .PHONY: venv demo test

@@ -3,6 +3,7 @@ calls one library function; errors in the user's input are printed as one line n
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -34,6 +35,69 @@ def _trainer_path(a):
     print(trainer_path())
 
 
+def _plan_localizer(a):
+    from nnunet_oar.localization.plans import plan_localizer
+    print(f"added 3d_loc to {plan_localizer(a.dataset_id, a.spacing, a.sigma2, a.num_processes)}")
+
+
+def _localize(a):
+    from nnunet_oar.localization.localize import localize, localize_cross_validation
+    margin = a.margin
+    if a.margins:
+        margin = {k: v["margin_mm"] for k, v in json.loads(Path(a.margins).read_text()).items()}
+    if a.cross_validation:
+        if a.dataset_id is None:
+            raise ValueError("--cross-validation needs -d DATASET_ID")
+        s = localize_cross_validation(a.dataset_id, Path(a.output), a.trainer, a.plans, a.configuration, a.device,
+                                      a.margin, a.tau)
+        for organ, m in s["calibrated_margins"].items():
+            print(f"{organ}: margin {m['margin_mm']:.0f} mm holds {m['containment']:.3f} of its voxels")
+        return
+    if a.input is None or a.model is None:
+        raise ValueError("localize needs -i INPUT and -m MODEL_FOLDER (or --cross-validation -d ID)")
+    errors = localize(Path(a.input), Path(a.output), Path(a.model), a.folds, a.device, a.save_heatmaps, margin,
+                      a.tau)
+    if errors:
+        raise InputError(f"{len(errors)} input(s) failed: " + "; ".join(errors.values()))
+
+
+def _crop_rois(a):
+    from nnunet_oar.segmentation.crops import crop_rois
+    reports = crop_rois(a.dataset_id, a.first_id, Path(a.boxes) if a.boxes else None, a.organs,
+                        a.boxes_from_labels, a.margin, a.shift, a.seed)
+    for organ, r in reports.items():
+        print(f"Dataset{r['dataset_id']:03d} {organ}: {r['cases']} crops, {len(r['skipped'])} skipped, "
+              f"{len(r['cut'])} cut")
+
+
+def _plan_organs(a):
+    from nnunet_oar.segmentation.organs import plan_organs
+    ids = plan_organs(a.first_id, None if a.spacing <= 0 else a.spacing, a.num_processes)
+    print("planned and preprocessed 3d_fullres for data sets " + ", ".join(map(str, ids)))
+
+
+def _merge(a):
+    from nnunet_oar.merge import merge_folders
+    print(f"merged {len(merge_folders(a.input, Path(a.output)))} cases into {a.output}")
+
+
+def _export_models(a):
+    from nnunet_oar.pipeline import export_models
+    from nnunet_oar.segmentation.organs import organ_dataset_ids_from
+    margin = a.margin
+    if a.margins:
+        margin = {k: v["margin_mm"] for k, v in json.loads(Path(a.margins).read_text()).items()}
+    ids = a.organ_ids or organ_dataset_ids_from(a.first_id)
+    print(f"wrote {export_models(Path(a.output), a.localizer_id, ids, a.localizer_trainer, a.organ_trainer, margins=margin)}")
+
+
+def _predict(a):
+    from nnunet_oar.pipeline import predict
+    errors = predict(Path(a.input), Path(a.output), Path(a.models), a.folds, a.device, a.organs, not a.disable_tta)
+    if errors:
+        raise InputError(f"{len(errors)} input(s) failed: " + "; ".join(errors.values()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet_oar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -54,6 +118,69 @@ def build_parser() -> argparse.ArgumentParser:
     add_openkbp_args(s)
     s.set_defaults(func=_convert_openkbp)
 
+    s = sub.add_parser("plan-localizer", help="add the 3d_loc configuration to nnUNetPlans.json")
+    s.add_argument("-d", "--dataset-id", type=int, required=True)
+    s.add_argument("--spacing", type=float, default=3.0, help="isotropic spacing in mm (default 3)")
+    s.add_argument("--sigma2", type=float, default=150.0, help="heat-map variance in mm^2 (default 150)")
+    s.add_argument("-np", "--num-processes", type=int, default=2)
+    s.set_defaults(func=_plan_localizer)
+
+    s = sub.add_parser("localize", help="CT(s) -> {case}_boxes.json with a trained localizer")
+    s.add_argument("-i", "--input", help="CT file or folder")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-m", "--model", help="results folder of the localizer (…__3d_loc)")
+    s.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: all trained)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--save-heatmaps", action="store_true", help="also write heat maps on the original grid")
+    s.add_argument("--margin", type=float, default=10.0, help="margin v in mm on every side (default 10)")
+    s.add_argument("--margins", help="margins.json from --cross-validation (per-organ margins)")
+    s.add_argument("--tau", type=float, default=0.1, help="detection threshold (default 0.1)")
+    s.add_argument("--cross-validation", action="store_true",
+                   help="out-of-fold boxes for every training case of -d, each from the fold that did not train on it")
+    s.add_argument("-d", "--dataset-id", type=int)
+    s.add_argument("-tr", "--trainer", default="nnUNetTrainerOARHeatmap")
+    s.add_argument("-p", "--plans", default="nnUNetPlans")
+    s.add_argument("-c", "--configuration", default="3d_loc")
+    s.set_defaults(func=_localize)
+
+    s = sub.add_parser("crop-rois", help="one cropped nnU-Net data set per organ")
+    add_crop_args(s)
+    s.set_defaults(func=_crop_rois)
+
+    s = sub.add_parser("plan-organs", help="nnU-Net planning + 3d_fullres preprocessing of every organ data set")
+    s.add_argument("--first-id", type=int, required=True)
+    s.add_argument("--spacing", type=float, default=1.0,
+                   help="isotropic target spacing in mm (default 1, the paper's); 0 keeps nnU-Net's median spacing")
+    s.add_argument("-np", "--num-processes", type=int, default=2)
+    s.set_defaults(func=_plan_organs)
+
+    s = sub.add_parser("merge", help="merge per-organ crop predictions (nnU-Net output folders) into label maps")
+    s.add_argument("-i", "--input", nargs="+", required=True,
+                   help="one folder per organ: nnUNetv2_predict --save_probabilities output + crops.json")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_merge)
+
+    s = sub.add_parser("export-models", help="copy trained networks into a models folder with models.json")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--localizer-id", type=int, required=True)
+    s.add_argument("--first-id", type=int, help="first organ data set id (the following ones are found)")
+    s.add_argument("--organ-ids", type=int, nargs="+")
+    s.add_argument("--localizer-trainer", default="nnUNetTrainerOARHeatmap")
+    s.add_argument("--organ-trainer", default="nnUNetTrainer")
+    s.add_argument("--margin", type=float, default=10.0)
+    s.add_argument("--margins", help="per-organ margins.json from localize --cross-validation")
+    s.set_defaults(func=_export_models)
+
+    s = sub.add_parser("predict", help="CT file or folder -> organ label maps (localize, crop, segment, merge)")
+    s.add_argument("-i", "--input", required=True)
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-m", "--models", required=True, help="models folder (models.json)")
+    s.add_argument("-f", "--folds", nargs="+")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--organs", nargs="+")
+    s.add_argument("--disable-tta", action="store_true", help="no test-time mirroring in the organ networks")
+    s.set_defaults(func=_predict)
+
     s = sub.add_parser("trainer-path", help="print the folder to put in nnUNet_extTrainer")
     s.set_defaults(func=_trainer_path)
     return p
@@ -72,6 +199,17 @@ def add_openkbp_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("-i", "--input", required=True, help="folder of pt_* folders, or the .tar.xz")
     s.add_argument("-d", "--dataset-id", type=int, required=True)
     s.add_argument("--organs", nargs="+", help="canonical names to keep (default: all seven)")
+
+
+def add_crop_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-d", "--dataset-id", type=int, required=True, help="source (full image) data set id")
+    s.add_argument("--boxes", help="folder of out-of-fold {case}_boxes.json (localize --cross-validation)")
+    s.add_argument("--boxes-from-labels", action="store_true", help="boxes from the reference labels instead")
+    s.add_argument("--organs", nargs="+")
+    s.add_argument("--first-id", type=int, required=True, help="id of the first organ data set")
+    s.add_argument("--margin", type=float, default=10.0, help="margin in mm around label boxes (default 10)")
+    s.add_argument("--shift", type=float, default=0.0, help="random shift of label boxes, mm per axis")
+    s.add_argument("--seed", type=int, default=0)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -21,7 +21,7 @@ def nnunet_env(tmp_path, monkeypatch):
         v.mkdir()
         monkeypatch.setenv(k, str(v))
     monkeypatch.setenv("nnUNet_def_n_proc", "2")
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
     monkeypatch.setenv("nnUNet_compile", "f")
     return env
 

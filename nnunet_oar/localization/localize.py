@@ -1,0 +1,273 @@
+"""Localization inference: CT -> heat maps (nnU-Net predictor, fold ensemble) -> ``{case}_boxes.json``.
+
+Centroids are taken on the preprocessed (3 mm) grid and mapped to the original image analytically
+(:mod:`nnunet_oar.localization.grid`); heat maps are resampled to the original grid only when asked
+for (``save_heatmaps``), because that resampling costs ten times the network pass on a clinical CT.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nnunet_oar.io import InputError, atomic_path, geometry, read_image, write_json
+from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_TAU, heatmap_region, organ_box
+from nnunet_oar.localization.grid import original_geometry, preprocessed_to_world
+from nnunet_oar.paths import ensure_trainer_path
+
+BOX_STATS = "box_stats.json"
+
+
+def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dict,
+                   transpose_forward: Sequence[int], box_stats: Dict[str, dict],
+                   margin_mm: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM, tau: float = DEFAULT_TAU,
+                   requested: Optional[Sequence[str]] = None, case: str = "") -> dict:
+    """Boxes from one case's heat maps.
+
+    Args:
+        heat: heat maps (n_organs, *preprocessed spatial shape), channel k = ``organ_names[k]``.
+        organ_names: organ of each channel.
+        properties: nnU-Net's properties of the case (from preprocessing).
+        transpose_forward: the plans' ``transpose_forward``.
+        box_stats: ``{organ: {"mean_size_mm": [x, y, z]}}``.
+        margin_mm: margin v in mm, one for all organs or ``{organ: v}``.
+        tau: detection threshold.
+        requested: organs to report; the others get ``status: not_requested``.
+        case: case id for the JSON.
+
+    Returns:
+        The ``{case}_boxes.json`` content (see LAYOUT: image geometry, and per organ status, peak,
+        centroid_mm, box_index_xyz (SimpleITK x,y,z; stop exclusive), box_mm, clipped).
+    """
+    geom = original_geometry(properties, transpose_forward)
+    organs = {}
+    for k, name in enumerate(organ_names):
+        if requested is not None and name not in requested:
+            organs[name] = {"status": "not_requested"}
+            continue
+        region = heatmap_region(heat[k], tau)
+        if region is None:
+            organs[name] = {"status": "absent", "peak": float(heat[k].max())}
+            continue
+        if name not in box_stats:
+            raise KeyError(f"no box size for {name}: it was never annotated in the localizer's training cases")
+        c_mm = preprocessed_to_world(region["centroid"], heat.shape[1:], properties, transpose_forward)
+        v = margin_mm[name] if isinstance(margin_mm, dict) else margin_mm
+        organs[name] = {"status": "found", "peak": region["peak"], "centroid_mm": c_mm.tolist(), "margin_mm": v,
+                        **organ_box(geom, c_mm, box_stats[name]["mean_size_mm"], v)}
+    return {"case": case, "image": geom, "organs": organs}
+
+
+def heatmaps_on_original_grid(heat: np.ndarray, properties: dict, plans_manager, configuration_manager
+                              ) -> np.ndarray:
+    """Resample heat maps (n, *preprocessed shape) to the original image, numpy (n, z, y, x), with the
+    configuration's own probability resampling; outside nnU-Net's crop the heat map is 0."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+    tf = plans_manager.transpose_forward
+    resampled = configuration_manager.resampling_fn_probabilities(
+        heat, properties["shape_after_cropping_and_before_resampling"], configuration_manager.spacing,
+        [properties["spacing"][i] for i in tf])
+    full = np.zeros((heat.shape[0], *properties["shape_before_cropping"]), dtype=np.float32)
+    full = insert_crop_into_image(full, np.asarray(resampled, dtype=np.float32),
+                                  [[0, heat.shape[0]], *properties["bbox_used_for_cropping"]])
+    return full.transpose(0, *[i + 1 for i in plans_manager.transpose_backward])
+
+
+def load_box_stats(model_folder: Path, folds: Sequence[Union[int, str]]) -> Dict[str, dict]:
+    """Mean box sizes saved by each fold's trainer, averaged over the folds (weighted by case count)."""
+    acc: Dict[str, Tuple[np.ndarray, int]] = {}
+    for f in folds:
+        path = Path(model_folder) / f"fold_{f}" / BOX_STATS
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; was this model trained with nnUNetTrainerOARHeatmap?")
+        for organ, s in json.loads(path.read_text()).items():
+            total, n = acc.get(organ, (np.zeros(3), 0))
+            acc[organ] = (total + np.asarray(s["mean_size_mm"]) * s["n"], n + s["n"])
+    return {o: {"mean_size_mm": (t / n).tolist(), "n": n} for o, (t, n) in acc.items()}
+
+
+def available_folds(model_folder: Path, checkpoint: str = "checkpoint_final.pth") -> List[Union[int, str]]:
+    """Folds of a results folder that hold ``checkpoint``."""
+    folds = sorted(p.name[5:] for p in Path(model_folder).glob("fold_*") if (p / checkpoint).is_file())
+    return [int(f) if f.isdigit() else f for f in folds]
+
+
+class Localizer:
+    """A trained heat-map model (one or several folds) ready to localize CTs.
+
+    Args:
+        model_folder: nnU-Net results folder ``.../nnUNetTrainerOARHeatmap__nnUNetPlans__3d_loc``.
+        folds: folds to ensemble (heat maps are averaged); default all with a final checkpoint.
+        device: torch device.
+        margin_mm: margin v in mm (one value or per organ).
+        tau: detection threshold.
+    """
+
+    def __init__(self, model_folder: Path, folds: Optional[Sequence[Union[int, str]]] = None,
+                 device: Union[str, torch.device] = "cpu", margin_mm: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM,
+                 tau: float = DEFAULT_TAU, checkpoint: str = "checkpoint_final.pth"):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        ensure_trainer_path()
+        self.model_folder = Path(model_folder)
+        self.folds = list(folds) if folds else available_folds(self.model_folder, checkpoint)
+        if not self.folds:
+            raise FileNotFoundError(f"{self.model_folder}: no fold with {checkpoint}")
+        device = torch.device(device)
+        self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                         perform_everything_on_device=device.type != "cpu", device=device,
+                                         verbose=False, allow_tqdm=False)
+        self.predictor.initialize_from_trained_model_folder(str(self.model_folder), self.folds, checkpoint)
+        labels = self.predictor.dataset_json["labels"]
+        self.organ_names = [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
+        self.box_stats = load_box_stats(self.model_folder, self.folds)
+        self.margin_mm, self.tau = margin_mm, tau
+
+    def heatmaps(self, data: np.ndarray) -> np.ndarray:
+        """Network heat maps (n_organs, *shape) for preprocessed data (1, *shape); channel 0 (background)
+        is dropped."""
+        with torch.no_grad():
+            out = self.predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+        return out[1:].float().cpu().numpy()
+
+    def preprocess(self, image_file: Path):
+        """nnU-Net's preprocessing of the localizer's configuration: ``(data, properties)``."""
+        p = self.predictor
+        preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
+        data, _, properties = preprocessor.run_case([str(image_file)], None, p.plans_manager,
+                                                    p.configuration_manager, p.dataset_json)
+        return data, properties
+
+    def boxes(self, heat: np.ndarray, properties: dict, case: str,
+              requested: Optional[Sequence[str]] = None) -> dict:
+        return boxes_for_case(heat, self.organ_names, properties, self.predictor.plans_manager.transpose_forward,
+                              self.box_stats, self.margin_mm, self.tau, requested, case)
+
+    def localize_file(self, image_file: Path, case: str, requested: Optional[Sequence[str]] = None,
+                      with_heatmaps: bool = False):
+        """Localize one CT file: ``(boxes dict, heat maps on the original grid (n, z, y, x) or None)``."""
+        read_image(image_file, "CT")          # a clear error before nnU-Net sees a bad file
+        data, properties = self.preprocess(image_file)
+        heat = self.heatmaps(data)
+        full = None
+        if with_heatmaps:
+            full = heatmaps_on_original_grid(heat, properties, self.predictor.plans_manager,
+                                             self.predictor.configuration_manager)
+        return self.boxes(heat, properties, case, requested), full
+
+
+def case_id(image_file: Path) -> str:
+    """Case id of an image file: its name without ``.nii.gz`` and without nnU-Net's ``_0000`` channel suffix."""
+    name = image_file.name
+    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name[:-5] if len(name) > 5 and name[-5:-4] == "_" and name[-4:].isdigit() else name
+
+
+def list_images(path: Path) -> List[Path]:
+    """One image file, or the images of a folder (``*.nii.gz``, ``*.nii``, ``*.mha``, ``*.nrrd``)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{path}: no such file or folder")
+    files = sorted(f for f in path.iterdir() if f.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd")))
+    if not files:
+        raise InputError(f"{path}: no images (*.nii.gz, *.nii, *.mha, *.nrrd)")
+    return files
+
+
+def write_heatmaps(heat_zyx: np.ndarray, organ_names: Sequence[str], geom: dict, dst: Path) -> None:
+    """``{case}_heatmaps.npz``: one array per organ (z, y, x) on the original grid, plus the geometry."""
+    with atomic_path(dst) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, geometry=json.dumps(geom),
+                                **{n: heat_zyx[k].astype(np.float16) for k, n in enumerate(organ_names)})
+
+
+def localize(inputs: Path, output: Path, model_folder: Path, folds: Optional[Sequence] = None,
+             device: str = "cpu", save_heatmaps: bool = False, margin_mm: float = DEFAULT_MARGIN_MM,
+             tau: float = DEFAULT_TAU, organs: Optional[Sequence[str]] = None) -> Dict[str, str]:
+    """Localize every CT in ``inputs`` (a file or a folder) and write ``{case}_boxes.json`` to ``output``.
+
+    Returns:
+        ``{case: error message}`` for the inputs that failed (the others are written).
+    """
+    images = list_images(inputs)
+    localizer = Localizer(model_folder, folds, device, margin_mm, tau)
+    errors = {}
+    for f in tqdm(images, desc="localize"):
+        case = case_id(f)
+        try:
+            boxes, heat = localizer.localize_file(f, case, organs, save_heatmaps)
+        except InputError as e:
+            errors[case] = str(e)
+            tqdm.write(f"skipped: {e}")
+            continue
+        write_json(boxes, Path(output) / f"{case}_boxes.json")
+        if heat is not None:
+            write_heatmaps(heat, localizer.organ_names, boxes["image"], Path(output) / f"{case}_heatmaps.npz")
+    return errors
+
+
+def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnUNetTrainerOARHeatmap",
+                              plans: str = "nnUNetPlans", configuration: str = "3d_loc", device: str = "cpu",
+                              margin_mm: float = DEFAULT_MARGIN_MM, tau: float = DEFAULT_TAU,
+                              calibrate_target: float = 0.99) -> dict:
+    """Out-of-fold boxes for every training case, each from the fold that did not train on it.
+
+    Like nnU-Net's cascade, the crop stage learns on boxes like those it will see at test time. Besides
+    ``{case}_boxes.json`` this writes ``localization_summary.json`` (metrics against the training labels)
+    and ``margins.json``: per organ, the smallest margin v whose boxes hold ``calibrate_target`` of the
+    organ's voxels over all training cases (use it with ``--margins``).
+
+    Returns:
+        The summary dict.
+    """
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunet_oar.localization.boxes import calibrate_margin
+    from nnunet_oar.metrics import localization_metrics, summarize_localization
+    from nnunet_oar.paths import find_dataset, preprocessed_root, results_root
+    import SimpleITK as sitk
+
+    pre = find_dataset(preprocessed_root(), dataset_id)
+    if pre is None:
+        raise FileNotFoundError(f"{preprocessed_root()}: no preprocessed data set with id {dataset_id}")
+    model_folder = results_root() / pre.name / f"{trainer}__{plans}__{configuration}"
+    splits = json.loads((pre / "splits_final.json").read_text())
+    annotations_file = pre / "annotations.json"
+    annotations = json.loads(annotations_file.read_text()) if annotations_file.is_file() else None
+    output = Path(output)
+    per_case, samples = {}, {}
+    for fold, split in enumerate(splits):
+        localizer = Localizer(model_folder, [fold], device, margin_mm, tau)
+        labels = localizer.predictor.dataset_json["labels"]
+        folder = pre / localizer.predictor.configuration_manager.data_identifier
+        dataset = infer_dataset_class(str(folder))(str(folder), split["val"])
+        for case in tqdm(split["val"], desc=f"fold {fold}"):
+            data, _, _, properties = dataset.load_case(case)
+            boxes = localizer.boxes(localizer.heatmaps(np.asarray(data[:])), properties, case)
+            write_json(boxes, output / f"{case}_boxes.json")
+            gt = sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{localizer.predictor.dataset_json['file_ending']}"))
+            gt_zyx, geom = sitk.GetArrayFromImage(gt), geometry(gt)
+            wanted = annotations.get(case, []) if annotations is not None else localizer.organ_names
+            per_case[case] = {}
+            for organ in localizer.organ_names:
+                if organ not in wanted:
+                    continue
+                mask = gt_zyx == labels[organ]
+                entry = boxes["organs"][organ]
+                per_case[case][organ] = localization_metrics(mask, geom, entry)
+                if entry["status"] == "found" and mask.any():
+                    samples.setdefault(organ, []).append(
+                        (mask, geom, entry["centroid_mm"], localizer.box_stats[organ]["mean_size_mm"]))
+    margins = {organ: calibrate_margin(s, calibrate_target) for organ, s in samples.items()}
+    write_json(margins, output / "margins.json")
+    summary = {"per_organ": summarize_localization(per_case), "per_case": per_case, "calibrated_margins": margins}
+    write_json(summary, output / "localization_summary.json")
+    return summary

@@ -1,0 +1,98 @@
+"""The ``3d_loc`` configuration: the localizer's entry in ``nnUNetPlans.json``.
+
+It is planned by nnU-Net's own ExperimentPlanner at an isotropic target spacing (3 mm, the paper's),
+with a patch that covers the whole median volume at that spacing (the planner's memory budget is
+lifted so it does not shrink the patch) and batch size 1 (the paper's). The heat-map variance is
+stored in the configuration, so it travels with the trained model's plans.json.
+
+``nnunet_oar plan-localizer`` also writes, beside the plans, ``annotations.json`` (copied from the raw
+data set, so training knows which organs were annotated) and ``box_sizes.json`` (each case's organ
+box sizes in world mm, from which a trainer averages the box size over its own training cases).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_oar.io import geometry, write_json
+from nnunet_oar.localization.boxes import box_sizes_mm
+from nnunet_oar.localization.heatmaps import DEFAULT_SIGMA2_MM2
+from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root
+
+CONFIGURATION = "3d_loc"
+PLANS = "nnUNetPlans"
+
+
+def plan_localizer(dataset_id: int, spacing_mm: float = 3.0, sigma2_mm2: float = DEFAULT_SIGMA2_MM2,
+                   num_processes: int = 2, progress: bool = True) -> Path:
+    """Add (or replace) the ``3d_loc`` configuration in ``nnUNetPlans.json`` of a data set.
+
+    Runs nnU-Net's fingerprint extraction and default planning first if they have not been run.
+    Idempotent: other configurations are kept, ``3d_loc`` is rewritten.
+
+    Args:
+        dataset_id: nnU-Net data set id (raw data set must exist).
+        spacing_mm: isotropic target spacing of the localizer, mm.
+        sigma2_mm2: heat-map variance sigma^2, mm^2.
+        num_processes: processes for nnU-Net's fingerprint extraction.
+
+    Returns:
+        Path of the updated plans file.
+    """
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+    raw = find_dataset(raw_root(), dataset_id)
+    if raw is None:
+        raise FileNotFoundError(f"{raw_root()}: no raw data set with id {dataset_id}")
+    pre = preprocessed_root() / raw.name
+    if not (pre / "dataset_fingerprint.json").is_file():
+        extract_fingerprints([dataset_id], num_processes=num_processes, check_dataset_integrity=True)
+    plans_file = pre / f"{PLANS}.json"
+    if not plans_file.is_file():
+        plan_experiments([dataset_id])
+    plans = json.loads(plans_file.read_text())
+
+    # a memory target far above any card, so that the planner keeps the whole-volume patch
+    planner = ExperimentPlanner(dataset_id, gpu_memory_target_in_gb=1e4, plans_name=PLANS)
+    fingerprint = planner.dataset_fingerprint
+    tf = plans["transpose_forward"]
+    target = np.array([spacing_mm] * 3, float)
+    shapes = [compute_new_shape(shape, spacing, target)
+              for spacing, shape in zip(fingerprint["spacings"], fingerprint["shapes_after_crop"])]
+    median = np.median(shapes, 0)[tf]
+    config = planner.get_plans_for_configuration(target[tf], median, f"{PLANS}_{CONFIGURATION}",
+                                                 float(np.prod(median) * len(shapes)), {})
+    config["batch_size"] = 1
+    config["heatmap_sigma2_mm2"] = float(sigma2_mm2)
+    plans["configurations"][CONFIGURATION] = config
+    write_json(plans, plans_file)
+
+    annotations = raw / "annotations.json"
+    if annotations.is_file():
+        shutil.copyfile(annotations, pre / "annotations.json")
+    write_json(case_box_sizes(raw, progress), pre / "box_sizes.json")
+    return plans_file
+
+
+def case_box_sizes(raw: Path, progress: bool = True) -> dict:
+    """``{case: {organ: [x, y, z] mm}}`` from the raw labels; organs not annotated in a case are left out."""
+    dataset = json.loads((raw / "dataset.json").read_text())
+    labels = {k: v for k, v in dataset["labels"].items() if k != "background"}
+    annotations_file = raw / "annotations.json"
+    annotations = json.loads(annotations_file.read_text()) if annotations_file.is_file() else None
+    out = {}
+    files = sorted((raw / "labelsTr").glob(f"*{dataset['file_ending']}"))
+    for f in tqdm(files, desc="box sizes", disable=not progress):
+        case = f.name[: -len(dataset["file_ending"])]
+        seg = sitk.ReadImage(str(f))
+        wanted = {k: v for k, v in labels.items() if annotations is None or k in annotations.get(case, [])}
+        out[case] = box_sizes_mm(sitk.GetArrayViewFromImage(seg), geometry(seg), wanted)
+    return out

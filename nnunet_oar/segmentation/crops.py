@@ -1,0 +1,136 @@
+"""Per-organ ROI data sets: ``Dataset{N+k}_{source}_{organ}`` cropped at the CT's original resolution.
+
+Each organ data set holds, for every case where the organ is annotated and has a box, the CT cropped
+to that box and the organ's binary mask on the crop (background 0, organ 1), plus ``crops.json``:
+per crop, the source case, the box in source voxel indices (SimpleITK x,y,z; stop exclusive) and the
+source image geometry, so a prediction on the crop can always be pasted back exactly.
+
+Boxes come from the localizer's out-of-fold ``{case}_boxes.json`` (default), so the organ networks
+learn on crops like those they will see; or from the reference labels (``boxes_from_labels``): the
+organ's bounding box plus the margin, optionally shifted at random as augmentation. Skipped cases
+(not annotated, absent, missed by the localizer) and boxes that cut the organ are reported.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_oar import organs as catalogue
+from nnunet_oar.conversion.dataset import build_dataset
+from nnunet_oar.geometry import crop_image, crop_zyx, index_box_to_world, mask_bbox_xyz, world_box_to_index
+from nnunet_oar.io import geometry, read_image, write_json
+from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM
+from nnunet_oar.paths import find_dataset, raw_root
+
+
+def source_name(raw_folder: Path) -> str:
+    """``VISCERAL`` for ``Dataset501_VISCERAL``."""
+    return raw_folder.name.split("_", 1)[1]
+
+
+def organ_dataset_ids(first_id: int, organs: Sequence[str]) -> Dict[str, int]:
+    """``{organ: first_id + k}`` with organs in catalogue order."""
+    order = [n for n in catalogue.labels_for(organs) if n != "background"]
+    return {organ: first_id + k for k, organ in enumerate(order)}
+
+
+def label_box(mask_zyx: np.ndarray, geom: dict, margin_mm: float, shift_mm: float,
+              rng: np.random.Generator) -> Dict[str, list]:
+    """Box around a reference mask: its bounding box + ``margin_mm``, moved by up to ``shift_mm`` per axis."""
+    lo, hi = index_box_to_world(geom, *mask_bbox_xyz(mask_zyx))
+    shift = rng.uniform(-shift_mm, shift_mm, 3) if shift_mm > 0 else np.zeros(3)
+    start, stop, clipped = world_box_to_index(geom, lo - margin_mm + shift, hi + margin_mm + shift)
+    return {"start": start.tolist(), "stop": stop.tolist(), "clipped": clipped}
+
+
+def crop_rois(source_id: int, first_id: int, boxes_dir: Optional[Path] = None, organs: Optional[Sequence[str]] = None,
+              boxes_from_labels: bool = False, margin_mm: float = DEFAULT_MARGIN_MM, shift_mm: float = 0.0,
+              seed: int = 0, progress: bool = True) -> Dict[str, dict]:
+    """Write one cropped nnU-Net raw data set per organ.
+
+    Args:
+        source_id: id of the full-image raw data set.
+        first_id: id of the first organ data set; organ k (catalogue order) gets ``first_id + k``.
+        boxes_dir: folder with ``{case}_boxes.json`` (out-of-fold localizer boxes).
+        organs: organs to write (default: all of the source data set).
+        boxes_from_labels: take boxes from the reference labels instead of ``boxes_dir``.
+        margin_mm: margin around the reference bounding box (``boxes_from_labels`` only).
+        shift_mm: maximal random shift of a reference box per axis, mm (``boxes_from_labels`` only).
+        seed: seed of the shifts.
+
+    Returns:
+        ``{organ: report}`` (also written as ``crop_report.json`` in each data set).
+    """
+    raw = find_dataset(raw_root(), source_id)
+    if raw is None:
+        raise FileNotFoundError(f"{raw_root()}: no raw data set with id {source_id}")
+    if not boxes_from_labels and boxes_dir is None:
+        raise ValueError("give the localizer's boxes (--boxes) or use --boxes-from-labels")
+    dataset = json.loads((raw / "dataset.json").read_text())
+    labels = {k: v for k, v in dataset["labels"].items() if k != "background"}
+    organs = list(organs) if organs else list(labels)
+    for o in organs:
+        if o not in labels:
+            raise ValueError(f"{o} is not a label of {raw.name} ({', '.join(labels)})")
+    annotations = json.loads((raw / "annotations.json").read_text())
+    cases = sorted(annotations)
+    ids = organ_dataset_ids(first_id, organs)
+    rng = np.random.default_rng(seed)
+    reports = {}
+    for organ, dataset_id in ids.items():
+        report = {"dataset_id": dataset_id, "cases": 0, "skipped": {}, "cut": {}}
+        crops = {}
+        with build_dataset(dataset_id, f"{source_name(raw)}_{organ}", [organ],
+                           f"{organ} ROIs cropped from {raw.name}") as builder:
+            for case in tqdm(cases, desc=f"crop {organ}", disable=not progress):
+                if organ not in annotations[case]:
+                    report["skipped"][case] = "not annotated"
+                    continue
+                seg = sitk.ReadImage(str(raw / "labelsTr" / f"{case}{dataset['file_ending']}"))
+                mask = sitk.GetArrayViewFromImage(seg) == labels[organ]
+                geom = geometry(seg)
+                if boxes_from_labels:
+                    if not mask.any():
+                        report["skipped"][case] = "absent in the reference"
+                        continue
+                    box = label_box(mask, geom, margin_mm, shift_mm, rng)
+                else:
+                    entry = _localizer_entry(Path(boxes_dir), case, organ)
+                    if entry.get("status") != "found":
+                        report["skipped"][case] = ("missed by the localizer" if mask.any()
+                                                   else "absent (reference and localizer)")
+                        continue
+                    box = {**entry["box_index_xyz"], "clipped": entry.get("clipped", False)}
+                n_organ = int(mask.sum())
+                if n_organ:
+                    cut = 1 - int(crop_zyx(mask, box["start"], box["stop"]).sum()) / n_organ
+                    if cut > 0:
+                        report["cut"][case] = round(cut, 4)
+                ct = read_image(raw / "imagesTr" / f"{case}_0000{dataset['file_ending']}", "CT")
+                ct_crop = crop_image(ct, box["start"], box["stop"])
+                builder.add_case(case, ct_crop, {organ: crop_zyx(mask, box["start"], box["stop"]).copy()})
+                crops[case] = {"source_case": case, "organ": organ,
+                               "box_index_xyz": {"start": box["start"], "stop": box["stop"]},
+                               "clipped": box["clipped"], "source_image": geom}
+                report["cases"] += 1
+            if not crops:
+                raise ValueError(f"{organ}: no case with a box; nothing to train on")
+            write_json(crops, builder.folder / "crops.json")
+            write_json(report, builder.folder / "crop_report.json")
+        reports[organ] = report
+        if report["cut"]:
+            tqdm.write(f"WARNING {organ}: the box cuts the organ in {len(report['cut'])} case(s), worst "
+                       f"{max(report['cut'].values()):.1%} outside (see crop_report.json)")
+    return reports
+
+
+def _localizer_entry(boxes_dir: Path, case: str, organ: str) -> dict:
+    path = boxes_dir / f"{case}_boxes.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no localizer boxes for case {case}")
+    return json.loads(path.read_text())["organs"].get(organ, {})

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from nnunet_oar.geometry import index_box_to_world
+from nnunet_oar.localization.boxes import calibrate_margin, heatmap_region, mean_box_sizes, organ_box
+from nnunet_oar.localization.localize import boxes_for_case
+
+
+def _blob(shape, centre, sigma_vox=3.0):
+    g = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    return np.exp(-((g - np.asarray(centre)) ** 2).sum(-1) / (2 * sigma_vox ** 2)).astype(np.float32)
+
+
+def test_outlier_spike_does_not_move_the_centroid():
+    h = _blob((30, 30, 30), (10, 12, 14))
+    h[27, 2, 3] = 0.95                                     # a lone spike above tau, far away
+    r = heatmap_region(h, 0.1)
+    assert np.allclose(r["centroid"], (10, 12, 14))
+    assert not r["mask"][27, 2, 3]
+
+
+def test_peak_below_tau_is_absent():
+    assert heatmap_region(0.05 * _blob((20, 20, 20), (5, 5, 5)), 0.1) is None
+    assert heatmap_region(np.zeros((5, 5, 5), np.float32), 0.1) is None
+
+
+def _geom(size=(40, 30, 20), spacing=(2.0, 1.0, 3.0), flip=False):
+    d = [-1, 0, 0, 0, -1, 0, 0, 0, 1] if flip else [1, 0, 0, 0, 1, 0, 0, 0, 1]
+    return {"size_xyz": list(size), "spacing_xyz": list(spacing), "origin_xyz": [10.0, -5.0, 100.0], "direction": d}
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_box_is_mean_size_plus_margin_centred_on_the_centroid(flip):
+    g = _geom(flip=flip)
+    centre = np.array(index_box_to_world(g, (20, 15, 10), (21, 16, 11))).mean(0)   # world centre of voxel (20,15,10)
+    b = organ_box(g, centre, size_mm=(10.0, 6.0, 9.0), margin_mm=2.0)
+    start, stop = np.array(b["box_index_xyz"]["start"]), np.array(b["box_index_xyz"]["stop"])
+    assert not b["clipped"]
+    assert ((start + stop - 1) / 2 == (20, 15, 10)).all()
+    extent = np.array(b["box_mm"]["max"]) - np.array(b["box_mm"]["min"])
+    assert np.all(extent >= np.array([14.0, 10.0, 13.0]) - 1e-6)
+    assert np.all(extent <= np.array([14.0, 10.0, 13.0]) + np.array(g["spacing_xyz"]) * 2)
+
+
+def test_box_at_the_edge_is_clipped_and_recorded():
+    g = _geom()
+    corner = np.array(index_box_to_world(g, (0, 0, 0), (1, 1, 1))).mean(0)
+    b = organ_box(g, corner, (20.0, 20.0, 20.0), 10.0)
+    assert b["clipped"] and b["box_index_xyz"]["start"] == [0, 0, 0]
+    assert all(0 < s <= n for s, n in zip(b["box_index_xyz"]["stop"], g["size_xyz"]))
+
+
+def test_boxes_for_case_maps_heatmap_peaks_to_world_and_reports_absent():
+    shape_zyx = (20, 30, 40)                               # numpy order of a (40, 30, 20) x,y,z image
+    heat = np.stack([_blob(shape_zyx, (10, 12, 14)), 0.01 * _blob(shape_zyx, (3, 3, 3))])
+    props = {"sitk_stuff": {"spacing": (2.0, 1.0, 3.0), "origin": (10.0, -5.0, 100.0),
+                            "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)},
+             "spacing": [3.0, 1.0, 2.0], "shape_before_cropping": shape_zyx,
+             "bbox_used_for_cropping": [[0, 20], [0, 30], [0, 40]],
+             "shape_after_cropping_and_before_resampling": shape_zyx}
+    stats = {"liver": {"mean_size_mm": [10.0, 10.0, 10.0]}, "spleen": {"mean_size_mm": [5.0, 5.0, 5.0]}}
+    out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, 5.0, 0.1, case="c")
+    assert out["image"]["size_xyz"] == [40, 30, 20]
+    liver = out["organs"]["liver"]
+    assert liver["status"] == "found"
+    assert np.allclose(liver["centroid_mm"], (10 + 14 * 2.0, -5 + 12 * 1.0, 100 + 10 * 3.0))
+    assert out["organs"]["spleen"] == {"status": "absent", "peak": pytest.approx(0.01, abs=1e-3)}
+    out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, requested=["spleen"])
+    assert out["organs"]["liver"] == {"status": "not_requested"}
+
+
+def test_mean_box_sizes_over_the_given_cases_only():
+    per_case = {"a": {"liver": [10, 10, 10]}, "b": {"liver": [20, 20, 20]}, "c": {"liver": [90, 90, 90]}}
+    assert mean_box_sizes(per_case, ["a", "b"]) == {"liver": {"mean_size_mm": [15.0, 15.0, 15.0], "n": 2}}
+
+
+def test_calibrated_margin_is_the_smallest_that_reaches_the_target():
+    g = _geom(size=(40, 40, 40), spacing=(1.0, 1.0, 1.0))
+    mask = np.zeros((40, 40, 40), bool)
+    mask[10:20, 10:20, 10:20] = True
+    true_centre = np.array(index_box_to_world(g, (10, 10, 10), (20, 20, 20))).mean(0)
+    shifted = true_centre + np.array([4.0, 0.0, 0.0])     # an off-centre prediction
+    m = calibrate_margin([(mask, g, shifted, [10.0, 10.0, 10.0])], 0.99)
+    assert m["reached"] and m["margin_mm"] == 4.0 and m["containment"] == 1.0
