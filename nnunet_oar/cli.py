@@ -37,7 +37,7 @@ def _trainer_path(a):
 
 def _plan_localizer(a):
     from nnunet_oar.localization.plans import plan_localizer
-    print(f"added 3d_loc to {plan_localizer(a.dataset_id, a.spacing, a.sigma2, a.num_processes)}")
+    print(f"added 3d_loc to {plan_localizer(a.dataset_id, a.spacing, a.sigma2, a.num_processes, fg_weight=a.fg_weight)}")
 
 
 def _localize(a):
@@ -88,7 +88,9 @@ def _export_models(a):
     if a.margins:
         margin = {k: v["margin_mm"] for k, v in json.loads(Path(a.margins).read_text()).items()}
     ids = a.organ_ids or organ_dataset_ids_from(a.first_id)
-    print(f"wrote {export_models(Path(a.output), a.localizer_id, ids, a.localizer_trainer, a.organ_trainer, margins=margin)}")
+    out = export_models(Path(a.output), a.localizer_id, ids, a.localizer_trainer, a.organ_trainer, margins=margin,
+                        tau=a.tau)
+    print(f"wrote {out}")
 
 
 def _predict(a):
@@ -96,6 +98,13 @@ def _predict(a):
     errors = predict(Path(a.input), Path(a.output), Path(a.models), a.folds, a.device, a.organs, not a.disable_tta)
     if errors:
         raise InputError(f"{len(errors)} input(s) failed: " + "; ".join(errors.values()))
+
+
+def _demo(a):
+    from nnunet_oar.demo import run_demo
+    r = run_demo(Path(a.output), a.train, a.test, a.seed)
+    print(f"mean Dice {r['mean_dice']:.3f}, lowest containment {r['min_containment']:.3f}, "
+          f"{r['time_s']['total']:.0f} s; see {Path(a.output) / 'report.md'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-d", "--dataset-id", type=int, required=True)
     s.add_argument("--spacing", type=float, default=3.0, help="isotropic spacing in mm (default 3)")
     s.add_argument("--sigma2", type=float, default=150.0, help="heat-map variance in mm^2 (default 150)")
+    s.add_argument("--fg-weight", type=float, default=0.0,
+                   help="loss weight 1 + a*target on blob voxels; 0 (default) is the paper's plain L2")
     s.add_argument("-np", "--num-processes", type=int, default=2)
     s.set_defaults(func=_plan_localizer)
 
@@ -169,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--organ-trainer", default="nnUNetTrainer")
     s.add_argument("--margin", type=float, default=10.0)
     s.add_argument("--margins", help="per-organ margins.json from localize --cross-validation")
+    s.add_argument("--tau", type=float, default=0.1, help="the localizer's detection threshold (default 0.1)")
     s.set_defaults(func=_export_models)
 
     s = sub.add_parser("predict", help="CT file or folder -> organ label maps (localize, crop, segment, merge)")
@@ -180,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--organs", nargs="+")
     s.add_argument("--disable-tta", action="store_true", help="no test-time mirroring in the organ networks")
     s.set_defaults(func=_predict)
+
+    s = sub.add_parser("demo", help="phantoms -> train both stages briefly on CPU -> predict -> report")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--train", type=int, default=24, help="training phantoms (default 24)")
+    s.add_argument("--test", type=int, default=3, help="held-out phantoms (default 3)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_demo)
 
     s = sub.add_parser("trainer-path", help="print the folder to put in nnUNet_extTrainer")
     s.set_defaults(func=_trainer_path)

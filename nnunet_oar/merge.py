@@ -57,7 +57,7 @@ def merge_folders(organ_folders: Sequence, output) -> list:
     """Merge nnU-Net predictions on organ crops into full-image label maps (``nnunet_oar merge``).
 
     Each folder holds one organ's ``nnUNetv2_predict --save_probabilities`` output on crops
-    (``{crop}.npz`` with ``probabilities`` (2, z, y, x)) and a ``crops.json`` mapping each crop to its
+    (``{crop}.npz`` with ``probabilities`` (2, z, y, x) and ``{crop}.pkl``) and a ``crops.json`` mapping each crop to its
     source case, box and source geometry (the format ``crop_rois`` writes). Organs are streamed one at a
     time per case. Writes ``{case}.nii.gz`` and ``{case}.json`` (label names) into ``output``.
 
@@ -89,7 +89,7 @@ def merge_folders(organ_folders: Sequence, output) -> list:
         for organ, npz, c in items:
             if not npz.is_file():
                 raise InputError(f"{npz}: missing prediction for crop of {case} ({organ})")
-            prob = np.load(npz)["probabilities"][1]
+            prob = _probabilities_in_file_orientation(npz)
             start, stop = c["box_index_xyz"]["start"], c["box_index_xyz"]["stop"]
             if tuple(prob.shape[::-1]) != tuple(np.subtract(stop, start)):
                 raise InputError(f"{npz}: probabilities (z,y,x) {prob.shape} do not match the box {start}..{stop}")
@@ -98,3 +98,25 @@ def merge_folders(organ_folders: Sequence, output) -> list:
         write_image(image_from_geometry(merger.labels, geom), Path(output) / f"{case}.nii.gz")
         write_json({"labels": labels, "image": geom}, Path(output) / f"{case}.json")
     return sorted(per_case)
+
+
+def _probabilities_in_file_orientation(npz) -> np.ndarray:
+    """Foreground probabilities (z, y, x) of an nnU-Net ``.npz`` in the orientation of the input file.
+
+    nnU-Net saves probabilities in its reader's array order; with SimpleITKIOWithReorient that is RAS,
+    so they are reoriented back with the geometry nnU-Net kept in the ``.pkl`` beside them.
+    """
+    import pickle
+
+    import SimpleITK as sitk
+
+    prob = np.load(npz)["probabilities"][1].astype(np.float32)
+    with open(str(npz)[:-4] + ".pkl", "rb") as fh:
+        stuff = pickle.load(fh)["sitk_stuff"]
+    if "original_orientation" not in stuff:
+        return prob
+    img = sitk.GetImageFromArray(prob)
+    img.SetSpacing(stuff["spacing"])
+    img.SetOrigin(stuff["origin"])
+    img.SetDirection(stuff["direction"])
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(img, stuff["original_orientation"]))

@@ -74,3 +74,10 @@ def summarize_localization(per_case: Dict[str, Dict[str, dict]]) -> Dict[str, di
             s["containment"] = {"mean": float(np.mean(c)), "min": float(np.min(c))}
         summary[organ] = s
     return summary
+
+
+def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
+    """Dice of two boolean masks; NaN when both are empty (nothing to score)."""
+    ref, pred = reference.astype(bool), prediction.astype(bool)
+    denom = int(ref.sum()) + int(pred.sum())
+    return float("nan") if denom == 0 else 2.0 * int((ref & pred).sum()) / denom

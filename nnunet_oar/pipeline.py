@@ -21,9 +21,10 @@ import torch
 from tqdm import tqdm
 
 from nnunet_oar import organs as catalogue
+from nnunet_oar.conversion.dataset import NETWORK_ORIENTATION
 from nnunet_oar.geometry import centroid_mm, crop_image
 from nnunet_oar.io import InputError, geometry, read_image, write_image, write_json
-from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM
+from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_TAU
 from nnunet_oar.localization.localize import Localizer, available_folds, case_id, list_images
 from nnunet_oar.merge import MaxProbabilityMerger
 from nnunet_oar.paths import ensure_trainer_path, find_dataset, results_root
@@ -46,7 +47,8 @@ def _copy_results(src: Path, dst: Path, folds: Sequence) -> None:
 
 def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
                   localizer_trainer: str = "nnUNetTrainerOARHeatmap", organ_trainer: str = "nnUNetTrainer",
-                  plans: str = "nnUNetPlans", margins: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM) -> Path:
+                  plans: str = "nnUNetPlans", margins: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM,
+                  tau: float = DEFAULT_TAU) -> Path:
     """Copy trained results into a self-contained models folder with a ``models.json`` manifest.
 
     Args:
@@ -55,6 +57,7 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
         organ_ids: data set ids of the organ networks (each a cropped data set with one organ).
         localizer_trainer, organ_trainer, plans: names in the nnU-Net results folders.
         margins: margin v in mm, one for all organs or per organ (e.g. calibrated ones).
+        tau: the localizer's detection threshold.
     """
     from nnunet_oar.io import atomic_dir
     loc_name = find_dataset(results_root(), localizer_id)
@@ -65,7 +68,7 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
     if not loc_folds:
         raise FileNotFoundError(f"{loc_src}: no trained fold")
     manifest = {"localizer": {"results_folder": "localizer", "configuration": "3d_loc", "trainer": localizer_trainer,
-                              "folds": loc_folds, "margin_mm": margins},
+                              "folds": loc_folds, "margin_mm": margins, "tau": tau},
                 "organs": {}}
     with atomic_dir(output) as tmp:
         _copy_results(loc_src, tmp / "localizer", loc_folds)
@@ -107,7 +110,8 @@ class OARPredictor:
             raise InputError(f"{path}: no models manifest (write one with `nnunet_oar export-models`)")
         manifest = json.loads(path.read_text())
         loc = manifest["localizer"]
-        self.localizer = Localizer(models / loc["results_folder"], folds or loc["folds"], device, loc["margin_mm"])
+        self.localizer = Localizer(models / loc["results_folder"], folds or loc["folds"], device, loc["margin_mm"],
+                                   loc.get("tau", DEFAULT_TAU))
         available = manifest["organs"]
         self.organs = list(organs) if organs else list(available)
         for o in self.organs:
@@ -128,16 +132,20 @@ class OARPredictor:
         """One CT -> (label image on the CT's grid, boxes dict, stats dict)."""
         boxes, _ = self.localizer.localize_file(image_file, case, requested=self.organs)
         merger = MaxProbabilityMerger(ct.GetSize()[::-1])
+        orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(ct.GetDirection())
         for organ in self.organs:
             entry = boxes["organs"].get(organ, {})
             if entry.get("status") != "found":
                 continue
             box = entry["box_index_xyz"]
-            crop = crop_image(ct, box["start"], box["stop"])
+            # the organ networks were trained on RAS-reoriented arrays (SimpleITKIOWithReorient)
+            crop = sitk.DICOMOrient(crop_image(ct, box["start"], box["stop"]), NETWORK_ORIENTATION)
             data = sitk.GetArrayFromImage(crop)[None].astype(np.float32)
             _, prob = self.networks[organ].predict_single_npy_array(
                 data, {"spacing": list(crop.GetSpacing())[::-1]}, None, None, True)
-            merger.add(self.labels[organ], np.asarray(prob[1], dtype=np.float32), box["start"])
+            prob_img = sitk.GetImageFromArray(np.asarray(prob[1], dtype=np.float32))
+            prob_img.CopyInformation(crop)
+            merger.add(self.labels[organ], sitk.GetArrayFromImage(sitk.DICOMOrient(prob_img, orientation)), box["start"])
         seg = sitk.GetImageFromArray(merger.labels)
         seg.CopyInformation(ct)
         return seg, boxes, organ_stats(merger.labels, geometry(ct), self.labels, boxes)

@@ -40,3 +40,10 @@ def shared_or_skip(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not available (../shared is only present in the project workspace)")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_localizer(tmp_path_factory):
+    """A localizer trained for a few iterations on two folds of tiny phantoms (real nnU-Net commands)."""
+    from tests.nnunet_helpers import train_tiny_localizer
+    return train_tiny_localizer(tmp_path_factory.mktemp("loc"))

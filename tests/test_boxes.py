@@ -59,13 +59,15 @@ def test_boxes_for_case_maps_heatmap_peaks_to_world_and_reports_absent():
              "bbox_used_for_cropping": [[0, 20], [0, 30], [0, 40]],
              "shape_after_cropping_and_before_resampling": shape_zyx}
     stats = {"liver": {"mean_size_mm": [10.0, 10.0, 10.0]}, "spleen": {"mean_size_mm": [5.0, 5.0, 5.0]}}
-    out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, 5.0, 0.1, case="c")
+    geom = {"size_xyz": [40, 30, 20], "spacing_xyz": [2.0, 1.0, 3.0], "origin_xyz": [10.0, -5.0, 100.0],
+            "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
+    out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, geom, 5.0, 0.1, case="c")
     assert out["image"]["size_xyz"] == [40, 30, 20]
     liver = out["organs"]["liver"]
     assert liver["status"] == "found"
     assert np.allclose(liver["centroid_mm"], (10 + 14 * 2.0, -5 + 12 * 1.0, 100 + 10 * 3.0))
     assert out["organs"]["spleen"] == {"status": "absent", "peak": pytest.approx(0.01, abs=1e-3)}
-    out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, requested=["spleen"])
+    out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, geom, requested=["spleen"])
     assert out["organs"]["liver"] == {"status": "not_requested"}
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from nnunet_oar.localization.heatmaps import (gaussian_heatmaps, heatmap_loss, heatmap_targets, label_centroids,
+from nnunet_oar.localization.heatmaps import (HeatmapLoss, gaussian_heatmaps, heatmap_targets, label_centroids,
                                               masked_l2)
 
 
@@ -54,4 +54,13 @@ def test_unannotated_organs_carry_no_loss():
     assert float(masked_l2(pred, target, torch.tensor([[True, True]]))) > 1.0
     # nnU-Net's call signature: background head first, ignored
     out = torch.cat([torch.full_like(target[:, :1], 9.0), target], 1)
-    assert float(heatmap_loss(out, [target, torch.tensor([[True, True]])])) == 0.0
+    assert float(HeatmapLoss()(out, [target, torch.tensor([[True, True]])])) == 0.0
+
+
+def test_foreground_weight_zero_is_plain_l2_and_positive_weights_blob_errors_more():
+    target = gaussian_heatmaps(torch.tensor([[[5.0, 5, 5]]]), torch.tensor([[True]]), (10, 10, 10), (1, 1, 1))
+    pred = torch.zeros_like(target)
+    ann = torch.tensor([[True]])
+    plain = float(((pred - target) ** 2).mean())
+    assert abs(float(masked_l2(pred, target, ann)) - plain) < 1e-9
+    assert float(masked_l2(pred, target, ann, fg_weight=10.0)) > 5 * plain

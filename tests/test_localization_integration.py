@@ -9,75 +9,50 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.nnunet_helpers import nnunet_environment, run
-
-ORGANS = ["liver", "kidney_right", "kidney_left"]
-TRAINER = "nnUNetTrainerOARHeatmap_tiny"
+from tests.nnunet_helpers import LOC_ORGANS as ORGANS, LOC_TRAINER as TRAINER, run
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loc")
-    env = nnunet_environment(root)
-    run(["nnunet_oar", "phantom", "-o", str(root / "vis"), "-n", "6", "--seed", "11", "--scale", "0.4",
-         "--organs", *ORGANS], env)
-    run(["nnunet_oar", "phantom", "-o", str(root / "heldout"), "-n", "1", "--seed", "99", "--scale", "0.4",
-         "--organs", *ORGANS], env)
-    run(["nnunet_oar", "convert-visceral", "-i", str(root / "vis"), "-d", "601"], env)
-    run(["nnunet_oar", "plan-localizer", "-d", "601"], env)
-    pre = root / "nnUNet_preprocessed" / "Dataset601_VISCERAL"
-    ids = sorted(json.loads((pre / "box_sizes.json").read_text()))
-    # two folds, so that cross-validation boxes can be checked
-    (pre / "splits_final.json").write_text(json.dumps([{"train": ids[:3], "val": ids[3:]},
-                                                       {"train": ids[3:], "val": ids[:3]}]))
-    run(["nnUNetv2_preprocess", "-d", "601", "-c", "3d_loc", "-np", "2"], env)
-    for fold in ("0", "1"):
-        run(["nnUNetv2_train", "601", "3d_loc", fold, "-tr", TRAINER, "-device", "cpu"], env)
-    model = root / "nnUNet_results" / "Dataset601_VISCERAL" / f"{TRAINER}__nnUNetPlans__3d_loc"
-    return {"root": root, "env": env, "model": model, "pre": pre, "ids": ids}
-
-
-def test_plan_adds_3d_loc_with_whole_volume_patch_and_batch_1(trained):
-    plans = json.loads((trained["pre"] / "nnUNetPlans.json").read_text())
+def test_plan_adds_3d_loc_with_whole_volume_patch_and_batch_1(trained_localizer):
+    plans = json.loads((trained_localizer["pre"] / "nnUNetPlans.json").read_text())
     c = plans["configurations"]["3d_loc"]
     assert c["spacing"] == [3.0, 3.0, 3.0] and c["batch_size"] == 1 and c["heatmap_sigma2_mm2"] == 150.0
     assert all(p >= m for p, m in zip(c["patch_size"], c["median_image_size_in_voxels"]))
     assert "3d_fullres" in plans["configurations"]                 # nnU-Net's own configurations are kept
 
 
-def test_training_writes_box_stats_and_localization_summary(trained):
-    fold0 = trained["model"] / "fold_0"
+def test_training_writes_box_stats_and_localization_summary(trained_localizer):
+    fold0 = trained_localizer["model"] / "fold_0"
     stats = json.loads((fold0 / "box_stats.json").read_text())
     assert set(stats) <= set(ORGANS) and all(s["n"] <= 3 for s in stats.values())   # fold 0 trains on 3 cases
     summary = json.loads((fold0 / "validation" / "localization_summary.json").read_text())
-    assert set(summary["per_case"]) == set(trained["ids"][3:])
+    assert set(summary["per_case"]) == set(trained_localizer["ids"][3:])
     for case, organs in summary["per_case"].items():
         for organ, m in organs.items():
             assert m["detection"] in ("tp", "fn", "fp", "tn")
             if m["detection"] == "tp":
                 assert 0 <= m["containment"] <= 1 and 0 <= m["iou"] <= 1 and m["centroid_error_mm"] >= 0
-    assert (fold0 / "validation" / f"{trained['ids'][3]}_boxes.json").is_file()
+    assert (fold0 / "validation" / f"{trained_localizer['ids'][3]}_boxes.json").is_file()
 
 
-def test_no_mirroring_in_training_or_inference(trained):
-    ckpt = torch.load(trained["model"] / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+def test_no_mirroring_in_training_or_inference(trained_localizer):
+    ckpt = torch.load(trained_localizer["model"] / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["inference_allowed_mirroring_axes"] is None
 
 
-def test_stock_predictor_loads_the_trainer_without_patching(trained, monkeypatch):
+def test_stock_predictor_loads_the_trainer_without_patching(trained_localizer, monkeypatch):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    monkeypatch.setenv("nnUNet_extTrainer", trained["env"]["nnUNet_extTrainer"])
+    monkeypatch.setenv("nnUNet_extTrainer", trained_localizer["env"]["nnUNet_extTrainer"])
     p = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False)
-    p.initialize_from_trained_model_folder(str(trained["model"]), ["0"])
+    p.initialize_from_trained_model_folder(str(trained_localizer["model"]), ["0"])
     assert p.trainer_name == TRAINER
     assert p.network(torch.zeros(1, 1, *p.configuration_manager.patch_size)).shape[1] == 1 + len(ORGANS)
 
 
-def test_localize_heldout_keeps_the_input_geometry(trained, tmp_path):
-    image = next((trained["root"] / "heldout").glob("*_ThAb.nii.gz"))
+def test_localize_heldout_keeps_the_input_geometry(trained_localizer, tmp_path):
+    image = next((trained_localizer["root"] / "heldout").glob("*_ThAb.nii.gz"))
     out = tmp_path / "boxes"
-    run(["nnunet_oar", "localize", "-i", str(image), "-o", str(out), "-m", str(trained["model"]),
-         "-f", "0", "1", "--save-heatmaps"], trained["env"])
+    run(["nnunet_oar", "localize", "-i", str(image), "-o", str(out), "-m", str(trained_localizer["model"]),
+         "-f", "0", "1", "--save-heatmaps"], trained_localizer["env"])
     case = image.name[: -len(".nii.gz")]
     boxes = json.loads((out / f"{case}_boxes.json").read_text())
     ct = sitk.ReadImage(str(image))
@@ -93,28 +68,28 @@ def test_localize_heldout_keeps_the_input_geometry(trained, tmp_path):
     heat = np.load(out / f"{case}_heatmaps.npz")
     assert heat["liver"].shape == ct.GetSize()[::-1]
     # a rerun replaces the outputs and leaves no temporary files
-    run(["nnunet_oar", "localize", "-i", str(image), "-o", str(out), "-m", str(trained["model"]), "-f", "0"],
-        trained["env"])
+    run(["nnunet_oar", "localize", "-i", str(image), "-o", str(out), "-m", str(trained_localizer["model"]), "-f", "0"],
+        trained_localizer["env"])
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{case}_boxes.json", f"{case}_heatmaps.npz"])
 
 
-def test_localize_bad_input_names_the_file_and_goes_on(trained, tmp_path):
+def test_localize_bad_input_names_the_file_and_goes_on(trained_localizer, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
-    good = next((trained["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    good = next((trained_localizer["root"] / "heldout").glob("*_ThAb.nii.gz"))
     (src / good.name).write_bytes(good.read_bytes())
     (src / "broken.nii.gz").write_bytes(b"not an image")
     import subprocess
     r = subprocess.run(["nnunet_oar", "localize", "-i", str(src), "-o", str(tmp_path / "o"), "-m",
-                        str(trained["model"]), "-f", "0"], env=trained["env"], capture_output=True, text=True)
+                        str(trained_localizer["model"]), "-f", "0"], env=trained_localizer["env"], capture_output=True, text=True)
     assert r.returncode == 2 and "broken.nii.gz" in r.stderr
     assert (tmp_path / "o" / f"{good.name[:-7]}_boxes.json").is_file()
 
 
-def test_cross_validation_boxes_for_every_training_case(trained, tmp_path):
+def test_cross_validation_boxes_for_every_training_case(trained_localizer, tmp_path):
     out = tmp_path / "cv"
-    run(["nnunet_oar", "localize", "--cross-validation", "-d", "601", "-tr", TRAINER, "-o", str(out)], trained["env"])
-    assert sorted(p.name[: -len("_boxes.json")] for p in out.glob("*_boxes.json")) == trained["ids"]
+    run(["nnunet_oar", "localize", "--cross-validation", "-d", "601", "-tr", TRAINER, "-o", str(out)], trained_localizer["env"])
+    assert sorted(p.name[: -len("_boxes.json")] for p in out.glob("*_boxes.json")) == trained_localizer["ids"]
     margins = json.loads((out / "margins.json").read_text())
     for m in margins.values():
         assert 0 <= m["margin_mm"] <= 60 and 0 <= m["containment"] <= 1

@@ -18,6 +18,9 @@ from nnunet_oar import organs as catalogue
 from nnunet_oar.io import atomic_dir, write_image, write_json
 from nnunet_oar.paths import dataset_folder_name, find_dataset, raw_root
 
+READER_WRITER = "SimpleITKIOWithReorient"
+NETWORK_ORIENTATION = "RAS"   # what SimpleITKIOWithReorient reorients to
+
 
 def merge_masks(masks: Dict[str, np.ndarray], labels: Dict[str, int]) -> tuple:
     """Combine binary masks into one label map.
@@ -94,9 +97,12 @@ class DatasetBuilder:
         """Write dataset.json, annotations.json and conversion_report.json."""
         if not self.annotations:
             raise ValueError(f"no cases were converted into {dataset_name}")
+        # nnU-Net's own reorienting reader: every image reaches the networks in RAS array order, so a
+        # flipped direction cannot mirror the anatomy (and swap left and right organs) in array space
         generate_dataset_json(str(self.folder), {0: "CT"}, self.labels, len(self.annotations), ".nii.gz",
                               dataset_name=dataset_name, description=description,
-                              license="see the source data set", converted_by="nnunet_oar")
+                              license="see the source data set", converted_by="nnunet_oar",
+                              overwrite_image_reader_writer=READER_WRITER)
         write_json(self.annotations, self.folder / "annotations.json")
         write_json({"overlap_rule": "the structure with fewer voxels wins; ties go to the lower label",
                     "cases": self.report}, self.folder / "conversion_report.json")

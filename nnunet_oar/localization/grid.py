@@ -1,10 +1,13 @@
 """From nnU-Net's preprocessed grid back to the original image, analytically.
 
-nnU-Net preprocessing (DefaultPreprocessor) takes the reader's array (z, y, x for SimpleITK), transposes
+nnU-Net preprocessing (DefaultPreprocessor) takes the reader's array (z, y, x for SimpleITK; our data sets
+use SimpleITKIOWithReorient, so that array is the image reoriented to RAS), transposes
 it by ``transpose_forward``, crops it to the non-zero bounding box and resamples the crop to the target
 spacing with an align-corners=False mapping (skimage ``resize``). Inverting those three steps maps a
 continuous voxel coordinate of a preprocessed array (e.g. a heat-map centroid on the 3 mm grid) to a
-continuous index of the original image, with no resampling of any array.
+continuous index of the image the reader produced, and so to a world point in mm, with no resampling of
+any array. World points do not depend on the orientation; voxel boxes are then computed on the original
+image's own grid.
 """
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ import numpy as np
 from nnunet_oar.geometry import index_to_world
 
 
-def original_geometry(properties: dict, transpose_forward: Sequence[int]) -> Dict[str, list]:
-    """Geometry record (x,y,z order) of the original image, from nnU-Net's case properties."""
+def reader_geometry(properties: dict, transpose_forward: Sequence[int]) -> Dict[str, list]:
+    """Geometry record (x,y,z order) of the image as nnU-Net's reader delivered it (reoriented, for
+    SimpleITKIOWithReorient), from the case properties."""
     s = properties["sitk_stuff"]
     size_xyz = np.asarray(properties["shape_before_cropping"])[np.argsort(transpose_forward)][::-1]
     return {"size_xyz": [int(v) for v in size_xyz], "spacing_xyz": list(s["spacing"]),
@@ -25,7 +29,7 @@ def original_geometry(properties: dict, transpose_forward: Sequence[int]) -> Dic
 
 def preprocessed_to_original_index(coord: np.ndarray, preprocessed_shape: Sequence[int], properties: dict,
                                    transpose_forward: Sequence[int]) -> np.ndarray:
-    """Continuous preprocessed voxel coordinates -> continuous original SimpleITK index.
+    """Continuous preprocessed voxel coordinates -> continuous SimpleITK index of the reader's image.
 
     Args:
         coord: (..., 3) coordinates in the preprocessed array's axis order.
@@ -50,4 +54,4 @@ def preprocessed_to_world(coord: np.ndarray, preprocessed_shape: Sequence[int], 
                           transpose_forward: Sequence[int]) -> np.ndarray:
     """Continuous preprocessed voxel coordinates (..., 3) -> world points (..., 3) in mm."""
     index = preprocessed_to_original_index(coord, preprocessed_shape, properties, transpose_forward)
-    return index_to_world(original_geometry(properties, transpose_forward), index)
+    return index_to_world(reader_geometry(properties, transpose_forward), index)

@@ -14,16 +14,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunet_oar.io import InputError, atomic_path, geometry, read_image, write_json
+import SimpleITK as sitk
+
+from nnunet_oar.io import InputError, atomic_path, geometry, image_from_geometry, read_image, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_TAU, heatmap_region, organ_box
-from nnunet_oar.localization.grid import original_geometry, preprocessed_to_world
+from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry
 from nnunet_oar.paths import ensure_trainer_path
 
 BOX_STATS = "box_stats.json"
 
 
 def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dict,
-                   transpose_forward: Sequence[int], box_stats: Dict[str, dict],
+                   transpose_forward: Sequence[int], box_stats: Dict[str, dict], image_geom: Dict[str, list],
                    margin_mm: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM, tau: float = DEFAULT_TAU,
                    requested: Optional[Sequence[str]] = None, case: str = "") -> dict:
     """Boxes from one case's heat maps.
@@ -34,6 +36,7 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
         properties: nnU-Net's properties of the case (from preprocessing).
         transpose_forward: the plans' ``transpose_forward``.
         box_stats: ``{organ: {"mean_size_mm": [x, y, z]}}``.
+        image_geom: geometry record of the original image file; boxes are given in its voxel indices.
         margin_mm: margin v in mm, one for all organs or ``{organ: v}``.
         tau: detection threshold.
         requested: organs to report; the others get ``status: not_requested``.
@@ -43,7 +46,6 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
         The ``{case}_boxes.json`` content (see LAYOUT: image geometry, and per organ status, peak,
         centroid_mm, box_index_xyz (SimpleITK x,y,z; stop exclusive), box_mm, clipped).
     """
-    geom = original_geometry(properties, transpose_forward)
     organs = {}
     for k, name in enumerate(organ_names):
         if requested is not None and name not in requested:
@@ -58,14 +60,19 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
         c_mm = preprocessed_to_world(region["centroid"], heat.shape[1:], properties, transpose_forward)
         v = margin_mm[name] if isinstance(margin_mm, dict) else margin_mm
         organs[name] = {"status": "found", "peak": region["peak"], "centroid_mm": c_mm.tolist(), "margin_mm": v,
-                        **organ_box(geom, c_mm, box_stats[name]["mean_size_mm"], v)}
-    return {"case": case, "image": geom, "organs": organs}
+                        **organ_box(image_geom, c_mm, box_stats[name]["mean_size_mm"], v)}
+    return {"case": case, "image": image_geom, "organs": organs}
 
 
-def heatmaps_on_original_grid(heat: np.ndarray, properties: dict, plans_manager, configuration_manager
-                              ) -> np.ndarray:
+def heatmaps_on_original_grid(heat: np.ndarray, properties: dict, plans_manager, configuration_manager,
+                              orientation: str) -> np.ndarray:
     """Resample heat maps (n, *preprocessed shape) to the original image, numpy (n, z, y, x), with the
-    configuration's own probability resampling; outside nnU-Net's crop the heat map is 0."""
+    configuration's own probability resampling; outside nnU-Net's crop the heat map is 0.
+
+    Args:
+        orientation: the original image's DICOM orientation code (e.g. ``LPS``), to undo the reader's
+            reorientation.
+    """
     from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
     tf = plans_manager.transpose_forward
     resampled = configuration_manager.resampling_fn_probabilities(
@@ -74,7 +81,10 @@ def heatmaps_on_original_grid(heat: np.ndarray, properties: dict, plans_manager,
     full = np.zeros((heat.shape[0], *properties["shape_before_cropping"]), dtype=np.float32)
     full = insert_crop_into_image(full, np.asarray(resampled, dtype=np.float32),
                                   [[0, heat.shape[0]], *properties["bbox_used_for_cropping"]])
-    return full.transpose(0, *[i + 1 for i in plans_manager.transpose_backward])
+    full = full.transpose(0, *[i + 1 for i in plans_manager.transpose_backward])
+    geom = reader_geometry(properties, plans_manager.transpose_forward)
+    return np.stack([sitk.GetArrayFromImage(sitk.DICOMOrient(image_from_geometry(h, geom), orientation))
+                     for h in full])
 
 
 def load_box_stats(model_folder: Path, folds: Sequence[Union[int, str]]) -> Dict[str, dict]:
@@ -141,22 +151,23 @@ class Localizer:
                                                     p.configuration_manager, p.dataset_json)
         return data, properties
 
-    def boxes(self, heat: np.ndarray, properties: dict, case: str,
+    def boxes(self, heat: np.ndarray, properties: dict, image_geom: Dict[str, list], case: str,
               requested: Optional[Sequence[str]] = None) -> dict:
         return boxes_for_case(heat, self.organ_names, properties, self.predictor.plans_manager.transpose_forward,
-                              self.box_stats, self.margin_mm, self.tau, requested, case)
+                              self.box_stats, image_geom, self.margin_mm, self.tau, requested, case)
 
     def localize_file(self, image_file: Path, case: str, requested: Optional[Sequence[str]] = None,
                       with_heatmaps: bool = False):
         """Localize one CT file: ``(boxes dict, heat maps on the original grid (n, z, y, x) or None)``."""
-        read_image(image_file, "CT")          # a clear error before nnU-Net sees a bad file
+        image = read_image(image_file, "CT")          # a clear error before nnU-Net sees a bad file
         data, properties = self.preprocess(image_file)
         heat = self.heatmaps(data)
         full = None
         if with_heatmaps:
+            orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(image.GetDirection())
             full = heatmaps_on_original_grid(heat, properties, self.predictor.plans_manager,
-                                             self.predictor.configuration_manager)
-        return self.boxes(heat, properties, case, requested), full
+                                             self.predictor.configuration_manager, orientation)
+        return self.boxes(heat, properties, geometry(image), case, requested), full
 
 
 def case_id(image_file: Path) -> str:
@@ -233,8 +244,6 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
     from nnunet_oar.localization.boxes import calibrate_margin
     from nnunet_oar.metrics import localization_metrics, summarize_localization
     from nnunet_oar.paths import find_dataset, preprocessed_root, results_root
-    import SimpleITK as sitk
-
     pre = find_dataset(preprocessed_root(), dataset_id)
     if pre is None:
         raise FileNotFoundError(f"{preprocessed_root()}: no preprocessed data set with id {dataset_id}")
@@ -251,10 +260,10 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
         dataset = infer_dataset_class(str(folder))(str(folder), split["val"])
         for case in tqdm(split["val"], desc=f"fold {fold}"):
             data, _, _, properties = dataset.load_case(case)
-            boxes = localizer.boxes(localizer.heatmaps(np.asarray(data[:])), properties, case)
-            write_json(boxes, output / f"{case}_boxes.json")
             gt = sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{localizer.predictor.dataset_json['file_ending']}"))
             gt_zyx, geom = sitk.GetArrayFromImage(gt), geometry(gt)
+            boxes = localizer.boxes(localizer.heatmaps(np.asarray(data[:])), properties, geom, case)
+            write_json(boxes, output / f"{case}_boxes.json")
             wanted = annotations.get(case, []) if annotations is not None else localizer.organ_names
             per_case[case] = {}
             for organ in localizer.organ_names:

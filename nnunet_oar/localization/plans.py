@@ -30,7 +30,7 @@ PLANS = "nnUNetPlans"
 
 
 def plan_localizer(dataset_id: int, spacing_mm: float = 3.0, sigma2_mm2: float = DEFAULT_SIGMA2_MM2,
-                   num_processes: int = 2, progress: bool = True) -> Path:
+                   num_processes: int = 2, progress: bool = True, fg_weight: float = 0.0) -> Path:
     """Add (or replace) the ``3d_loc`` configuration in ``nnUNetPlans.json`` of a data set.
 
     Runs nnU-Net's fingerprint extraction and default planning first if they have not been run.
@@ -41,6 +41,7 @@ def plan_localizer(dataset_id: int, spacing_mm: float = 3.0, sigma2_mm2: float =
         spacing_mm: isotropic target spacing of the localizer, mm.
         sigma2_mm2: heat-map variance sigma^2, mm^2.
         num_processes: processes for nnU-Net's fingerprint extraction.
+        fg_weight: foreground weight of the loss (0 = the paper's plain L2; see ``masked_l2``).
 
     Returns:
         Path of the updated plans file.
@@ -72,6 +73,7 @@ def plan_localizer(dataset_id: int, spacing_mm: float = 3.0, sigma2_mm2: float =
                                                  float(np.prod(median) * len(shapes)), {})
     config["batch_size"] = 1
     config["heatmap_sigma2_mm2"] = float(sigma2_mm2)
+    config["heatmap_fg_weight"] = float(fg_weight)
     plans["configurations"][CONFIGURATION] = config
     write_json(plans, plans_file)
 

@@ -16,11 +16,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerAdam
 
 from nnunet_oar.io import geometry, write_json
 from nnunet_oar.localization.boxes import mean_box_sizes
-from nnunet_oar.localization.heatmaps import DEFAULT_SIGMA2_MM2, heatmap_loss, heatmap_targets
+from nnunet_oar.localization.heatmaps import DEFAULT_SIGMA2_MM2, HeatmapLoss, heatmap_targets
 from nnunet_oar.localization.localize import BOX_STATS, boxes_for_case
 from nnunet_oar.metrics import localization_metrics, summarize_localization
 
@@ -52,12 +53,16 @@ class nnUNetTrainerOARHeatmap(nnUNetTrainerAdam):
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         # No mirroring, in training or at test time: a left-right flip would teach kidney_left's channel
         # both sides, and flips along the other axes make anatomy that localization by context never sees.
+        # Rotations are kept to +-15 degrees: patients lie in a known orientation on the CT table.
         rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        rotation = (-15. / 360 * 2. * np.pi, 15. / 360 * 2. * np.pi)
+        initial_patch_size = get_patch_size(self.configuration_manager.patch_size, rotation, rotation, rotation,
+                                            (0.85, 1.25))
         self.inference_allowed_mirroring_axes = None
-        return rotation, dummy_2d, initial_patch_size, None
+        return rotation, False, initial_patch_size, None
 
     def _build_loss(self):
-        return heatmap_loss
+        return HeatmapLoss(float(self.configuration_manager.configuration.get("heatmap_fg_weight", 0.0)))
 
     def _annotated(self, keys) -> torch.Tensor:
         """(B, n_organs) bool: which organs are annotated in each case of the batch."""
@@ -117,14 +122,14 @@ class nnUNetTrainerOARHeatmap(nnUNetTrainerAdam):
             data, _, _, properties = dataset.load_case(k)
             with torch.no_grad():
                 heat = predictor.predict_sliding_window_return_logits(torch.from_numpy(data[:]))[1:].float().cpu().numpy()
-            boxes = boxes_for_case(heat, self.organ_names, properties, self.plans_manager.transpose_forward,
-                                   box_stats, case=k)
-            write_json(boxes, join(out_dir, f"{k}_boxes.json"))
-            np.savez_compressed(join(out_dir, f"{k}_heatmaps_3d_loc.npz"),
-                                **{n: heat[i].astype(np.float16) for i, n in enumerate(self.organ_names)})
             gt = sitk.ReadImage(join(self.preprocessed_dataset_folder_base, "gt_segmentations",
                                      k + self.dataset_json["file_ending"]))
             gt_zyx, geom = sitk.GetArrayFromImage(gt), geometry(gt)
+            boxes = boxes_for_case(heat, self.organ_names, properties, self.plans_manager.transpose_forward,
+                                   box_stats, geom, case=k)
+            write_json(boxes, join(out_dir, f"{k}_boxes.json"))
+            np.savez_compressed(join(out_dir, f"{k}_heatmaps_3d_loc.npz"),
+                                **{n: heat[i].astype(np.float16) for i, n in enumerate(self.organ_names)})
             annotated = self.annotations.get(k, self.organ_names) if self.annotations is not None else self.organ_names
             per_case[k] = {o: localization_metrics(gt_zyx == labels[o], geom, boxes["organs"][o])
                            for o in self.organ_names if o in annotated}
@@ -150,4 +155,4 @@ class nnUNetTrainerOARHeatmap_demo(nnUNetTrainerOARHeatmap):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 20, 25, 4
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 30, 25, 4

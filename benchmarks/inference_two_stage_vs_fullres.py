@@ -1,0 +1,213 @@
+"""Two-stage inference against one nnU-Net 3d_fullres multi-organ network, on the same CT, on CPU.
+
+The real CT of ../shared/data/totalsegmentator (abdomen-pelvis, 3 mm) is resampled to a clinical grid
+(0.8 x 0.8 x 1.5 mm). Its TotalSegmentator map gives 15 VISCERAL structures. Every network is planned by
+nnU-Net's own planner on data of the right size (the full CT for the baseline and for the 3 mm
+localizer; each organ's 10 mm-margin crop for its organ network, at the paper's 1 mm), and gets random
+weights (timing does not need trained ones). The two methods then run through their real code paths:
+``nnUNetPredictor.predict_single_npy_array`` for the baseline, ``nnunet_oar.pipeline.OARPredictor`` for
+the two-stage method (tau = -1, so every organ is "found" and its mean-size box is processed).
+No test-time mirroring in either. Each method runs in its own process, so peak memory is its own.
+
+    python benchmarks/inference_two_stage_vs_fullres.py [--work /tmp/bench] [--out docs/results/inference_benchmark.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "totalsegmentator"
+CLINICAL_SPACING = (0.8, 0.8, 1.5)
+# TotalSegmentator "total" ids -> catalogue names (lungs: union of lobes)
+TS_TO_ORGAN = {"spleen": [1], "kidney_right": [2], "kidney_left": [3], "gallbladder": [4], "liver": [5],
+               "pancreas": [7], "adrenal_gland_right": [8], "adrenal_gland_left": [9], "lung_left": [10, 11],
+               "lung_right": [12, 13, 14], "urinary_bladder": [21], "vertebra_L1": [31], "aorta": [52],
+               "psoas_major_left": [88], "psoas_major_right": [89]}
+BASE_ID, FIRST_ORGAN_ID = 801, 811
+
+
+class NetworkTimer:
+    """Forward hooks that add up the time spent inside a network's forward passes (no patching)."""
+
+    def __init__(self):
+        self.seconds, self.calls, self.voxels = 0.0, 0, 0
+
+    def attach(self, net):
+        net.register_forward_pre_hook(self._pre)
+        net.register_forward_hook(self._post)
+
+    def _pre(self, module, inputs):
+        self._t = time.perf_counter()
+        self.voxels += int(np.prod(inputs[0].shape[2:])) * inputs[0].shape[0]
+
+    def _post(self, module, inputs, output):
+        self.seconds += time.perf_counter() - self._t
+        self.calls += 1
+
+
+def prepare(work: Path) -> None:
+    """Clinical-grid CT, raw data sets, nnU-Net plans and random-weight checkpoints, models folder."""
+    import torch
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    from nnunet_oar.conversion.dataset import build_dataset
+    from nnunet_oar.geometry import crop_image, index_box_to_world, mask_bbox_xyz, world_box_to_index
+    from nnunet_oar.io import geometry, write_image, write_json
+    from nnunet_oar.localization.plans import plan_localizer
+    from nnunet_oar.paths import ensure_trainer_path
+    from nnunet_oar.pipeline import export_models
+
+    ensure_trainer_path()
+    ct3 = sitk.ReadImage(str(SHARED / "example_ct.nii.gz"))
+    seg3 = sitk.ReadImage(str(SHARED / "example_seg.nii.gz"))
+    size = [int(round(n * s / t)) for n, s, t in zip(ct3.GetSize(), ct3.GetSpacing(), CLINICAL_SPACING)]
+    ref = sitk.Image(size, sitk.sitkInt16)
+    ref.SetSpacing(CLINICAL_SPACING)
+    ref.SetOrigin(ct3.GetOrigin())
+    ref.SetDirection(ct3.GetDirection())
+    ct = sitk.Cast(sitk.Resample(ct3, ref, sitk.Transform(), sitk.sitkLinear, -1024), sitk.sitkInt16)
+    seg = sitk.Resample(seg3, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    write_image(ct, work / "ct_clinical.nii.gz")
+    ts = sitk.GetArrayFromImage(seg)
+    masks = {o: np.isin(ts, ids) for o, ids in TS_TO_ORGAN.items()}
+    organs = [o for o in masks if masks[o].any()]
+    geom = geometry(ct)
+    with build_dataset(BASE_ID, "BENCH", organs, "benchmark CT", work / "nnUNet_raw") as b:
+        b.add_case("ct", ct, {o: masks[o] for o in organs})
+    box_sizes = {}
+    organ_ids = []
+    for k, organ in enumerate(organs):
+        lo, hi = index_box_to_world(geom, *mask_bbox_xyz(masks[organ]))
+        box_sizes[organ] = {"mean_size_mm": (hi - lo).tolist(), "n": 1}
+        start, stop, _ = world_box_to_index(geom, lo - 10, hi + 10)
+        (x0, y0, z0), (x1, y1, z1) = start, stop
+        with build_dataset(FIRST_ORGAN_ID + k, f"BENCH_{organ}", [organ], "crop", work / "nnUNet_raw") as b:
+            b.add_case("ct", crop_image(ct, start, stop), {organ: masks[organ][z0:z1, y0:y1, x0:x1].copy()})
+        organ_ids.append(FIRST_ORGAN_ID + k)
+    ids = [BASE_ID] + organ_ids
+    extract_fingerprints(ids, num_processes=2, check_dataset_integrity=False, show_progress_bar=False)
+    plan_experiments([BASE_ID])
+    plan_experiments(organ_ids, overwrite_target_spacing=(1.0, 1.0, 1.0))
+    plan_localizer(BASE_ID, 3.0, progress=False)
+
+    def fake_results(dataset_id, configuration, trainer, extra=None):
+        pre = sorted((work / "nnUNet_preprocessed").glob(f"Dataset{dataset_id:03d}_*"))[0]
+        plans = json.loads((pre / "nnUNetPlans.json").read_text())
+        dataset_json = json.loads((pre / "dataset.json").read_text())
+        out = work / "nnUNet_results" / pre.name / f"{trainer}__nnUNetPlans__{configuration}"
+        (out / "fold_0").mkdir(parents=True, exist_ok=True)
+        write_json(plans, out / "plans.json")
+        write_json(dataset_json, out / "dataset.json")
+        write_json(json.loads((pre / "dataset_fingerprint.json").read_text()), out / "dataset_fingerprint.json")
+        pm = PlansManager(plans)
+        cm = pm.get_configuration(configuration)
+        cls = recursive_find_trainer_class_by_name(trainer)
+        net = cls.build_network_architecture(pm, cm, determine_num_input_channels(pm, cm, dataset_json),
+                                             pm.get_label_manager(dataset_json).num_segmentation_heads, False)
+        torch.save({"network_weights": net.state_dict(), "trainer_name": trainer,
+                    "init_args": {"configuration": configuration}, "inference_allowed_mirroring_axes": None},
+                   out / "fold_0" / "checkpoint_final.pth")
+        for name, obj in (extra or {}).items():
+            write_json(obj, out / "fold_0" / name)
+        return out, cm
+
+    summary = {}
+    _, cm = fake_results(BASE_ID, "3d_fullres", "nnUNetTrainer")
+    summary["baseline_patch"] = cm.patch_size
+    _, cm = fake_results(BASE_ID, "3d_loc", "nnUNetTrainerOARHeatmap", {"box_stats.json": box_sizes})
+    summary["localizer_patch"] = cm.patch_size
+    summary["organ_patches"] = {}
+    for organ, dataset_id in zip(organs, organ_ids):
+        _, cm = fake_results(dataset_id, "3d_fullres", "nnUNetTrainer")
+        summary["organ_patches"][organ] = cm.patch_size
+    with_env(work)
+    export_models(work / "models", BASE_ID, organ_ids, tau=-1.0)
+    summary["ct_size_xyz"] = list(ct.GetSize())
+    summary["organs"] = organs
+    write_json(summary, work / "prepared.json")
+
+
+def with_env(work: Path) -> None:
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (work / k).mkdir(parents=True, exist_ok=True)
+        os.environ[k] = str(work / k)
+
+
+def run_method(work: Path, method: str) -> dict:
+    """Time one method in this process (called in a child process by ``main``)."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    torch.set_num_threads(2)
+    ct = sitk.ReadImage(str(work / "ct_clinical.nii.gz"))
+    t0 = time.perf_counter()
+    timer = NetworkTimer()
+    if method == "baseline":
+        folder = next((work / "nnUNet_results").glob(f"Dataset{BASE_ID}_*")) / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+        p = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, perform_everything_on_device=False,
+                            device=torch.device("cpu"), allow_tqdm=False)
+        p.initialize_from_trained_model_folder(str(folder), [0])
+        timer.attach(p.network)
+        t_start = time.perf_counter()
+        data = sitk.GetArrayFromImage(sitk.DICOMOrient(ct, "RAS"))[None].astype(np.float32)
+        p.predict_single_npy_array(data, {"spacing": list(ct.GetSpacing())[::-1]}, None, None, False)
+    else:
+        from nnunet_oar.pipeline import OARPredictor
+        p = OARPredictor(work / "models", device="cpu", tta=False)
+        timer.attach(p.localizer.predictor.network)
+        for net in p.networks.values():
+            timer.attach(net.network)
+        t_start = time.perf_counter()
+        p.predict_image(ct, work / "ct_clinical.nii.gz", "ct")
+    wall = time.perf_counter() - t_start
+    return {"method": method, "wall_s": wall, "load_s": t_start - t0, "network_s": timer.seconds,
+            "network_calls": timer.calls, "voxels_through_networks": timer.voxels,
+            "share_outside_networks": 1 - timer.seconds / wall,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/nnunet_oar_bench")
+    ap.add_argument("--out", default=str(REPO / "docs" / "results" / "inference_benchmark.json"))
+    ap.add_argument("--method", choices=["baseline", "two_stage"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    work = Path(a.work)
+    with_env(work)
+    if a.method:
+        print(json.dumps(run_method(work, a.method)))
+        return
+    if not (work / "prepared.json").is_file():
+        prepare(work)
+    results = {"machine": f"{os.cpu_count()} CPU cores, torch threads 2", "clinical_spacing_xyz_mm": CLINICAL_SPACING,
+               "prepared": json.loads((work / "prepared.json").read_text())}
+    for method in ("two_stage", "baseline"):
+        r = subprocess.run([sys.executable, __file__, "--work", str(work), "--method", method],
+                           capture_output=True, text=True, env=os.environ)
+        if r.returncode:
+            raise SystemExit(r.stderr[-3000:])
+        results[method] = json.loads(r.stdout.strip().splitlines()[-1])
+        print(json.dumps(results[method], indent=1), flush=True)
+    results["ratio_wall_two_stage_over_baseline"] = results["two_stage"]["wall_s"] / results["baseline"]["wall_s"]
+    results["ratio_voxels_two_stage_over_baseline"] = (results["two_stage"]["voxels_through_networks"] /
+                                                        results["baseline"]["voxels_through_networks"])
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"two-stage / baseline wall time: {results['ratio_wall_two_stage_over_baseline']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

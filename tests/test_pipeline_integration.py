@@ -1,0 +1,154 @@
+"""Organ stage and end to end on tiny phantoms, through the stock nnU-Net commands: crop-rois,
+plan-organs, nnUNetv2_train for each organ, export-models, `nnunet_oar predict`, `nnunet_oar merge`."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tests.nnunet_helpers import LOC_TRAINER, run
+
+ORGANS = ["liver", "kidney_left"]
+ORGAN_TRAINER = "nnUNetTrainerOARTiny"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pipeline(trained_localizer):
+    t = trained_localizer
+    env, root = t["env"], t["root"]
+    run([sys.executable, str(REPO / "dataset_conversion" / "crop_rois.py"), "-d", "601", "--boxes-from-labels",
+         "--shift", "3", "--organs", *ORGANS, "--first-id", "611"], env)
+    run(["nnunet_oar", "plan-organs", "--first-id", "611", "--spacing", "0"], env)
+    for dataset_id in ("611", "612"):
+        run(["nnUNetv2_train", dataset_id, "3d_fullres", "all", "-tr", ORGAN_TRAINER, "-device", "cpu"], env)
+    models = root / "models"
+    # tau = -1 marks every organ found, so that the organ networks always run in this test whatever the
+    # briefly trained localizer outputs
+    run(["nnunet_oar", "export-models", "-o", str(models), "--localizer-id", "601", "--first-id", "611",
+         "--localizer-trainer", LOC_TRAINER, "--organ-trainer", ORGAN_TRAINER, "--tau", "-1"], env)
+    return {**t, "models": models}
+
+
+def test_crop_datasets_hold_exact_crops_of_the_source(pipeline):
+    raw = pipeline["root"] / "nnUNet_raw"
+    liver = raw / "Dataset611_VISCERAL_liver"
+    assert (raw / "Dataset612_VISCERAL_kidney_left").is_dir()
+    assert json.loads((liver / "dataset.json").read_text())["labels"] == {"background": 0, "liver": 1}
+    crops = json.loads((liver / "crops.json").read_text())
+    source_labels = json.loads((raw / "Dataset601_VISCERAL" / "dataset.json").read_text())["labels"]
+    for crop_id, c in crops.items():
+        src_ct = sitk.ReadImage(str(raw / "Dataset601_VISCERAL" / "imagesTr" / f"{c['source_case']}_0000.nii.gz"))
+        src_seg = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "Dataset601_VISCERAL" / "labelsTr" /
+                                                            f"{c['source_case']}.nii.gz")))
+        ct = sitk.ReadImage(str(liver / "imagesTr" / f"{crop_id}_0000.nii.gz"))
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(liver / "labelsTr" / f"{crop_id}.nii.gz")))
+        (x0, y0, z0), (x1, y1, z1) = c["box_index_xyz"]["start"], c["box_index_xyz"]["stop"]
+        assert np.allclose(ct.GetOrigin(), src_ct.TransformIndexToPhysicalPoint((x0, y0, z0)))
+        assert np.array_equal(sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(src_ct)[z0:z1, y0:y1, x0:x1])
+        assert np.array_equal(seg == 1, src_seg[z0:z1, y0:y1, x0:x1] == source_labels["liver"])
+    report = json.loads((liver / "crop_report.json").read_text())
+    assert report["cases"] == len(crops)
+
+
+def test_crops_from_localizer_boxes_report_missed_and_cut_organs(pipeline, tmp_path):
+    from nnunet_oar.segmentation.crops import crop_rois
+    raw = pipeline["root"] / "nnUNet_raw" / "Dataset601_VISCERAL"
+    annotations = json.loads((raw / "annotations.json").read_text())
+    cases = [c for c in sorted(annotations) if "liver" in annotations[c]]
+    boxes = tmp_path / "boxes"
+    boxes.mkdir()
+    for c in cases[2:]:                                        # the others: a box over the whole image
+        full = list(sitk.ReadImage(str(raw / "labelsTr" / f"{c}.nii.gz")).GetSize())
+        (boxes / f"{c}_boxes.json").write_text(json.dumps({"organs": {"liver": {
+            "status": "found", "box_index_xyz": {"start": [0, 0, 0], "stop": full}, "clipped": False}}}))
+    seg = sitk.ReadImage(str(raw / "labelsTr" / f"{cases[0]}.nii.gz"))
+    size = list(seg.GetSize())
+    half = [s // 2 for s in size]                              # a box holding only one corner of the image
+    (boxes / f"{cases[0]}_boxes.json").write_text(json.dumps({"organs": {"liver": {
+        "status": "found", "box_index_xyz": {"start": [0, 0, 0], "stop": half}, "clipped": False}}}))
+    (boxes / f"{cases[1]}_boxes.json").write_text(json.dumps({"organs": {"liver": {"status": "absent", "peak": 0.01}}}))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in pipeline["env"].items():
+            if k.startswith("nnUNet_"):
+                mp.setenv(k, v)
+        reports = crop_rois(601, 621, boxes, ["liver"], progress=False)
+    r = reports["liver"]
+    assert r["skipped"][cases[1]] == "missed by the localizer"
+    assert 0 < r["cut"][cases[0]] <= 1
+    assert r["cases"] == len(cases) - 1 and cases[2:] and all(c not in r["cut"] for c in cases[2:])
+
+
+def test_organ_networks_are_planned_on_crop_sized_patches(pipeline):
+    pre = pipeline["root"] / "nnUNet_preprocessed" / "Dataset611_VISCERAL_liver"
+    c = json.loads((pre / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"]
+    assert all(p <= 2 * m + 16 for p, m in zip(c["patch_size"], c["median_image_size_in_voxels"]))
+
+
+def test_predict_end_to_end_keeps_the_input_geometry(pipeline, tmp_path):
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    out = tmp_path / "pred"
+    run(["nnunet_oar", "predict", "-i", str(image), "-o", str(out), "-m", str(pipeline["models"]),
+         "--disable-tta"], pipeline["env"])
+    case = image.name[: -len(".nii.gz")]
+    ct, seg = sitk.ReadImage(str(image)), sitk.ReadImage(str(out / f"{case}.nii.gz"))
+    assert seg.GetSize() == ct.GetSize() and seg.GetSpacing() == ct.GetSpacing()
+    assert seg.GetOrigin() == ct.GetOrigin() and seg.GetDirection() == ct.GetDirection()
+    sidecar = json.loads((out / f"{case}.json").read_text())
+    assert sidecar["labels"] == {"background": 0, "liver": 1, "kidney_left": 2}
+    assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+    stats = json.loads((out / f"{case}_stats.json").read_text())["organs"]
+    assert stats["kidney_right"] == {"status": "not_requested"}      # the localizer knows it, no organ model
+    for organ in ORGANS:
+        s = stats[organ]
+        assert s["localizer"] == "found" and s["status"] in ("found", "absent") and s["volume_ml"] >= 0
+    assert (out / f"{case}_boxes.json").is_file()
+    before = sorted(p.name for p in out.iterdir())
+    run(["nnunet_oar", "predict", "-i", str(image), "-o", str(out), "-m", str(pipeline["models"]),
+         "--disable-tta", "--organs", "liver"], pipeline["env"])
+    assert sorted(p.name for p in out.iterdir()) == before      # replaced in place, no temporary left
+
+
+def test_predict_bad_input_is_named_and_other_cases_go_on(pipeline, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    shutil.copy(image, src / image.name)
+    (src / "corrupt.nii.gz").write_bytes(b"\x00" * 10)
+    r = subprocess.run(["nnunet_oar", "predict", "-i", str(src), "-o", str(tmp_path / "o"), "-m",
+                        str(pipeline["models"]), "--disable-tta"], env=pipeline["env"], capture_output=True, text=True)
+    assert r.returncode == 2 and "corrupt.nii.gz" in r.stderr
+    assert (tmp_path / "o" / image.name).is_file()
+    assert not (tmp_path / "o" / "corrupt.nii.gz").exists()
+
+
+def test_merge_of_nnunet_prediction_folders(pipeline, tmp_path):
+    env, raw = pipeline["env"], pipeline["root"] / "nnUNet_raw"
+    folders = []
+    for dataset_id, name in (("611", "liver"), ("612", "kidney_left")):
+        ds = raw / f"Dataset{dataset_id}_VISCERAL_{name}"
+        pred = tmp_path / name
+        run(["nnUNetv2_predict", "-i", str(ds / "imagesTr"), "-o", str(pred), "-d", dataset_id, "-c", "3d_fullres",
+             "-f", "all", "-tr", ORGAN_TRAINER, "--save_probabilities", "--disable_tta", "-device", "cpu",
+             "-npp", "1", "-nps", "1"], env)
+        shutil.copy(ds / "crops.json", pred / "crops.json")
+        folders.append(str(pred))
+    out = tmp_path / "merged"
+    run([sys.executable, str(REPO / "postprocessing" / "merge_organs.py"), "-i", *folders, "-o", str(out)], env)
+    crops = json.loads((raw / "Dataset611_VISCERAL_liver" / "crops.json").read_text())
+    case = next(iter(crops))
+    src = sitk.ReadImage(str(raw / "Dataset601_VISCERAL" / "imagesTr" / f"{case}_0000.nii.gz"))
+    merged = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+    assert merged.GetSize() == src.GetSize() and merged.GetOrigin() == src.GetOrigin()
+    assert merged.GetDirection() == src.GetDirection() and merged.GetSpacing() == src.GetSpacing()
+    labels = json.loads((out / f"{case}.json").read_text())["labels"]
+    assert labels == {"background": 0, "liver": 1, "kidney_left": 2}
+    # where the liver crop's own nnU-Net segmentation says liver and no kidney crop overlaps, the merge says liver
+    liver_seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "liver" / f"{case}.nii.gz")))
+    (x0, y0, z0), (x1, y1, z1) = crops[case]["box_index_xyz"]["start"], crops[case]["box_index_xyz"]["stop"]
+    m = sitk.GetArrayFromImage(merged)[z0:z1, y0:y1, x0:x1]
+    assert np.all(m[liver_seg == 1] != 0)
