@@ -6,7 +6,8 @@ nnU-Net's own planner on data of the right size (the full CT for the baseline an
 localizer; each organ's 10 mm-margin crop for its organ network, at the paper's 1 mm), and gets random
 weights (timing does not need trained ones). The two methods then run through their real code paths:
 ``nnUNetPredictor.predict_single_npy_array`` for the baseline, ``nnunet_oar.pipeline.OARPredictor`` for
-the two-stage method (tau = -1, so every organ is "found" and its mean-size box is processed).
+the two-stage method (tau = -1, so every organ is "found" and its mean-size box is processed), and the
+localizer alone (``Localizer.localize_file``: nnU-Net preprocessing to 3 mm, the network, boxes).
 No test-time mirroring in either. Each method runs in its own process, so peak memory is its own.
 
     python benchmarks/inference_two_stage_vs_fullres.py [--work /tmp/bench] [--out docs/results/inference_benchmark.json]
@@ -67,10 +68,8 @@ def prepare(work: Path) -> None:
     from nnunet_oar.geometry import crop_image, index_box_to_world, mask_bbox_xyz, world_box_to_index
     from nnunet_oar.io import geometry, write_image, write_json
     from nnunet_oar.localization.plans import plan_localizer
-    from nnunet_oar.paths import ensure_trainer_path
     from nnunet_oar.pipeline import export_models
 
-    ensure_trainer_path()
     ct3 = sitk.ReadImage(str(SHARED / "example_ct.nii.gz"))
     seg3 = sitk.ReadImage(str(SHARED / "example_seg.nii.gz"))
     size = [int(round(n * s / t)) for n, s, t in zip(ct3.GetSize(), ct3.GetSpacing(), CLINICAL_SPACING)]
@@ -133,17 +132,10 @@ def prepare(work: Path) -> None:
     for organ, dataset_id in zip(organs, organ_ids):
         _, cm = fake_results(dataset_id, "3d_fullres", "nnUNetTrainer")
         summary["organ_patches"][organ] = cm.patch_size
-    with_env(work)
     export_models(work / "models", BASE_ID, organ_ids, tau=-1.0)
     summary["ct_size_xyz"] = list(ct.GetSize())
     summary["organs"] = organs
     write_json(summary, work / "prepared.json")
-
-
-def with_env(work: Path) -> None:
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (work / k).mkdir(parents=True, exist_ok=True)
-        os.environ[k] = str(work / k)
 
 
 def run_method(work: Path, method: str) -> dict:
@@ -164,9 +156,15 @@ def run_method(work: Path, method: str) -> dict:
         t_start = time.perf_counter()
         data = sitk.GetArrayFromImage(sitk.DICOMOrient(ct, "RAS"))[None].astype(np.float32)
         p.predict_single_npy_array(data, {"spacing": list(ct.GetSpacing())[::-1]}, None, None, False)
+    elif method == "localizer":
+        from nnunet_oar.localization.localize import Localizer
+        loc = Localizer(next((work / "models").glob("localizer")), tau=-1.0)
+        timer.attach(loc.predictor.network)
+        t_start = time.perf_counter()
+        loc.localize_file(work / "ct_clinical.nii.gz", "ct")
     else:
         from nnunet_oar.pipeline import OARPredictor
-        p = OARPredictor(work / "models", device="cpu", tta=False)
+        p = OARPredictor(work / "models", device="cpu", tta=False, step_size=1.0 if method.endswith("step1") else 0.5)
         timer.attach(p.localizer.predictor.network)
         for net in p.networks.values():
             timer.attach(net.network)
@@ -183,10 +181,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/nnunet_oar_bench")
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "inference_benchmark.json"))
-    ap.add_argument("--method", choices=["baseline", "two_stage"], help=argparse.SUPPRESS)
+    ap.add_argument("--method", choices=["baseline", "two_stage", "two_stage_step1", "localizer"],
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--only", nargs="+", help="run only these methods and merge them into an existing --out")
     a = ap.parse_args()
     work = Path(a.work)
-    with_env(work)
+    from nnunet_oar.paths import use_nnunet_folders
+    use_nnunet_folders(work)
     if a.method:
         print(json.dumps(run_method(work, a.method)))
         return
@@ -194,19 +195,23 @@ def main() -> None:
         prepare(work)
     results = {"machine": f"{os.cpu_count()} CPU cores, torch threads 2", "clinical_spacing_xyz_mm": CLINICAL_SPACING,
                "prepared": json.loads((work / "prepared.json").read_text())}
-    for method in ("two_stage", "baseline"):
+    if a.only and Path(a.out).is_file():
+        results = json.loads(Path(a.out).read_text())
+    for method in a.only or ("localizer", "two_stage", "two_stage_step1", "baseline"):
         r = subprocess.run([sys.executable, __file__, "--work", str(work), "--method", method],
                            capture_output=True, text=True, env=os.environ)
         if r.returncode:
             raise SystemExit(r.stderr[-3000:])
         results[method] = json.loads(r.stdout.strip().splitlines()[-1])
         print(json.dumps(results[method], indent=1), flush=True)
-    results["ratio_wall_two_stage_over_baseline"] = results["two_stage"]["wall_s"] / results["baseline"]["wall_s"]
-    results["ratio_voxels_two_stage_over_baseline"] = (results["two_stage"]["voxels_through_networks"] /
-                                                        results["baseline"]["voxels_through_networks"])
+    for method in ("two_stage", "two_stage_step1"):
+        if method in results and "baseline" in results:
+            results[f"ratio_wall_{method}_over_baseline"] = results[method]["wall_s"] / results["baseline"]["wall_s"]
+            results[f"ratio_voxels_{method}_over_baseline"] = (results[method]["voxels_through_networks"] /
+                                                               results["baseline"]["voxels_through_networks"])
+            print(f"{method} / baseline wall time: {results[f'ratio_wall_{method}_over_baseline']:.3f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"two-stage / baseline wall time: {results['ratio_wall_two_stage_over_baseline']:.3f}")
 
 
 if __name__ == "__main__":

@@ -40,11 +40,16 @@ def _plan_localizer(a):
     print(f"added 3d_loc to {plan_localizer(a.dataset_id, a.spacing, a.sigma2, a.num_processes, fg_weight=a.fg_weight)}")
 
 
+def _margins(a):
+    """``--margin`` (one value, mm) or ``--margins margins.json`` (per organ, from cross-validation)."""
+    if a.margins:
+        return {k: v["margin_mm"] for k, v in json.loads(Path(a.margins).read_text()).items()}
+    return a.margin
+
+
 def _localize(a):
     from nnunet_oar.localization.localize import localize, localize_cross_validation
-    margin = a.margin
-    if a.margins:
-        margin = {k: v["margin_mm"] for k, v in json.loads(Path(a.margins).read_text()).items()}
+    margin = _margins(a)
     if a.cross_validation:
         if a.dataset_id is None:
             raise ValueError("--cross-validation needs -d DATASET_ID")
@@ -84,9 +89,7 @@ def _merge(a):
 def _export_models(a):
     from nnunet_oar.pipeline import export_models
     from nnunet_oar.segmentation.organs import organ_dataset_ids_from
-    margin = a.margin
-    if a.margins:
-        margin = {k: v["margin_mm"] for k, v in json.loads(Path(a.margins).read_text()).items()}
+    margin = _margins(a)
     ids = a.organ_ids or organ_dataset_ids_from(a.first_id)
     out = export_models(Path(a.output), a.localizer_id, ids, a.localizer_trainer, a.organ_trainer, margins=margin,
                         tau=a.tau)
@@ -95,7 +98,8 @@ def _export_models(a):
 
 def _predict(a):
     from nnunet_oar.pipeline import predict
-    errors = predict(Path(a.input), Path(a.output), Path(a.models), a.folds, a.device, a.organs, not a.disable_tta)
+    errors = predict(Path(a.input), Path(a.output), Path(a.models), a.folds, a.device, a.organs, not a.disable_tta,
+                     a.step_size)
     if errors:
         raise InputError(f"{len(errors)} input(s) failed: " + "; ".join(errors.values()))
 
@@ -191,11 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--organs", nargs="+")
     s.add_argument("--disable-tta", action="store_true", help="no test-time mirroring in the organ networks")
+    s.add_argument("--step-size", type=float, default=0.5,
+                   help="sliding-window step of the organ networks, fraction of the patch (nnU-Net's default 0.5)")
     s.set_defaults(func=_predict)
 
     s = sub.add_parser("demo", help="phantoms -> train both stages briefly on CPU -> predict -> report")
     s.add_argument("-o", "--output", required=True)
-    s.add_argument("--train", type=int, default=24, help="training phantoms (default 24)")
+    s.add_argument("--train", type=int, default=30, help="training phantoms (default 30)")
     s.add_argument("--test", type=int, default=3, help="held-out phantoms (default 3)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_demo)

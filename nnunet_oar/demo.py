@@ -8,13 +8,12 @@ writes ``report.md``, ``report.json`` and ``preview.png``. Everything lives unde
 CPU shortcuts, all documented in the report: the localizer works on a 4 mm grid with a foreground-weighted
 L2 (``fg_weight``; plain L2 needs far more iterations than a demo has) and is trained on all
 training cases ("all" fold), so the organ crops are taken from the reference boxes with a random shift
-(``--boxes-from-labels``) instead of out-of-fold localizer boxes; the organ networks keep the phantoms'
-own spacing instead of 1 mm.
+(``--boxes-from-labels``) instead of out-of-fold localizer boxes; the organ networks work at 2 mm
+instead of the paper's 1 mm.
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_oar.io import write_json
-from nnunet_oar.paths import trainer_path
+from nnunet_oar.paths import use_nnunet_folders
 
 DEMO_ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
 SOURCE_ID, TEST_ID, FIRST_ORGAN_ID = 901, 902, 911
@@ -64,9 +63,9 @@ def _nnunet(cmd: List[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed; see {log}:\n" + log.read_text()[-2000:])
 
 
-def run_demo(output: Path, n_train: int = 24, n_test: int = 3, seed: int = 0, scale: float = 0.4,
+def run_demo(output: Path, n_train: int = 30, n_test: int = 3, seed: int = 0, scale: float = 0.4,
              organs: List[str] = DEMO_ORGANS, loc_spacing_mm: float = 4.0, margin_mm: float = 10.0,
-             fg_weight: float = 20.0) -> dict:
+             fg_weight: float = 20.0, organ_spacing_mm: float = 2.0) -> dict:
     """Run the demo into ``output``; returns the report dict (also written as report.json)."""
     from nnunet_oar.conversion.visceral import convert_visceral
     from nnunet_oar.localization.plans import plan_localizer
@@ -79,13 +78,7 @@ def run_demo(output: Path, n_train: int = 24, n_test: int = 3, seed: int = 0, sc
     from nnunet_oar.io import geometry
 
     output = Path(output).resolve()
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (output / k).mkdir(parents=True, exist_ok=True)
-        os.environ[k] = str(output / k)
-    os.environ.setdefault("nnUNet_def_n_proc", "2")
-    os.environ.setdefault("nnUNet_n_proc_DA", "1")
-    os.environ.setdefault("nnUNet_compile", "f")
-    os.environ["nnUNet_extTrainer"] = str(trainer_path())
+    use_nnunet_folders(output)
     log = output / "nnunet.log"
     log.write_text("")
     bin_dir = Path(sys.executable).parent
@@ -107,8 +100,8 @@ def run_demo(output: Path, n_train: int = 24, n_test: int = 3, seed: int = 0, sc
                  "-device", "cpu"], log)
     with stage("organ crops + planning"), _quiet(log):
         crop_rois(SOURCE_ID, FIRST_ORGAN_ID, organs=organs, boxes_from_labels=True, margin_mm=margin_mm,
-                  shift_mm=margin_mm / 2, seed=seed, progress=False)
-        organ_ids = plan_organs(FIRST_ORGAN_ID, spacing_mm=None)
+                  shift_mm=margin_mm, seed=seed, progress=False)
+        organ_ids = plan_organs(FIRST_ORGAN_ID, spacing_mm=organ_spacing_mm)
     with stage("organ networks training"):
         for dataset_id in organ_ids:
             _nnunet([str(bin_dir / "nnUNetv2_train"), str(dataset_id), "3d_fullres", "all", "-tr", ORGAN_TRAINER,
@@ -123,9 +116,9 @@ def run_demo(output: Path, n_train: int = 24, n_test: int = 3, seed: int = 0, sc
         report["time_s"] = {**stage.times, "total": time.perf_counter() - t0}
         report["settings"] = {"train_cases": n_train, "test_cases": n_test, "seed": seed, "phantom_scale": scale,
                               "localizer_spacing_mm": loc_spacing_mm, "margin_mm": margin_mm,
-                              "localizer_fg_weight": fg_weight,
+                              "localizer_fg_weight": fg_weight, "organ_spacing_mm": organ_spacing_mm,
                               "localizer_trainer": LOC_TRAINER, "organ_trainer": ORGAN_TRAINER,
-                              "organ_crops": "reference boxes + margin, random shift of margin/2 (demo shortcut)"}
+                              "organ_crops": "reference boxes + margin, random shift up to the margin (demo shortcut)"}
         case = sorted(report["dice"])[0]
         ct = sitk.ReadImage(str(test_raw / "imagesTr" / f"{case}_0000.nii.gz"))
         seg = sitk.ReadImage(str(output / "predictions" / f"{case}.nii.gz"))

@@ -32,6 +32,12 @@ def _split_suffix(name: str) -> tuple:
     return (stem, dot + ext) if dot else (name, "")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(dst: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``dst`` (same suffix, so writers pick the right format); on success
@@ -44,6 +50,7 @@ def atomic_path(dst: PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
@@ -59,6 +66,7 @@ def atomic_dir(dst: PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         if dst.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
             os.replace(dst, old / dst.name)

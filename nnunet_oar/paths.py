@@ -56,3 +56,14 @@ def ensure_trainer_path() -> None:
     parts = [p for p in current.split(os.pathsep) if p]
     if str(trainer_path()) not in parts:
         os.environ["nnUNet_extTrainer"] = os.pathsep.join(parts + [str(trainer_path())])
+
+
+def use_nnunet_folders(root: Path) -> None:
+    """Point nnU-Net's three folders at ``root/nnUNet_*`` (created) in this process, add our trainers, and
+    set the CPU-friendly defaults where the user has not chosen otherwise."""
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (Path(root) / name).mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(Path(root) / name)
+    for name, value in (("nnUNet_def_n_proc", "2"), ("nnUNet_n_proc_DA", "1"), ("nnUNet_compile", "f")):
+        os.environ.setdefault(name, value)
+    ensure_trainer_path()

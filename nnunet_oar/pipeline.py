@@ -98,10 +98,12 @@ class OARPredictor:
         device: ``cpu`` or ``cuda``.
         organs: organs to segment (default: all in the manifest).
         tta: nnU-Net's test-time mirroring for the organ networks.
+        step_size: nnU-Net's sliding-window step (fraction of the patch) for the organ networks; 0.5 is
+            nnU-Net's default, 1.0 halves the tiles of crops larger than the patch.
     """
 
     def __init__(self, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
-                 organs: Optional[Sequence[str]] = None, tta: bool = True):
+                 organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         ensure_trainer_path()
         models = Path(models)
@@ -121,7 +123,7 @@ class OARPredictor:
         self.networks = {}
         dev = torch.device(device)
         for organ in self.organs:
-            p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+            p = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
                                 perform_everything_on_device=dev.type != "cpu", device=dev, verbose=False,
                                 allow_tqdm=False)
             p.initialize_from_trained_model_folder(str(models / available[organ]["results_folder"]),
@@ -169,14 +171,14 @@ def organ_stats(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int], boxes
 
 
 def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
-            organs: Optional[Sequence[str]] = None, tta: bool = True) -> Dict[str, str]:
+            organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5) -> Dict[str, str]:
     """Segment every CT in ``inputs`` (file or folder) into ``output``.
 
     Returns:
         ``{case: error}`` for inputs that could not be processed; the other cases are written.
     """
     images = list_images(inputs)
-    predictor = OARPredictor(models, folds, device, organs, tta)
+    predictor = OARPredictor(models, folds, device, organs, tta, step_size)
     output = Path(output)
     errors = {}
     for f in tqdm(images, desc="predict"):

@@ -148,3 +148,13 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, nnunet_env, capsys):
     from nnunet_oar.cli import main
     assert main(["convert-visceral", "-i", str(tmp_path / "missing"), "-d", "508"]) == 2
     assert "missing: VISCERAL folder does not exist" in capsys.readouterr().err
+
+
+def test_outputs_get_the_usual_permissions(phantom_dir, nnunet_env):
+    import os
+    import stat
+    out = convert_visceral(phantom_dir, 509, progress=False)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((out / "dataset.json").stat().st_mode) == 0o666 & ~mask

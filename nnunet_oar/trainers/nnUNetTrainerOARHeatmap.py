@@ -155,4 +155,13 @@ class nnUNetTrainerOARHeatmap_demo(nnUNetTrainerOARHeatmap):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 30, 25, 4
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 40, 25, 4
+
+
+class nnUNetTrainerOARHeatmap_250it(nnUNetTrainerOARHeatmap):
+    """250 iterations (10 x 25), the CPU budget of benchmarks/localization_openkbp.py."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 10, 25, 2
