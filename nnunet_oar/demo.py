@@ -24,7 +24,8 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_oar.io import write_json
+from nnunet_oar.io import atomic_path, geometry, write_json
+from nnunet_oar.metrics import dice, localization_metrics, summarize_localization
 from nnunet_oar.paths import use_nnunet_folders
 
 DEMO_ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
@@ -69,13 +70,11 @@ def run_demo(output: Path, n_train: int = 30, n_test: int = 3, seed: int = 0, sc
     """Run the demo into ``output``; returns the report dict (also written as report.json)."""
     from nnunet_oar.conversion.visceral import convert_visceral
     from nnunet_oar.localization.plans import plan_localizer
-    from nnunet_oar.metrics import dice, localization_metrics, summarize_localization
     from nnunet_oar.phantom import write_phantoms
     from nnunet_oar.pipeline import export_models, predict
     from nnunet_oar.report import preview_png
     from nnunet_oar.segmentation.crops import crop_rois
     from nnunet_oar.segmentation.organs import plan_organs
-    from nnunet_oar.io import geometry
 
     output = Path(output).resolve()
     use_nnunet_folders(output)
@@ -111,8 +110,7 @@ def run_demo(output: Path, n_train: int = 30, n_test: int = 3, seed: int = 0, sc
     with stage("prediction of held-out phantoms"):
         predict(test_raw / "imagesTr", output / "predictions", output / "models", tta=False)
     with stage("evaluation + report"):
-        report = _evaluate(test_raw, output / "predictions", organs, dice, localization_metrics,
-                           summarize_localization)
+        report = _evaluate(test_raw, output / "predictions", organs)
         report["time_s"] = {**stage.times, "total": time.perf_counter() - t0}
         report["settings"] = {"train_cases": n_train, "test_cases": n_test, "seed": seed, "phantom_scale": scale,
                               "localizer_spacing_mm": loc_spacing_mm, "margin_mm": margin_mm,
@@ -130,8 +128,8 @@ def run_demo(output: Path, n_train: int = 30, n_test: int = 3, seed: int = 0, sc
     return report
 
 
-def _evaluate(test_raw: Path, predictions: Path, organs, dice, localization_metrics, summarize_localization) -> dict:
-    from nnunet_oar.io import geometry
+def _evaluate(test_raw: Path, predictions: Path, organs: List[str]) -> dict:
+    """Dice and localization metrics of the held-out predictions against their reference labels."""
     labels = json.loads((test_raw / "dataset.json").read_text())["labels"]
     annotations = json.loads((test_raw / "annotations.json").read_text())
     per_case_dice: Dict[str, Dict[str, float]] = {}
@@ -160,7 +158,6 @@ def _evaluate(test_raw: Path, predictions: Path, organs, dice, localization_metr
 
 
 def _write_markdown(report: dict, dst: Path) -> None:
-    from nnunet_oar.io import atomic_path
     lines = ["# nnunet_oar demo report", "",
              f"Held-out phantoms: {report['settings']['test_cases']}; training phantoms: "
              f"{report['settings']['train_cases']}.", "",

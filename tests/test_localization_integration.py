@@ -1,11 +1,8 @@
 """The localizer end to end on tiny phantoms: stock nnUNetv2_preprocess / nnUNetv2_train with our
 trainer found through nnUNet_extTrainer, then `nnunet_oar localize` on a held-out phantom."""
 import json
-import os
-from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Optional
-
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
