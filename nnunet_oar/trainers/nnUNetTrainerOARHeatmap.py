@@ -54,7 +54,6 @@ class nnUNetTrainerOARHeatmap(nnUNetTrainerAdam):
         # No mirroring, in training or at test time: a left-right flip would teach kidney_left's channel
         # both sides, and flips along the other axes make anatomy that localization by context never sees.
         # Rotations are kept to +-15 degrees: patients lie in a known orientation on the CT table.
-        rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         rotation = (-15. / 360 * 2. * np.pi, 15. / 360 * 2. * np.pi)
         initial_patch_size = get_patch_size(self.configuration_manager.patch_size, rotation, rotation, rotation,
                                             (0.85, 1.25))
