@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from tqdm import tqdm
-
-import SimpleITK as sitk
 
 from nnunet_oar.io import InputError, atomic_path, geometry, image_from_geometry, read_image, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_TAU, heatmap_region, organ_box
