@@ -12,6 +12,7 @@ organ's bounding box plus the margin, optionally shifted at random as augmentati
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -81,26 +82,34 @@ def crop_rois(source_id: int, first_id: int, boxes_dir: Optional[Path] = None, o
     cases = sorted(annotations)
     ids = organ_dataset_ids(first_id, organs)
     rng = np.random.default_rng(seed)
-    reports = {}
-    for organ, dataset_id in ids.items():
-        report = {"dataset_id": dataset_id, "cases": 0, "skipped": {}, "cut": {}}
-        crops = {}
-        with build_dataset(dataset_id, f"{source_name(raw)}_{organ}", [organ],
-                           f"{organ} ROIs cropped from {raw.name}") as builder:
-            for case in tqdm(cases, desc=f"crop {organ}", disable=not progress):
-                if organ not in annotations[case]:
-                    report["skipped"][case] = "not annotated"
-                    continue
-                seg = sitk.ReadImage(str(raw / "labelsTr" / f"{case}{dataset['file_ending']}"))
-                mask = sitk.GetArrayViewFromImage(seg) == labels[organ]
-                geom = geometry(seg)
+    reports = {o: {"dataset_id": i, "cases": 0, "skipped": {}, "cut": {}} for o, i in ids.items()}
+    crops: Dict[str, dict] = {o: {} for o in ids}
+    # every organ data set is open at once, so each source CT and label map is read only once
+    with contextlib.ExitStack() as stack:
+        builders = {o: stack.enter_context(build_dataset(i, f"{source_name(raw)}_{o}", [o],
+                                                         f"{o} ROIs cropped from {raw.name}"))
+                    for o, i in ids.items()}
+        for case in tqdm(cases, desc="crop ROIs", disable=not progress):
+            wanted = [o for o in ids if o in annotations[case]]
+            for o in ids:
+                if o not in wanted:
+                    reports[o]["skipped"][case] = "not annotated"
+            if not wanted:
+                continue
+            seg = sitk.ReadImage(str(raw / "labelsTr" / f"{case}{dataset['file_ending']}"))
+            seg_zyx, geom = sitk.GetArrayViewFromImage(seg), geometry(seg)
+            entries = None if boxes_from_labels else _localizer_entries(Path(boxes_dir), case)
+            ct = None
+            for organ in wanted:
+                report = reports[organ]
+                mask = seg_zyx == labels[organ]
                 if boxes_from_labels:
                     if not mask.any():
                         report["skipped"][case] = "absent in the reference"
                         continue
                     box = label_box(mask, geom, margin_mm, shift_mm, rng)
                 else:
-                    entry = _localizer_entry(Path(boxes_dir), case, organ)
+                    entry = entries.get(organ, {})
                     if entry.get("status") != "found":
                         report["skipped"][case] = ("missed by the localizer" if mask.any()
                                                    else "absent (reference and localizer)")
@@ -111,26 +120,28 @@ def crop_rois(source_id: int, first_id: int, boxes_dir: Optional[Path] = None, o
                     cut = 1 - int(crop_zyx(mask, box["start"], box["stop"]).sum()) / n_organ
                     if cut > 0:
                         report["cut"][case] = round(cut, 4)
-                ct = read_image(raw / "imagesTr" / f"{case}_0000{dataset['file_ending']}", "CT")
-                ct_crop = crop_image(ct, box["start"], box["stop"])
-                builder.add_case(case, ct_crop, {organ: crop_zyx(mask, box["start"], box["stop"]).copy()})
-                crops[case] = {"source_case": case, "organ": organ,
-                               "box_index_xyz": {"start": box["start"], "stop": box["stop"]},
-                               "clipped": box["clipped"], "source_image": geom}
+                if ct is None:
+                    ct = read_image(raw / "imagesTr" / f"{case}_0000{dataset['file_ending']}", "CT")
+                builders[organ].add_case(case, crop_image(ct, box["start"], box["stop"]),
+                                         {organ: crop_zyx(mask, box["start"], box["stop"]).copy()})
+                crops[organ][case] = {"source_case": case, "organ": organ,
+                                      "box_index_xyz": {"start": box["start"], "stop": box["stop"]},
+                                      "clipped": box["clipped"], "source_image": geom}
                 report["cases"] += 1
-            if not crops:
+        for organ, builder in builders.items():
+            if not crops[organ]:
                 raise ValueError(f"{organ}: no case with a box; nothing to train on")
-            write_json(crops, builder.folder / "crops.json")
-            write_json(report, builder.folder / "crop_report.json")
-        reports[organ] = report
+            write_json(crops[organ], builder.folder / "crops.json")
+            write_json(reports[organ], builder.folder / "crop_report.json")
+    for organ, report in reports.items():
         if report["cut"]:
             tqdm.write(f"WARNING {organ}: the box cuts the organ in {len(report['cut'])} case(s), worst "
                        f"{max(report['cut'].values()):.1%} outside (see crop_report.json)")
     return reports
 
 
-def _localizer_entry(boxes_dir: Path, case: str, organ: str) -> dict:
+def _localizer_entries(boxes_dir: Path, case: str) -> Dict[str, dict]:
     path = boxes_dir / f"{case}_boxes.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no localizer boxes for case {case}")
-    return json.loads(path.read_text())["organs"].get(organ, {})
+    return json.loads(path.read_text())["organs"]
