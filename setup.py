@@ -17,6 +17,7 @@ setup(
         "batchgenerators",
         "tqdm",
         "matplotlib",
+        "surface-distance",   # DeepMind's surface distances (HD95, NSD)
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["nnunet_oar=nnunet_oar.cli:main"]},

@@ -104,6 +104,42 @@ def _predict(a):
         raise InputError(f"{len(errors)} input(s) failed: " + "; ".join(errors.values()))
 
 
+def _ignore_label(a):
+    from nnunet_oar.conversion.ignore import with_ignore_label
+    print(f"wrote {with_ignore_label(a.dataset_id, a.target_id, a.body_hu)}")
+
+
+def _evaluate(a):
+    from nnunet_oar.evaluation import evaluate_folders, write_metrics
+    annotations = json.loads(Path(a.annotations).read_text()) if a.annotations else None
+    ref_labels = json.loads(Path(a.labels).read_text())["labels"] if a.labels else None
+    result = evaluate_folders(Path(a.reference), Path(a.prediction), annotations, a.tolerance_mm, ref_labels)
+    write_metrics(result, Path(a.output))
+    for organ, m in result["per_organ"].items():
+        d, h, n = m["dice"], m["hd95_mm"], m["nsd"]
+        print(f"{organ:16s} Dice {d['mean'] or 0:.3f} ± {d['std'] or 0:.3f}  HD95 {h['mean'] or 0:6.1f} mm  "
+              f"NSD {n['mean'] or 0:.3f}  (n={d['n']})")
+    o = result["overall"]["dice"]
+    print(f"overall Dice {o['mean'] or 0:.3f} ± {o['std'] or 0:.3f} over {o['n']} (case, organ) pairs; "
+          f"wrote {a.output} and {Path(a.output).with_suffix('.csv')}")
+
+
+def _benchmark(a):
+    from nnunet_oar.benchmark import run_benchmark, settings_for
+    s = settings_for(a.dataset, a.budget)
+    s.device = a.device
+    if a.test_id:
+        s.test_id = a.test_id
+    if a.phantoms:
+        s.phantoms.update(train=a.phantoms[0], test=a.phantoms[1])
+    if a.organs:
+        s.organs = a.organs
+    r = run_benchmark(Path(a.work), s)
+    for method, o in r["overall"].items():
+        print(f"{method:10s} Dice {o['dice']['mean']:.3f} ± {o['dice']['std']:.3f}")
+    print(f"see {Path(a.work) / 'report.md'}")
+
+
 def _demo(a):
     from nnunet_oar.demo import run_demo
     r = run_demo(Path(a.output), a.train, a.test, a.seed)
@@ -198,6 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--step-size", type=float, default=0.5,
                    help="sliding-window step of the organ networks, fraction of the patch (nnU-Net's default 0.5)")
     s.set_defaults(func=_predict)
+
+    s = sub.add_parser("ignore-label", help="partially annotated data set -> copy with nnU-Net's ignore label "
+                                           "(for a single multi-organ network)")
+    s.add_argument("-d", "--dataset-id", type=int, required=True, help="source raw data set (with annotations.json)")
+    s.add_argument("-t", "--target-id", type=int, required=True, help="id of the data set to write")
+    s.add_argument("--body-hu", type=float, default=-500.0,
+                   help="voxels above this HU are body; in-body background of partial cases is ignored (default -500)")
+    s.set_defaults(func=_ignore_label)
+
+    s = sub.add_parser("evaluate", help="Dice, HD95, NSD, volume difference (+ localization) per case and organ")
+    s.add_argument("-r", "--reference", required=True, help="folder of reference label maps")
+    s.add_argument("-p", "--prediction", required=True, help="folder of predicted label maps (same names and grids)")
+    s.add_argument("--annotations", help="annotations.json: organs annotated per case (others are skipped)")
+    s.add_argument("--labels", help="dataset.json naming the reference labels (default: beside or above -r)")
+    s.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    s.add_argument("-o", "--output", required=True, help="metrics JSON (a CSV is written beside it)")
+    s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("benchmark", help="train + score the single-network baseline and the two-stage method")
+    s.add_argument("--dataset", required=True, help="phantoms, openkbp, or the id of a converted raw data set "
+                                                    "(held-out cases: id + 1, or --test-id)")
+    s.add_argument("--work", required=True, help="work folder (own nnU-Net folders); a rerun resumes")
+    s.add_argument("--budget", default="cpu", choices=["tiny", "demo", "cpu", "gpu", "full"])
+    s.add_argument("--test-id", type=int)
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--phantoms", type=int, nargs=2, metavar=("TRAIN", "TEST"),
+                   help="number of training and held-out phantoms (default 30 3)")
+    s.add_argument("--organs", nargs="+", help="organs to train and score (default: the data set's)")
+    s.set_defaults(func=_benchmark)
 
     s = sub.add_parser("demo", help="phantoms -> train both stages briefly on CPU -> predict -> report")
     s.add_argument("-o", "--output", required=True)

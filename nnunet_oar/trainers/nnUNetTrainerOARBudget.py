@@ -1,5 +1,6 @@
-"""Stock nnU-Net training (Dice + cross-entropy, the paper's eq. 2) on a small CPU budget, for the organ
-networks in tests and in the demo. Real training uses nnU-Net's own ``nnUNetTrainer``."""
+"""Stock nnU-Net training (Dice + cross-entropy, the paper's eq. 2) on small budgets, for the organ
+networks and the single-network baseline in tests, the demo and the benchmarks. Real training uses
+nnU-Net's own ``nnUNetTrainer``."""
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -12,11 +13,34 @@ class nnUNetTrainerOARTiny(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 2, 4, 2
 
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # fold "all" would only re-predict the training cases; the benchmark scores held-out cases itself
+        if self.fold != "all":
+            super().perform_actual_validation(save_probabilities)
 
-class nnUNetTrainerOARDemo(nnUNetTrainer):
-    """The demo's CPU budget per organ network."""
+
+class nnUNetTrainerOARDemo(nnUNetTrainerOARTiny):
+    """The demo's budget per network: 200 iterations (10 x 20)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 10, 20, 4
+
+
+class nnUNetTrainerOARCPU(nnUNetTrainerOARTiny):
+    """The CPU benchmark's budget per network: 400 iterations (10 x 40)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 10, 40, 4
+
+
+class nnUNetTrainerOARGPU(nnUNetTrainerOARTiny):
+    """The GPU benchmark's budget per network (benchmarks/gpu_openkbp.sh): 1000 iterations (10 x 100)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 10, 100, 10

@@ -164,3 +164,26 @@ class nnUNetTrainerOARHeatmap_250it(nnUNetTrainerOARHeatmap):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 10, 25, 2
+
+
+class nnUNetTrainerOARHeatmap_cpu(nnUNetTrainerOARHeatmap):
+    """The CPU benchmark's localizer budget: 1000 iterations (20 x 50)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 20, 50, 4
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # fold "all" would only re-localize the training cases; the benchmark scores held-out patients itself
+        if self.fold != "all":
+            super().perform_actual_validation(save_probabilities)
+
+
+class nnUNetTrainerOARHeatmap_gpu(nnUNetTrainerOARHeatmap_cpu):
+    """The GPU benchmark's localizer budget (benchmarks/gpu_openkbp.sh): 2000 iterations (20 x 100)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 20, 100, 10

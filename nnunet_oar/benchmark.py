@@ -1,0 +1,293 @@
+"""``nnunet_oar benchmark``: the paper's comparison (Table I, Fig. 3) on one data set, end to end.
+
+Two methods trained on the same training cases and scored on the same held-out cases:
+
+* **baseline** - one stock nnU-Net ``3d_fullres`` multi-label network; organs that a case does not
+  annotate are handled with nnU-Net's ignore label (:mod:`nnunet_oar.conversion.ignore`);
+* **two_stage** - our localizer (``3d_loc``) + one stock ``3d_fullres`` network per organ on crops,
+  merged by maximum probability (``nnunet_oar predict``).
+
+Every step is a real command (``nnunet_oar ...`` or ``nnUNetv2_...``) run in a subprocess, so each
+stage's wall time and peak memory (the largest resident set of the stage's processes, from ``wait4``)
+are measured on their own. A finished stage leaves ``stages/{name}.json``; a rerun skips it, so an
+interrupted benchmark resumes and a finished one only re-scores. Everything lives under the work
+folder (its own ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results``).
+
+Budgets name the trainer classes (iterations are fixed in the class, as nnU-Net does it); the baseline
+and every organ network get the same trainer, the localizer its own. See ``BUDGETS``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from nnunet_oar.io import atomic_path, write_json
+from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root, use_nnunet_folders
+
+SHARED_OPENKBP = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp"
+PHANTOM_ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
+
+# trainer class names: (localizer, baseline and organ networks)
+BUDGETS = {
+    "tiny": ("nnUNetTrainerOARHeatmap_tiny", "nnUNetTrainerOARTiny"),        # tests: 8 iterations each
+    "demo": ("nnUNetTrainerOARHeatmap_demo", "nnUNetTrainerOARDemo"),        # 1000 / 200 iterations
+    "cpu": ("nnUNetTrainerOARHeatmap_cpu", "nnUNetTrainerOARCPU"),           # 1000 / 400 iterations
+    "gpu": ("nnUNetTrainerOARHeatmap_gpu", "nnUNetTrainerOARGPU"),           # 2000 / 1000 iterations
+    "full": ("nnUNetTrainerOARHeatmap", "nnUNetTrainer"),                    # nnU-Net's 1000 x 250
+}
+
+
+@dataclass
+class Settings:
+    """What a benchmark run does; written to ``settings.json`` and the report."""
+    dataset: str                       # phantoms | openkbp | <raw data set id>
+    budget: str = "cpu"
+    train_id: int = 100
+    test_id: int = 101
+    loc_spacing_mm: float = 3.0        # the paper's 3 mm
+    loc_fg_weight: float = 0.0         # the paper's plain L2
+    organ_spacing_mm: float = 1.0      # the paper's 1 mm; 0 keeps the data's median spacing
+    margin_mm: float = 10.0
+    baseline_patch: Optional[List[int]] = None   # cap of the baseline's patch (CPU budgets), voxels
+    device: str = "cpu"
+    tta: bool = False
+    organs: Optional[List[str]] = None
+    phantoms: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def baseline_id(self) -> int:
+        return self.train_id + 5
+
+    @property
+    def first_organ_id(self) -> int:
+        return self.train_id + 10
+
+
+def settings_for(dataset: str, budget: str) -> Settings:
+    """Defaults per data set; every deviation from the paper is named here and in the report."""
+    if dataset == "phantoms":
+        # CPU shortcuts of the demo: coarser grids, foreground-weighted L2
+        return Settings("phantoms", budget, 901, 902, loc_spacing_mm=4.0, loc_fg_weight=20.0, organ_spacing_mm=2.0,
+                        organs=PHANTOM_ORGANS, phantoms={"train": 30, "test": 3, "seed": 0, "scale": 0.4})
+    if dataset == "openkbp":
+        # OpenKBP CT is 3.9 x 3.9 x 2.5 mm: organ networks on the native grid; on CPU the localizer
+        # works on an 8 mm grid (margin 20 mm, chosen before any run) and the baseline patch is capped
+        small = budget in ("tiny", "demo", "cpu")
+        return Settings("openkbp", budget, 100, 101, loc_spacing_mm=8.0 if small else 3.0,
+                        loc_fg_weight=20.0 if small else 0.0, organ_spacing_mm=0.0,
+                        margin_mm=20.0 if small else 10.0, baseline_patch=[64, 64, 64] if small else None)
+    train_id = int(dataset)
+    return Settings(dataset, budget, train_id, train_id + 1)
+
+
+class _Runner:
+    """Runs the stages' commands, logs their output, and records wall time and peak memory."""
+
+    def __init__(self, work: Path):
+        self.work, self.log = work, work / "benchmark.log"
+        (work / "stages").mkdir(parents=True, exist_ok=True)
+        self.bin = Path(sys.executable).parent
+
+    def done(self, stage: str) -> Optional[dict]:
+        f = self.work / "stages" / f"{stage}.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def stage(self, name: str, commands: List[List[str]]) -> dict:
+        """Run ``commands`` in order unless the stage is already done; returns its record."""
+        rec = self.done(name)
+        if rec is not None:
+            print(f"[{name}] done before ({rec['wall_s']:.0f} s)", flush=True)
+            return rec
+        print(f"[{name}] ...", flush=True)
+        t0, peak = time.perf_counter(), 0
+        for cmd in commands:
+            exe = str(self.bin / cmd[0]) if (self.bin / cmd[0]).exists() else cmd[0]
+            with open(self.log, "a") as fh:
+                fh.write(f"\n$ {' '.join(cmd)}\n")
+                fh.flush()
+                p = subprocess.Popen([exe, *cmd[1:]], stdout=fh, stderr=subprocess.STDOUT)
+                _, status, usage = os.wait4(p.pid, 0)
+                p.returncode = os.waitstatus_to_exitcode(status)
+            peak = max(peak, usage.ru_maxrss)         # kB on Linux
+            if p.returncode:
+                raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}); see {self.log}:\n"
+                                   + self.log.read_text()[-3000:])
+        rec = {"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak / 1024 ** 2,
+               "commands": [" ".join(c) for c in commands]}
+        write_json(rec, self.work / "stages" / f"{name}.json")
+        print(f"[{name}] {rec['wall_s']:.0f} s, peak {rec['peak_rss_gb']:.1f} GB", flush=True)
+        return rec
+
+
+def _prepare_data(s: Settings, work: Path, run: _Runner) -> None:
+    if s.dataset == "phantoms":
+        if run.done("data") is None:
+            from nnunet_oar.conversion.visceral import convert_visceral
+            from nnunet_oar.phantom import write_phantoms
+            t0, p = time.perf_counter(), s.phantoms
+            write_phantoms(work / "phantoms" / "train", int(p["train"]), int(p["seed"]), p["scale"], s.organs,
+                           progress=False)
+            # held-out phantoms fully annotated by one annotator, so every organ is scored
+            write_phantoms(work / "phantoms" / "test", int(p["test"]), int(p["seed"]) + 1000, p["scale"], s.organs,
+                           p_unannotated=0.0, p_second_annotator=0.0, progress=False)
+            convert_visceral(work / "phantoms" / "train", s.train_id, organs=s.organs, progress=False)
+            convert_visceral(work / "phantoms" / "test", s.test_id, organs=s.organs, progress=False)
+            write_json({"wall_s": time.perf_counter() - t0, "commands": ["phantoms + convert-visceral"]},
+                       work / "stages" / "data.json")
+    elif s.dataset == "openkbp":
+        run.stage("data", [["nnunet_oar", "convert-openkbp", "-i", str(SHARED_OPENKBP / "openkbp-train.tar.xz"),
+                            "-d", str(s.train_id)],
+                           ["nnunet_oar", "convert-openkbp", "-i", str(SHARED_OPENKBP / "openkbp-validation.tar.xz"),
+                            "-d", str(s.test_id)]])
+    for dataset_id in (s.train_id, s.test_id):
+        if find_dataset(raw_root(), dataset_id) is None:
+            raise FileNotFoundError(f"{raw_root()}: no raw data set {dataset_id}")
+
+
+def _cap_patch(dataset_id: int, patch: List[int]) -> str:
+    """Add configuration ``3d_fullres_p{N}`` = nnU-Net's 3d_fullres with its patch capped at ``patch``
+    (same preprocessed data; nnU-Net's own ``inherits_from``). Returns its name."""
+    plans_file = find_dataset(preprocessed_root(), dataset_id) / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    full = plans["configurations"]["3d_fullres"]
+    name = f"3d_fullres_p{max(patch)}"
+    plans["configurations"][name] = {"inherits_from": "3d_fullres",
+                                     "patch_size": [min(a, b) for a, b in zip(full["patch_size"], patch)]}
+    write_json(plans, plans_file)
+    return name
+
+
+def run_benchmark(work: Path, settings: Settings) -> dict:
+    """Train, predict and score both methods; writes ``report.md``, ``report.json`` and figures into
+    ``work``. Returns the report dict."""
+    s = settings
+    work = Path(work).resolve()
+    use_nnunet_folders(work)
+    run = _Runner(work)
+    write_json(asdict(s), work / "settings.json")
+    loc_tr, seg_tr = BUDGETS[s.budget]
+    dev = ["-device", s.device]
+    T, O, B = str(s.train_id), str(s.first_organ_id), str(s.baseline_id)
+    organs = ["--organs", *s.organs] if s.organs else []
+
+    _prepare_data(s, work, run)
+    test_raw = find_dataset(raw_root(), s.test_id)
+    stages = {}
+    stages["localizer: plan + preprocess"] = run.stage("loc_plan", [
+        ["nnunet_oar", "plan-localizer", "-d", T, "--spacing", str(s.loc_spacing_mm),
+         "--fg-weight", str(s.loc_fg_weight)],
+        ["nnUNetv2_preprocess", "-d", T, "-c", "3d_loc", "-np", "2"]])
+    stages["localizer: train"] = run.stage("loc_train", [
+        ["nnUNetv2_train", T, "3d_loc", "all", "-tr", loc_tr, *dev]])
+    stages["organs: crops + plan + preprocess"] = run.stage("organ_plan", [
+        ["nnunet_oar", "crop-rois", "-d", T, "--first-id", O, "--boxes-from-labels", "--margin", str(s.margin_mm),
+         "--shift", str(s.margin_mm), *organs],
+        ["nnunet_oar", "plan-organs", "--first-id", O, "--spacing", str(s.organ_spacing_mm)]])
+    from nnunet_oar.segmentation.organs import organ_dataset_ids_from
+    organ_ids = organ_dataset_ids_from(s.first_organ_id)
+    stages["organs: train"] = run.stage("organ_train", [
+        ["nnUNetv2_train", str(i), "3d_fullres", "all", "-tr", seg_tr, *dev] for i in organ_ids])
+    models = work / "models"
+    run.stage("export", [["nnunet_oar", "export-models", "-o", str(models), "--localizer-id", T,
+                          "--organ-ids", *map(str, organ_ids), "--localizer-trainer", loc_tr,
+                          "--organ-trainer", seg_tr, "--margin", str(s.margin_mm)]])
+
+    stages["baseline: ignore label + plan + preprocess"] = run.stage("baseline_plan", [
+        ["nnunet_oar", "ignore-label", "-d", T, "-t", B],
+        ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", "2", "--verify_dataset_integrity"]])
+    config = _cap_patch(s.baseline_id, s.baseline_patch) if s.baseline_patch else "3d_fullres"
+    stages["baseline: train"] = run.stage("baseline_train", [
+        ["nnUNetv2_train", B, config, "all", "-tr", seg_tr, *dev]])
+
+    tta = [] if s.tta else ["--disable_tta"]
+    pred = work / "predictions"
+    stages["two-stage: predict held-out"] = run.stage("predict_two_stage", [
+        ["nnunet_oar", "predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / "two_stage"), "-m", str(models),
+         "--device", s.device, *(["--disable-tta"] if not s.tta else [])]])
+    stages["baseline: predict held-out"] = run.stage("predict_baseline", [
+        ["nnUNetv2_predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / "baseline"), "-d", B, "-c", config,
+         "-f", "all", "-tr", seg_tr, "-npp", "1", "-nps", "1", *tta, *dev]])
+
+    report = write_comparison(work, test_raw, {"baseline": pred / "baseline", "two_stage": pred / "two_stage"},
+                              stages, asdict(s), {"localizer": loc_tr, "networks": seg_tr, "baseline_config": config})
+    return report
+
+
+def _fmt(s: dict, digits: int = 3) -> str:
+    return "n/a" if s.get("mean") is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def _machine(device: str) -> str:
+    import torch
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
+    text = f"{os.cpu_count()} CPU cores, {mem_gb:.0f} GB RAM"
+    if device == "cuda" and torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stages: Dict[str, dict], settings: dict,
+                     trainers: dict, tolerance_mm: float = 2.0) -> dict:
+    """Score each method's predictions on the held-out cases; write ``metrics_{method}.json/.csv``,
+    ``boxplot_dice.png``, ``boxplot_hd95.png``, ``report.json`` and ``report.md`` into ``work``."""
+    from nnunet_oar.evaluation import box_plots, evaluate_folders, write_metrics
+    annotations = json.loads((test_raw / "annotations.json").read_text())
+    results = {}
+    for method, folder in methods.items():
+        results[method] = evaluate_folders(test_raw / "labelsTr", folder, annotations, tolerance_mm, progress=False)
+        write_metrics(results[method], work / f"metrics_{method}.json")
+    box_plots(results, work / "boxplot_dice.png", "dice")
+    box_plots(results, work / "boxplot_hd95.png", "hd95_mm")
+    report = {"settings": settings, "trainers": trainers, "machine": _machine(settings["device"]),
+              "test_cases": len(annotations), "tolerance_mm": tolerance_mm,
+              "overall": {m: r["overall"] for m, r in results.items()},
+              "per_organ": {m: r["per_organ"] for m, r in results.items()},
+              "localization": results.get("two_stage", {}).get("localization"), "stages": stages}
+    write_json(report, work / "report.json")
+    lines = [f"# Baseline vs two-stage on `{settings['dataset']}` (budget `{settings['budget']}`)", "",
+             f"Machine: {report['machine']}. Held-out cases: {len(annotations)} (raw data set {test_raw.name}); "
+             f"training cases: the raw data set {settings['train_id']}. Trainers: localizer `{trainers['localizer']}`, "
+             f"baseline and organ networks `{trainers['networks']}`; baseline configuration "
+             f"`{trainers['baseline_config']}`. NSD tolerance {tolerance_mm} mm.", "",
+             "## Table I: mean ± std over scored (case, organ) pairs", "",
+             "| method | Dice | HD95 (mm) | NSD | pairs |", "|---|---|---|---|---|"]
+    for m, r in results.items():
+        o = r["overall"]
+        lines.append(f"| {m} | {_fmt(o['dice'])} | {_fmt(o['hd95_mm'], 1)} | {_fmt(o['nsd'])} | {o['dice']['n']} |")
+    names = list(results)
+    lines += ["", "## Per organ", "",
+              "| organ | " + " | ".join(f"Dice {m}" for m in names) + " | " + " | ".join(f"HD95 {m}" for m in names)
+              + " | " + " | ".join(f"NSD {m}" for m in names) + " | outcomes tp/fn/fp/tn " + " / ".join(names) + " |",
+              "|---" * (3 * len(names) + 2) + "|"]
+    for organ in results[names[0]]["per_organ"]:
+        po = [results[m]["per_organ"].get(organ, {}) for m in names]
+        out = " ; ".join("/".join(str(p.get("outcomes", {}).get(k, 0)) for k in ("tp", "fn", "fp", "tn")) for p in po)
+        lines.append(f"| {organ} | " + " | ".join(_fmt(p.get("dice", {})) for p in po) + " | "
+                     + " | ".join(_fmt(p.get("hd95_mm", {}), 1) for p in po) + " | "
+                     + " | ".join(_fmt(p.get("nsd", {})) for p in po) + f" | {out} |")
+    lines += ["", "![Dice per organ](boxplot_dice.png)", "", "![HD95 per organ](boxplot_hd95.png)", ""]
+    if report["localization"]:
+        lines += ["## Localization (two-stage, held-out cases)", "",
+                  "| organ | n | detection tp/fn/fp/tn | centroid error mm (median) | box IoU (median) | "
+                  "containment (mean / min) |", "|---|---|---|---|---|---|"]
+        for organ, s in report["localization"].items():
+            d, c = s["detection"], s.get("containment", {})
+            lines.append(f"| {organ} | {s['n']} | {d['tp']}/{d['fn']}/{d['fp']}/{d['tn']} | "
+                         f"{s.get('centroid_error_mm', {}).get('median', float('nan')):.1f} | "
+                         f"{s.get('iou', {}).get('median', float('nan')):.2f} | "
+                         f"{c.get('mean', float('nan')):.3f} / {c.get('min', float('nan')):.3f} |")
+        lines.append("")
+    lines += ["## Wall time and peak memory per stage", "", "| stage | wall (s) | peak RSS (GB) |", "|---|---|---|"]
+    lines += [f"| {k} | {v['wall_s']:.0f} | {v.get('peak_rss_gb', float('nan')):.1f} |" for k, v in stages.items()]
+    lines += ["", "## Commands (in order; each stage's record is in `stages/`)", "", "```"]
+    lines += [c for v in stages.values() for c in v["commands"]]
+    lines += ["```", "", "## Settings", "", "```json", json.dumps(settings, indent=2), "```", ""]
+    with atomic_path(work / "report.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    return report
