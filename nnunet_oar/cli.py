@@ -99,9 +99,17 @@ def _export_models(a):
 def _predict(a):
     from nnunet_oar.pipeline import predict
     errors = predict(Path(a.input), Path(a.output), Path(a.models), a.folds, a.device, a.organs, not a.disable_tta,
-                     a.step_size)
+                     a.step_size, a.series_uid, a.rtstruct, a.dicom_seg, a.preview)
     if errors:
         raise InputError(f"{len(errors)} input(s) failed: " + "; ".join(errors.values()))
+
+
+def _export(a):
+    from nnunet_oar.export import export_label_map
+    names = json.loads(Path(a.labels).read_text())["labels"] if a.labels else None
+    written = export_label_map(Path(a.input), Path(a.ct), Path(a.output), a.series_uid, names, a.rtstruct,
+                               a.dicom_seg, a.preview)
+    print("wrote " + ", ".join(str(p) for p in written.values()))
 
 
 def _ignore_label(a):
@@ -223,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tau", type=float, default=0.1, help="the localizer's detection threshold (default 0.1)")
     s.set_defaults(func=_export_models)
 
-    s = sub.add_parser("predict", help="CT file or folder -> organ label maps (localize, crop, segment, merge)")
-    s.add_argument("-i", "--input", required=True)
+    s = sub.add_parser("predict", help="CT file, folder or DICOM series -> organ label maps (localize, crop, "
+                                       "segment, merge)")
+    s.add_argument("-i", "--input", required=True, help="CT image file, folder of images, or DICOM CT series folder")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("-m", "--models", required=True, help="models folder (models.json)")
     s.add_argument("-f", "--folds", nargs="+")
@@ -233,7 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--disable-tta", action="store_true", help="no test-time mirroring in the organ networks")
     s.add_argument("--step-size", type=float, default=0.5,
                    help="sliding-window step of the organ networks, fraction of the patch (nnU-Net's default 0.5)")
+    add_clinical_args(s)
     s.set_defaults(func=_predict)
+
+    s = sub.add_parser("export", help="existing label map -> statistics, RTSTRUCT, DICOM SEG, preview")
+    s.add_argument("-i", "--input", required=True, help="label map ({case}.nii.gz; names from {case}.json beside it)")
+    s.add_argument("--ct", required=True, help="the CT it belongs to: DICOM series folder (for RTSTRUCT/SEG) or image")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--labels", help="dataset.json or {case}.json naming the labels")
+    add_clinical_args(s)
+    s.set_defaults(func=_export)
 
     s = sub.add_parser("ignore-label", help="partially annotated data set -> copy with nnU-Net's ignore label "
                                            "(for a single multi-organ network)")
@@ -274,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("trainer-path", help="print the folder to put in nnUNet_extTrainer")
     s.set_defaults(func=_trainer_path)
     return p
+
+
+def add_clinical_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--series-uid", help="SeriesInstanceUID, when the DICOM folder holds several series")
+    s.add_argument("--rtstruct", action="store_true", help="write {case}_rtstruct.dcm (DICOM input)")
+    s.add_argument("--dicom-seg", action="store_true", help="write {case}_seg.dcm (DICOM input)")
+    s.add_argument("--preview", action="store_true", help="write {case}_preview.png (three planes per found organ)")
 
 
 def add_visceral_args(s: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ order and is renumbered consecutively. :func:`labels_for` is the only function t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Organ:
         openkbp_roi: OpenKBP ROI file stem (``Brainstem`` for ``Brainstem.csv``), if any.
         partner: canonical name of the contralateral structure, for paired organs.
         hu: typical CT number in Hounsfield units (used by the synthetic phantoms).
+        sct: keyword of the SNOMED CT concept in pydicom's code dictionary (``codes.SCT.<sct>``), used to
+            code DICOM SEG segments (laterality comes from :attr:`side`); ``None`` where the dictionary has none.
     """
 
     name: str
@@ -33,6 +35,7 @@ class Organ:
     openkbp_roi: Optional[str] = None
     partner: Optional[str] = None
     hu: float = 40.0
+    sct: Optional[str] = None
 
     @property
     def side(self) -> Optional[str]:
@@ -44,34 +47,34 @@ class Organ:
 
 _ORGANS: List[Organ] = [
     # VISCERAL Anatomy 3 structures (RadLex id -> name), in the order of their RadLex ids.
-    Organ("liver", "visceral", radlex=58, hu=60),
-    Organ("spleen", "visceral", radlex=86, hu=50),
-    Organ("pancreas", "visceral", radlex=170, hu=45),
-    Organ("gallbladder", "visceral", radlex=187, hu=10),
-    Organ("urinary_bladder", "visceral", radlex=237, hu=15),
-    Organ("aorta", "visceral", radlex=480, hu=180),
-    Organ("trachea", "visceral", radlex=1247, hu=-900),
-    Organ("lung_right", "visceral", radlex=1302, partner="lung_left", hu=-820),
-    Organ("lung_left", "visceral", radlex=1326, partner="lung_right", hu=-820),
-    Organ("sternum", "visceral", radlex=2473, hu=400),
-    Organ("thyroid_gland", "visceral", radlex=7578, hu=90),
-    Organ("vertebra_L1", "visceral", radlex=29193, hu=450),
-    Organ("kidney_right", "visceral", radlex=29662, partner="kidney_left", hu=150),
-    Organ("kidney_left", "visceral", radlex=29663, partner="kidney_right", hu=150),
-    Organ("adrenal_gland_right", "visceral", radlex=30324, partner="adrenal_gland_left", hu=30),
-    Organ("adrenal_gland_left", "visceral", radlex=30325, partner="adrenal_gland_right", hu=30),
+    Organ("liver", "visceral", radlex=58, hu=60, sct="Liver"),
+    Organ("spleen", "visceral", radlex=86, hu=50, sct="Spleen"),
+    Organ("pancreas", "visceral", radlex=170, hu=45, sct="Pancreas"),
+    Organ("gallbladder", "visceral", radlex=187, hu=10, sct="Gallbladder"),
+    Organ("urinary_bladder", "visceral", radlex=237, hu=15, sct="Bladder"),
+    Organ("aorta", "visceral", radlex=480, hu=180, sct="Aorta"),
+    Organ("trachea", "visceral", radlex=1247, hu=-900, sct="Trachea"),
+    Organ("lung_right", "visceral", radlex=1302, partner="lung_left", hu=-820, sct="Lung"),
+    Organ("lung_left", "visceral", radlex=1326, partner="lung_right", hu=-820, sct="Lung"),
+    Organ("sternum", "visceral", radlex=2473, hu=400, sct="Sternum"),
+    Organ("thyroid_gland", "visceral", radlex=7578, hu=90, sct="Thyroid"),
+    Organ("vertebra_L1", "visceral", radlex=29193, hu=450, sct="L1Vertebra"),
+    Organ("kidney_right", "visceral", radlex=29662, partner="kidney_left", hu=150, sct="Kidney"),
+    Organ("kidney_left", "visceral", radlex=29663, partner="kidney_right", hu=150, sct="Kidney"),
+    Organ("adrenal_gland_right", "visceral", radlex=30324, partner="adrenal_gland_left", hu=30, sct="AdrenalGland"),
+    Organ("adrenal_gland_left", "visceral", radlex=30325, partner="adrenal_gland_right", hu=30, sct="AdrenalGland"),
     Organ("psoas_major_right", "visceral", radlex=32248, partner="psoas_major_left", hu=55),
     Organ("psoas_major_left", "visceral", radlex=32249, partner="psoas_major_right", hu=55),
     Organ("rectus_abdominis_right", "visceral", radlex=40357, partner="rectus_abdominis_left", hu=50),
     Organ("rectus_abdominis_left", "visceral", radlex=40358, partner="rectus_abdominis_right", hu=50),
     # OpenKBP head-and-neck OARs (ROI file stem -> name).
-    Organ("brainstem", "openkbp", openkbp_roi="Brainstem", hu=35),
-    Organ("spinal_cord", "openkbp", openkbp_roi="SpinalCord", hu=35),
-    Organ("parotid_right", "openkbp", openkbp_roi="RightParotid", partner="parotid_left", hu=10),
-    Organ("parotid_left", "openkbp", openkbp_roi="LeftParotid", partner="parotid_right", hu=10),
-    Organ("esophagus", "openkbp", openkbp_roi="Esophagus", hu=40),
-    Organ("larynx", "openkbp", openkbp_roi="Larynx", hu=30),
-    Organ("mandible", "openkbp", openkbp_roi="Mandible", hu=900),
+    Organ("brainstem", "openkbp", openkbp_roi="Brainstem", hu=35, sct="BrainStem"),
+    Organ("spinal_cord", "openkbp", openkbp_roi="SpinalCord", hu=35, sct="SpinalCord"),
+    Organ("parotid_right", "openkbp", openkbp_roi="RightParotid", partner="parotid_left", hu=10, sct="ParotidGland"),
+    Organ("parotid_left", "openkbp", openkbp_roi="LeftParotid", partner="parotid_right", hu=10, sct="ParotidGland"),
+    Organ("esophagus", "openkbp", openkbp_roi="Esophagus", hu=40, sct="Esophagus"),
+    Organ("larynx", "openkbp", openkbp_roi="Larynx", hu=30, sct="Larynx"),
+    Organ("mandible", "openkbp", openkbp_roi="Mandible", hu=900, sct="Mandible"),
 ]
 
 ORGANS: Dict[str, Organ] = {o.name: o for o in _ORGANS}
@@ -111,6 +114,20 @@ def labels_for(names: Iterable[str]) -> Dict[str, int]:
         get(n)
     order = [o.name for o in _ORGANS if o.name in set(names)]
     return {"background": 0, **{n: i + 1 for i, n in enumerate(order)}}
+
+
+# 20 colours that stay distinct from each other and from the grey of CT (Trubetskoy's list without grey,
+# dark blue swapped for sky blue), so an organ has one colour in every picture and in RTSTRUCT / SEG
+_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+            (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+            (0, 191, 255), (255, 255, 255)]
+
+
+def colour(name: str) -> Tuple[int, int, int]:
+    """Display colour (r, g, b in 0..255) of an organ: distinct within each organ set."""
+    index = [o.name for o in _ORGANS].index(get(name).name)
+    return _PALETTE[index % len(_PALETTE)]
 
 
 def organs_from_labels(labels: Dict[str, int]) -> Dict[int, str]:

@@ -5,15 +5,17 @@
 to the manifest, so the folder can be copied to another machine); ``export_models`` writes it.
 
 Outputs per case, all on exactly the input's grid and written atomically:
-``{case}.nii.gz`` (multi-label map), ``{case}.json`` (label names), ``{case}_boxes.json`` and
-``{case}_stats.json`` (per organ: status, volume in mL, centroid in mm).
+``{case}.nii.gz`` (multi-label map), ``{case}.json`` (label names), ``{case}_boxes.json``,
+``{case}_stats.json`` / ``.csv`` (per organ: status, volume in mL, mean HU, centroid and box in mm) and,
+on request, RTSTRUCT, DICOM SEG and a preview (:mod:`nnunet_oar.export`).
 """
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from nnunet_oar import organs as catalogue
 from nnunet_oar.conversion.dataset import NETWORK_ORIENTATION
-from nnunet_oar.geometry import centroid_mm, crop_image
+from nnunet_oar.geometry import crop_image
 from nnunet_oar.io import InputError, geometry, read_image, write_image, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_TAU
 from nnunet_oar.localization.localize import Localizer, available_folds, case_id, list_images
@@ -131,7 +133,7 @@ class OARPredictor:
             self.networks[organ] = p
 
     def predict_image(self, ct: sitk.Image, image_file: Path, case: str):
-        """One CT -> (label image on the CT's grid, boxes dict, stats dict)."""
+        """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict)."""
         boxes, _ = self.localizer.localize_file(image_file, case, requested=self.organs)
         merger = MaxProbabilityMerger(ct.GetSize()[::-1])
         orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(ct.GetDirection())
@@ -150,42 +152,57 @@ class OARPredictor:
             merger.add(self.labels[organ], sitk.GetArrayFromImage(sitk.DICOMOrient(prob_img, orientation)), box["start"])
         seg = sitk.GetImageFromArray(merger.labels)
         seg.CopyInformation(ct)
-        return seg, boxes, organ_stats(merger.labels, geometry(ct), self.labels, boxes)
+        return seg, boxes
 
 
-def organ_stats(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int], boxes: dict) -> Dict[str, dict]:
-    """Per organ: ``status`` (found / absent / not_requested), ``volume_ml``, ``centroid_mm`` (x,y,z) and
-    the localizer's status; an organ the localizer found but no voxel of which won the merge is absent."""
-    voxel_ml = float(np.prod(geom["spacing_xyz"])) / 1000.0
-    out = {}
-    for organ, entry in boxes["organs"].items():
-        loc_status = entry.get("status")
-        if organ not in labels or loc_status == "not_requested":
-            out[organ] = {"status": "not_requested"}
-            continue
-        mask = label_zyx == labels[organ]
-        n = int(mask.sum())
-        out[organ] = {"status": "found" if n else "absent", "localizer": loc_status,
-                      "volume_ml": n * voxel_ml, "centroid_mm": centroid_mm(geom, mask).tolist() if n else None}
-    return out
+def _inputs(inputs: Path) -> List[Tuple[str, Path]]:
+    """``[(case, path)]``: one DICOM series folder (case = folder name), one image file, or a folder of images."""
+    from nnunet_oar.dicom.series import is_dicom_folder
+    inputs = Path(inputs)
+    if is_dicom_folder(inputs) and not any(f.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd"))
+                                           for f in inputs.iterdir()):
+        return [(inputs.name, inputs)]
+    return [(case_id(f), f) for f in list_images(inputs)]
 
 
 def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
-            organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5) -> Dict[str, str]:
-    """Segment every CT in ``inputs`` (file or folder) into ``output``.
+            organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
+            series_uid: Optional[str] = None, rtstruct: bool = False, dicom_seg: bool = False,
+            preview: bool = False) -> Dict[str, str]:
+    """Segment every CT in ``inputs`` into ``output``.
+
+    Args:
+        inputs: a CT image file, a folder of them, or a DICOM CT series folder (read with
+            :func:`nnunet_oar.dicom.series.read_ct_series`; ``series_uid`` picks one of several).
+        output: output folder (nothing is written beside the inputs).
+        rtstruct, dicom_seg: also write ``{case}_rtstruct.dcm`` / ``{case}_seg.dcm`` (DICOM input only).
+        preview: also write ``{case}_preview.png`` (one row of planes per found organ).
 
     Returns:
         ``{case: error}`` for inputs that could not be processed; the other cases are written.
     """
-    images = list_images(inputs)
+    from nnunet_oar.dicom.series import read_ct_series
+    from nnunet_oar.export import write_outputs
+    sources = _inputs(inputs)
+    if (rtstruct or dicom_seg) and not any(p.is_dir() for _, p in sources):
+        raise InputError(f"{inputs}: RTSTRUCT and DICOM SEG reference the CT's DICOM slices; give a DICOM series "
+                         "folder (or convert a label map with `nnunet_oar export --ct DICOM_FOLDER`)")
     predictor = OARPredictor(models, folds, device, organs, tta, step_size)
     output = Path(output)
     errors = {}
-    for f in tqdm(images, desc="predict"):
-        case = case_id(f)
+    for case, path in tqdm(sources, desc="predict"):
         try:
-            ct = read_image(f, "CT")
-            seg, boxes, stats = predictor.predict_image(ct, f, case)
+            series = None
+            if path.is_dir():
+                ct, series = read_ct_series(path, series_uid)
+                # nnU-Net reads files: the series goes to a temporary NIfTI, never beside the input
+                with tempfile.TemporaryDirectory() as tmp:
+                    image_file = Path(tmp) / f"{case}_0000.nii.gz"
+                    sitk.WriteImage(ct, str(image_file))
+                    seg, boxes = predictor.predict_image(ct, image_file, case)
+            else:
+                ct = read_image(path, "CT")
+                seg, boxes = predictor.predict_image(ct, path, case)
         except InputError as e:
             errors[case] = str(e)
             tqdm.write(f"skipped: {e}")
@@ -193,5 +210,5 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
         write_image(seg, output / f"{case}.nii.gz")
         write_json({"labels": predictor.labels, "image": geometry(ct)}, output / f"{case}.json")
         write_json(boxes, output / f"{case}_boxes.json")
-        write_json({"case": case, "organs": stats}, output / f"{case}_stats.json")
+        write_outputs(ct, seg, predictor.labels, case, output, boxes, series, rtstruct, dicom_seg, preview)
     return errors

@@ -1,66 +1,121 @@
-"""Pictures and reports a person looks at: the three-plane preview with contours and boxes."""
+"""Pictures a person looks at: three orthogonal planes with contours, localization boxes and a legend.
+
+Whatever the file's direction, planes are shown in radiological convention: the images are reoriented
+to LPS, so the axial plane has the patient's right on the viewer's left and anterior up, and coronal
+and sagittal planes have superior up. Boxes are drawn from their world coordinates (``box_mm``).
+Colours are the catalogue's (:func:`nnunet_oar.organs.colour`), as in RTSTRUCT and SEG.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_oar import organs as catalogue
 from nnunet_oar.geometry import world_to_index
 from nnunet_oar.io import atomic_path, geometry
 
+PLANES = ("axial", "coronal", "sagittal")
 
-def preview_png(ct: sitk.Image, labels: sitk.Image, names: Dict[str, int], boxes: Optional[dict], dst: Path,
-                title: str = "") -> None:
-    """Axial, coronal and sagittal planes with each organ's predicted contour, its localization box where
-    the plane cuts it, and a legend with volumes.
 
-    Whatever the file's direction, the planes are shown in radiological convention (the images are
-    reoriented to LPS: axial with the patient's right on the viewer's left and anterior up, coronal and
-    sagittal with superior up). Boxes are drawn from their world coordinates (``box_mm``). The planes pass
-    through the centroid of the largest predicted organ (the image centre if none).
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
+def _rgb(organ: str) -> Tuple[float, float, float]:
+    r, g, b = catalogue.colour(organ) if organ in catalogue.ORGANS else (255, 0, 0)
+    return r / 255, g / 255, b / 255
 
-    ct, labels = sitk.DICOMOrient(ct, "LPS"), sitk.DICOMOrient(labels, "LPS")
-    hu, lab, geom = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(labels), geometry(ct)
-    sx, sy, sz = ct.GetSpacing()
-    organs = {n: v for n, v in names.items() if v != 0}
-    colours = {n: plt.cm.tab10(i % 10) for i, n in enumerate(organs)}
-    counts = {n: int((lab == v).sum()) for n, v in organs.items()}
-    biggest = max(counts, key=counts.get) if counts and max(counts.values()) else None
-    centre = (np.argwhere(lab == organs[biggest]).mean(0).round().astype(int) if biggest
-              else np.array(lab.shape) // 2)                                   # (z, y, x)
-    # (name, 2D slice, row axis, column axis in zyx, aspect, superior-up flip)
-    planes = [("axial", hu[centre[0]], lab[centre[0]], 1, 2, sy / sx, False),
-              ("coronal", hu[:, centre[1]], lab[:, centre[1]], 0, 2, sz / sx, True),
-              ("sagittal", hu[:, :, centre[2]], lab[:, :, centre[2]], 0, 1, sz / sy, True)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.5))
-    for ax, (name, img, seg, row_axis, col_axis, aspect, superior_up) in zip(axes, planes):
-        origin = "lower" if superior_up else "upper"
-        ax.imshow(img, cmap="gray", vmin=-400, vmax=400, aspect=aspect, origin=origin, interpolation="nearest")
-        plane_axis = ({0, 1, 2} - {row_axis, col_axis}).pop()
+
+def _draw_row(axes, hu: np.ndarray, lab: np.ndarray, spacing_xyz, geom: dict, organs: Dict[str, int],
+              boxes: Optional[dict], centre_zyx: np.ndarray, window_zyx: Optional[Tuple[np.ndarray, np.ndarray]],
+              label: str = "") -> None:
+    """Axial, coronal and sagittal planes through ``centre_zyx`` (LPS arrays), cropped to ``window_zyx``."""
+    from matplotlib.patches import Rectangle
+    sx, sy, sz = spacing_xyz
+    lo_w, hi_w = window_zyx if window_zyx is not None else (np.zeros(3, int), np.array(lab.shape))
+    # (plane, row axis, column axis in zyx, aspect, superior up)
+    specs = [(0, 1, 2, sy / sx, False), (1, 0, 2, sz / sx, True), (2, 0, 1, sz / sy, True)]
+    for ax, name, (plane_axis, row_axis, col_axis, aspect, superior_up) in zip(axes, PLANES, specs):
+        index = [slice(None)] * 3
+        index[plane_axis] = int(centre_zyx[plane_axis])
+        img, seg = hu[tuple(index)], lab[tuple(index)]
+        rs, cs = slice(lo_w[row_axis], hi_w[row_axis]), slice(lo_w[col_axis], hi_w[col_axis])
+        img, seg = img[rs, cs], seg[rs, cs]
+        ax.imshow(img, cmap="gray", vmin=-400, vmax=400, aspect=aspect, origin="lower" if superior_up else "upper",
+                  interpolation="nearest")
         for organ, v in organs.items():
             if (seg == v).any():
-                ax.contour(seg == v, levels=[0.5], colors=[colours[organ]], linewidths=1.2)
+                ax.contour(seg == v, levels=[0.5], colors=[_rgb(organ)], linewidths=1.2)
             entry = (boxes or {}).get("organs", {}).get(organ, {})
             if entry.get("status") != "found":
                 continue
             corners = world_to_index(geom, np.array([entry["box_mm"]["min"], entry["box_mm"]["max"]]))[:, ::-1]
-            lo, hi = corners.min(0), corners.max(0)                            # continuous (z, y, x)
-            if lo[plane_axis] <= centre[plane_axis] <= hi[plane_axis]:
+            lo, hi = corners.min(0) - lo_w, corners.max(0) - lo_w                 # continuous (z, y, x)
+            if lo[plane_axis] + lo_w[plane_axis] <= centre_zyx[plane_axis] <= hi[plane_axis] + lo_w[plane_axis]:
                 ax.add_patch(Rectangle((lo[col_axis], lo[row_axis]), hi[col_axis] - lo[col_axis],
-                                       hi[row_axis] - lo[row_axis], fill=False, ls="--", ec=colours[organ], lw=1))
-        ax.set_title(name)
+                                       hi[row_axis] - lo[row_axis], fill=False, ls="--", ec=_rgb(organ), lw=1))
+        ax.set_xlim(-0.5, img.shape[1] - 0.5)
+        ax.set_ylim(*((-0.5, img.shape[0] - 0.5) if superior_up else (img.shape[0] - 0.5, -0.5)))
+        ax.set_title(f"{label} {name}".strip(), fontsize=9)
         ax.axis("off")
-    voxel_ml = sx * sy * sz / 1000
-    handles = [Patch(color=colours[n], label=f"{n} ({counts[n] * voxel_ml:.0f} mL)") for n in organs]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False)
-    fig.suptitle(title + "  (solid: segmentation, dashed: localization box; radiological view)")
+
+
+def _prepare(ct: sitk.Image, labels: sitk.Image, names: Dict[str, int]):
+    ct, labels = sitk.DICOMOrient(ct, "LPS"), sitk.DICOMOrient(labels, "LPS")
+    lab = sitk.GetArrayFromImage(labels)
+    organs = {n: v for n, v in names.items() if n not in ("background", "ignore") and v != 0}
+    counts = {n: int((lab == v).sum()) for n, v in organs.items()}
+    return ct, sitk.GetArrayFromImage(ct), lab, organs, counts
+
+
+def _legend_and_save(fig, organs: Dict[str, int], counts: Dict[str, int], spacing_xyz, title: str, dst: Path) -> None:
+    from matplotlib.patches import Patch
+    voxel_ml = float(np.prod(spacing_xyz)) / 1000
+    handles = [Patch(color=_rgb(n), label=f"{n} ({counts[n] * voxel_ml:.1f} mL)" if counts[n] else f"{n} (absent)")
+               for n in organs]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False, fontsize=9)
+    fig.suptitle(title + "  (solid: segmentation, dashed: localization box; radiological view)", fontsize=10)
     with atomic_path(dst) as tmp:
-        fig.savefig(tmp, dpi=90, bbox_inches="tight")
+        fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+
+
+def preview_png(ct: sitk.Image, labels: sitk.Image, names: Dict[str, int], boxes: Optional[dict], dst: Path,
+                title: str = "") -> None:
+    """One row of three planes through the centroid of the largest predicted organ (the image centre if
+    none), with every organ's contour, its localization box where the plane cuts it, and a legend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ct, hu, lab, organs, counts = _prepare(ct, labels, names)
+    biggest = max(counts, key=counts.get) if counts and max(counts.values()) else None
+    centre = (np.argwhere(lab == organs[biggest]).mean(0).round().astype(int) if biggest
+              else np.array(lab.shape) // 2)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.5))
+    _draw_row(axes, hu, lab, ct.GetSpacing(), geometry(ct), organs, boxes, centre, None)
+    _legend_and_save(fig, organs, counts, ct.GetSpacing(), title, dst)
     plt.close(fig)
+
+
+def organ_montage_png(ct: sitk.Image, labels: sitk.Image, names: Dict[str, int], boxes: Optional[dict], dst: Path,
+                      title: str = "", context_mm: float = 40.0) -> List[str]:
+    """QA montage: one row per found organ, three planes through that organ's centroid, zoomed to its
+    extent plus ``context_mm`` on each side, with every organ's contour and box. Returns the organs shown
+    (none found: a single full-size row through the image centre)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ct, hu, lab, organs, counts = _prepare(ct, labels, names)
+    found = [n for n in organs if counts[n]]
+    spacing_zyx = np.array(ct.GetSpacing()[::-1])
+    fig, axes = plt.subplots(max(len(found), 1), 3, figsize=(11, 3.6 * max(len(found), 1) + 0.8), squeeze=False)
+    if not found:
+        _draw_row(axes[0], hu, lab, ct.GetSpacing(), geometry(ct), organs, boxes, np.array(lab.shape) // 2, None,
+                  "no organ found:")
+    for row, organ in zip(axes, found):
+        zyx = np.argwhere(lab == organs[organ])
+        pad = np.ceil(context_mm / spacing_zyx).astype(int)
+        window = (np.maximum(zyx.min(0) - pad, 0), np.minimum(zyx.max(0) + 1 + pad, lab.shape))
+        _draw_row(row, hu, lab, ct.GetSpacing(), geometry(ct), organs, boxes, zyx.mean(0).round().astype(int),
+                  window, organ)
+    _legend_and_save(fig, organs, counts, ct.GetSpacing(), title, dst)
+    plt.close(fig)
+    return found

@@ -152,3 +152,32 @@ def test_merge_of_nnunet_prediction_folders(pipeline, tmp_path):
     (x0, y0, z0), (x1, y1, z1) = crops[case]["box_index_xyz"]["start"], crops[case]["box_index_xyz"]["stop"]
     m = sitk.GetArrayFromImage(merged)[z0:z1, y0:y1, x0:x1]
     assert np.all(m[liver_seg == 1] != 0)
+
+
+def test_predict_from_a_dicom_series_writes_clinical_files(pipeline, tmp_path):
+    from nnunet_oar.dicom.series import read_ct_series
+    from tests.dicom_helpers import write_ct_series
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    dcm = tmp_path / "CT_series"
+    uids = write_ct_series(sitk.ReadImage(str(image)), dcm)
+    before = sorted(p.name for p in dcm.iterdir())
+    out = tmp_path / "out"
+    run(["nnunet_oar", "predict", "-i", str(dcm), "-o", str(out), "-m", str(pipeline["models"]), "--disable-tta",
+         "--rtstruct", "--dicom-seg", "--preview"], pipeline["env"])
+    assert sorted(p.name for p in dcm.iterdir()) == before                 # nothing written beside the input
+    ct, series = read_ct_series(dcm)
+    seg = sitk.ReadImage(str(out / "CT_series.nii.gz"))
+    assert seg.GetSize() == ct.GetSize() and np.allclose(seg.GetSpacing(), ct.GetSpacing())
+    assert np.allclose(seg.GetOrigin(), ct.GetOrigin()) and np.allclose(seg.GetDirection(), ct.GetDirection())
+    stats = json.loads((out / "CT_series_stats.json").read_text())["organs"]
+    found = [o for o in ORGANS if stats[o]["status"] == "found"]
+    import pydicom
+    rt = pydicom.dcmread(out / "CT_series_rtstruct.dcm")
+    assert sorted(r.ROIName for r in getattr(rt, "StructureSetROISequence", [])) == sorted(found)
+    ref = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == uids["series"] and rt.FrameOfReferenceUID == uids["frame"]
+    assert (out / "CT_series_seg.dcm").is_file() == bool(found)
+    assert (out / "CT_series_preview.png").stat().st_size > 10_000
+    r = subprocess.run(["nnunet_oar", "predict", "-i", str(image), "-o", str(tmp_path / "o2"), "-m",
+                        str(pipeline["models"]), "--rtstruct"], env=pipeline["env"], capture_output=True, text=True)
+    assert r.returncode == 2 and "DICOM" in r.stderr

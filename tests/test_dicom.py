@@ -1,0 +1,206 @@
+"""DICOM CT in, RTSTRUCT / SEG / preview / statistics out: round trips against real readers (pydicom,
+highdicom, scikit-image rasterisation), geometry and UIDs, and the series checks."""
+import csv
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from nnunet_oar import organs as catalogue
+from nnunet_oar.cli import main
+from nnunet_oar.dicom.series import read_ct_series
+from nnunet_oar.io import InputError
+from tests.dicom_helpers import rasterize_rtstruct, write_ct_series
+
+ORGANS = ["liver", "spleen", "kidney_right", "kidney_left", "adrenal_gland_right"]
+LABELS = catalogue.labels_for(ORGANS)
+GRIDS = {
+    "axial": dict(spacing=(0.9, 0.9, 2.5), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)),
+    "flipped": dict(spacing=(1.0, 1.2, 2.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)),
+    "left_handed": dict(spacing=(1.0, 1.0, 3.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, -1)),
+    "thin_slices": dict(spacing=(1.5, 1.5, 0.6), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)),
+}
+
+
+def make_case(spacing, direction):
+    """CT (HU) and label map: a liver with an internal cavity, a spleen in two pieces, two kidneys and a
+    0.3 mL adrenal; all on a 60 x 60 mm field of view, 60 mm long."""
+    size = [int(round(60 / s)) for s in spacing]                       # x, y, z
+    zz, yy, xx = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(size[::-1], spacing[::-1])], indexing="ij")
+    ct = np.full(zz.shape, -1000, np.int16)
+    body = (xx - 30) ** 2 + (yy - 30) ** 2 < 28 ** 2
+    ct[body] = 20
+    lab = np.zeros(zz.shape, np.uint8)
+    liver = ((xx - 20) / 12) ** 2 + ((yy - 25) / 10) ** 2 + ((zz - 30) / 20) ** 2 < 1
+    cavity = ((xx - 20) / 4) ** 2 + ((yy - 25) / 4) ** 2 + ((zz - 30) / 8) ** 2 < 1
+    lab[liver & ~cavity] = LABELS["liver"]
+    lab[((xx - 42) ** 2 + (yy - 20) ** 2 + (zz - 18) ** 2 < 36) | ((xx - 42) ** 2 + (yy - 20) ** 2 + (zz - 40) ** 2 < 25)] = \
+        LABELS["spleen"]
+    lab[((xx - 22) / 5) ** 2 + ((yy - 45) / 4) ** 2 + ((zz - 30) / 7) ** 2 < 1] = LABELS["kidney_right"]
+    lab[((xx - 40) / 5) ** 2 + ((yy - 45) / 4) ** 2 + ((zz - 30) / 7) ** 2 < 1] = LABELS["kidney_left"]
+    lab[(xx - 30) ** 2 + (yy - 38) ** 2 + (zz - 45) ** 2 < 16] = LABELS["adrenal_gland_right"]
+    for organ, v in LABELS.items():
+        if v:
+            ct[lab == v] = 40 + 10 * v
+    images = []
+    for arr in (ct, lab):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing(spacing)
+        img.SetDirection(direction)
+        img.SetOrigin((-100.0, 50.0, 300.0))
+        images.append(img)
+    return images
+
+
+def to_lps(image):
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_series_is_read_in_position_order_in_hu(grid, tmp_path):
+    ct, _ = make_case(**GRIDS[grid])
+    write_ct_series(ct, tmp_path / "dcm", seed=1)
+    image, series = read_ct_series(tmp_path / "dcm")
+    assert image.GetSize() == ct.GetSize()
+    assert np.allclose(image.GetSpacing(), ct.GetSpacing(), atol=1e-4)
+    # the same voxels at the same places, whatever the slice order the files or the direction imply
+    assert np.array_equal(to_lps(image), to_lps(ct))
+    lps_a, lps_b = sitk.DICOMOrient(image, "LPS"), sitk.DICOMOrient(ct, "LPS")
+    assert np.allclose(lps_a.GetOrigin(), lps_b.GetOrigin(), atol=1e-3)
+    positions = [float(np.dot(h.ImagePositionPatient, np.cross(h.ImageOrientationPatient[:3],
+                                                             h.ImageOrientationPatient[3:]))) for h in series.headers]
+    assert positions == sorted(positions)
+    assert [str(f) for f in series.files] != sorted(str(f) for f in series.files)   # names are shuffled
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_export_round_trips_through_rtstruct_and_seg(grid, tmp_path):
+    import highdicom as hd
+    ct, lab = make_case(**GRIDS[grid])
+    uids = write_ct_series(ct, tmp_path / "dcm", seed=2)
+    before = sorted(p.name for p in (tmp_path / "dcm").iterdir())
+    sitk.WriteImage(lab, str(tmp_path / "case.nii.gz"))                  # the label map on the NIfTI's own grid
+    (tmp_path / "case.json").write_text(json.dumps({"labels": LABELS}))
+    out = tmp_path / "out"
+    assert main(["export", "-i", str(tmp_path / "case.nii.gz"), "--ct", str(tmp_path / "dcm"), "-o", str(out),
+                 "--rtstruct", "--dicom-seg", "--preview"]) == 0
+    assert sorted(p.name for p in (tmp_path / "dcm").iterdir()) == before   # nothing written beside the input
+    image, series = read_ct_series(tmp_path / "dcm")
+    expected = sitk.Resample(lab, image, sitk.Transform(), sitk.sitkNearestNeighbor)
+    assert np.array_equal(to_lps(expected), to_lps(lab))                  # same grid, only reoriented
+    expected = sitk.GetArrayFromImage(expected)
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000
+
+    # RTSTRUCT: read with pydicom, rasterised on the CT grid
+    rt = pydicom.dcmread(out / "case_rtstruct.dcm")
+    masks = rasterize_rtstruct(out / "case_rtstruct.dcm", image)
+    assert set(masks) == set(ORGANS)
+    for organ in ORGANS:
+        ref = expected == LABELS[organ]
+        d = 2 * (masks[organ] & ref).sum() / (masks[organ].sum() + ref.sum())
+        if ref.sum() * voxel_ml >= 1.0:
+            assert d >= 0.95, (organ, d)
+        assert d > 0.9, (organ, d)
+    liver = masks["liver"]
+    assert not liver[expected == 0].any() or (liver & (expected == 0)).sum() < 0.01 * liver.sum()
+    cavity_voxels = (ndimage.binary_fill_holes(expected == LABELS["liver"]) & (expected != LABELS["liver"])).sum()
+    assert cavity_voxels > 0 and not (liver & ndimage.binary_fill_holes(expected == LABELS["liver"])
+                                      & (expected != LABELS["liver"])).any()      # the hole survived
+    assert ndimage.label(masks["spleen"])[1] == 2                                  # both pieces survived
+    colours = {r.ReferencedROINumber: tuple(int(v) for v in r.ROIDisplayColor) for r in rt.ROIContourSequence}
+    assert len(set(colours.values())) == len(ORGANS)
+    # UIDs and references
+    assert rt.StudyInstanceUID == uids["study"] and rt.FrameOfReferenceUID == uids["frame"]
+    ref_series = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert ref_series.SeriesInstanceUID == uids["series"]
+    sop_uids = {h.SOPInstanceUID for h in series.headers}
+    assert {c.ReferencedSOPInstanceUID for c in ref_series.ContourImageSequence} == sop_uids
+    for rc in rt.ROIContourSequence:
+        for c in rc.ContourSequence:
+            assert c.ContourImageSequence[0].ReferencedSOPInstanceUID in sop_uids
+
+    # DICOM SEG: read with highdicom, voxel-exact
+    seg = hd.seg.segread(out / "case_seg.dcm")
+    assert seg.StudyInstanceUID == uids["study"] and seg.FrameOfReferenceUID == uids["frame"]
+    numbers = {seg.get_segment_description(n).SegmentLabel: n for n in seg.get_segment_numbers()}
+    assert set(numbers) == set(ORGANS)
+    back = seg.get_pixels_by_source_instance([h.SOPInstanceUID for h in series.headers], combine_segments=True,
+                                             skip_overlap_checks=True)
+    want = np.zeros_like(back)
+    for organ, n in numbers.items():
+        want[expected == LABELS[organ]] = n
+    assert np.array_equal(back, want)
+    liver_desc = seg.get_segment_description(numbers["liver"])
+    assert liver_desc.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    kidney = seg.get_segment_description(numbers["kidney_left"])
+    assert kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
+
+    # statistics and preview
+    stats = json.loads((out / "case_stats.json").read_text())["organs"]
+    for organ in ORGANS:
+        n = int((expected == LABELS[organ]).sum())
+        assert stats[organ]["volume_ml"] == pytest.approx(n * voxel_ml)
+        assert stats[organ]["mean_hu"] == pytest.approx(40 + 10 * LABELS[organ])
+    rows = {r["organ"]: r for r in csv.DictReader(open(out / "case_stats.csv"))}
+    assert float(rows["liver"]["volume_ml"]) == pytest.approx(stats["liver"]["volume_ml"])
+    from PIL import Image
+    png = np.asarray(Image.open(out / "case_preview.png").convert("RGB"))
+    assert png.shape[0] > 5 * 200 and png.shape[1] > 600                  # one row of three planes per organ
+    r, g, b = catalogue.colour("liver")
+    assert (np.abs(png.astype(int) - (r, g, b)).sum(-1) < 30).sum() > 50  # the liver's contour colour is drawn
+
+
+def _series(tmp_path, **kw):
+    ct, _ = make_case(**GRIDS["axial"])
+    write_ct_series(ct, tmp_path / "dcm", **kw)
+    return sorted((tmp_path / "dcm").iterdir())
+
+
+def test_missing_slice_is_named(tmp_path):
+    files = _series(tmp_path)
+    by_pos = sorted(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    by_pos[10].unlink()
+    with pytest.raises(InputError, match="missing slice"):
+        read_ct_series(tmp_path / "dcm")
+
+
+def test_duplicate_position_and_non_ct_and_tilt_are_refused(tmp_path):
+    files = _series(tmp_path)
+    ds = pydicom.dcmread(files[3])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "dcm" / "copy")
+    with pytest.raises(InputError, match="one position"):
+        read_ct_series(tmp_path / "dcm")
+    ct, _ = make_case(**GRIDS["axial"])
+    write_ct_series(ct, tmp_path / "mr", modality="MR")
+    with pytest.raises(InputError, match="is MR, not CT"):
+        read_ct_series(tmp_path / "mr")
+    write_ct_series(ct, tmp_path / "tilt", tilt_mm_per_slice=0.5)
+    with pytest.raises(InputError, match="gantry tilt"):
+        read_ct_series(tmp_path / "tilt")
+
+
+def test_non_uniform_spacing_is_refused(tmp_path):
+    files = _series(tmp_path)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        z = float(ds.ImagePositionPatient[2])
+        if z > 320:
+            ds.ImagePositionPatient[2] = f"{z + 1.0:.6f}"
+            ds.save_as(f)
+    with pytest.raises(InputError, match="non-uniform slice spacing"):
+        read_ct_series(tmp_path / "dcm")
+
+
+def test_several_series_need_a_choice(tmp_path):
+    ct, _ = make_case(**GRIDS["axial"])
+    a = write_ct_series(ct, tmp_path / "dcm" / "a")
+    b = write_ct_series(ct, tmp_path / "dcm" / "b", study_uid=a["study"])
+    with pytest.raises(InputError) as e:
+        read_ct_series(tmp_path / "dcm")
+    assert a["series"] in str(e.value) and b["series"] in str(e.value) and "--series-uid" in str(e.value)
+    image, series = read_ct_series(tmp_path / "dcm", series_uid=b["series"])
+    assert series.series_uid == b["series"] and image.GetSize() == ct.GetSize()
