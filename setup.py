@@ -18,6 +18,9 @@ setup(
         "tqdm",
         "matplotlib",
         "surface-distance",   # DeepMind's surface distances (HD95, NSD)
+        "pydicom>=3",
+        "highdicom",
+        "scikit-image",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["nnunet_oar=nnunet_oar.cli:main"]},
