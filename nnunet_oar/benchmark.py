@@ -59,6 +59,7 @@ class Settings:
     tta: bool = False
     organs: Optional[List[str]] = None
     phantoms: Dict[str, float] = field(default_factory=dict)
+    openkbp: str = str(SHARED_OPENKBP)  # folder with openkbp-train.tar.xz and openkbp-validation.tar.xz
 
     @property
     def baseline_id(self) -> int:
@@ -141,9 +142,10 @@ def _prepare_data(s: Settings, work: Path, run: _Runner) -> None:
             write_json({"wall_s": time.perf_counter() - t0, "commands": ["phantoms + convert-visceral"]},
                        work / "stages" / "data.json")
     elif s.dataset == "openkbp":
-        run.stage("data", [["nnunet_oar", "convert-openkbp", "-i", str(SHARED_OPENKBP / "openkbp-train.tar.xz"),
+        src = Path(s.openkbp)
+        run.stage("data", [["nnunet_oar", "convert-openkbp", "-i", str(src / "openkbp-train.tar.xz"),
                             "-d", str(s.train_id)],
-                           ["nnunet_oar", "convert-openkbp", "-i", str(SHARED_OPENKBP / "openkbp-validation.tar.xz"),
+                           ["nnunet_oar", "convert-openkbp", "-i", str(src / "openkbp-validation.tar.xz"),
                             "-d", str(s.test_id)]])
     for dataset_id in (s.train_id, s.test_id):
         if find_dataset(raw_root(), dataset_id) is None:

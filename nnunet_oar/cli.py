@@ -142,6 +142,8 @@ def _benchmark(a):
         s.phantoms.update(train=a.phantoms[0], test=a.phantoms[1])
     if a.organs:
         s.organs = a.organs
+    if a.openkbp:
+        s.openkbp = a.openkbp
     r = run_benchmark(Path(a.work), s)
     for method, o in r["overall"].items():
         print(f"{method:10s} Dice {o['dice']['mean']:.3f} ± {o['dice']['std']:.3f}")
@@ -151,8 +153,9 @@ def _benchmark(a):
 def _demo(a):
     from nnunet_oar.demo import run_demo
     r = run_demo(Path(a.output), a.train, a.test, a.seed)
-    print(f"mean Dice {r['mean_dice']:.3f}, lowest containment {r['min_containment']:.3f}, "
-          f"{r['time_s']['total']:.0f} s; see {Path(a.output) / 'report.md'}")
+    for method, o in r["overall"].items():
+        print(f"{method:10s} Dice {o['dice']['mean']:.3f} ± {o['dice']['std']:.3f}")
+    print(f"see {Path(a.output) / 'report.md'} and {Path(a.output) / 'preview.png'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,9 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--phantoms", type=int, nargs=2, metavar=("TRAIN", "TEST"),
                    help="number of training and held-out phantoms (default 30 3)")
     s.add_argument("--organs", nargs="+", help="organs to train and score (default: the data set's)")
+    s.add_argument("--openkbp", help="folder with openkbp-train.tar.xz and openkbp-validation.tar.xz "
+                                     "(default ../shared/data/openkbp beside the repository)")
     s.set_defaults(func=_benchmark)
 
-    s = sub.add_parser("demo", help="phantoms -> train both stages briefly on CPU -> predict -> report")
+    s = sub.add_parser("demo", help="benchmark on phantoms: two-stage vs one network, trained briefly on CPU")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--train", type=int, default=30, help="training phantoms (default 30)")
     s.add_argument("--test", type=int, default=3, help="held-out phantoms (default 3)")

@@ -1,0 +1,60 @@
+"""The benchmark's phantom mode end to end on a tiny budget (real nnUNetv2_* commands), and the
+ignore-label rule of the single-network baseline."""
+import json
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_oar.conversion.ignore import ignore_unannotated
+from tests.nnunet_helpers import nnunet_environment, run
+
+
+def test_ignore_label_covers_in_body_background_only():
+    ct = np.full((4, 5, 6), -1000.0)
+    ct[:, 1:4, 1:5] = 30.0                            # body
+    lab = np.zeros(ct.shape, np.uint8)
+    lab[1:3, 2, 2] = 1                                 # a contoured organ inside the body
+    out = ignore_unannotated(lab, ct, ignore_value=9)
+    assert (out[lab == 1] == 1).all()                 # contoured organs keep their label
+    assert (out[(ct > -500) & (lab == 0)] == 9).all()  # unknown: might be an uncontoured organ
+    assert (out[ct <= -500] == 0).all()               # air stays background
+
+
+def test_benchmark_on_phantoms_end_to_end(tmp_path):
+    env = nnunet_environment(tmp_path / "env")
+    work = tmp_path / "bench"
+    cmd = ["nnunet_oar", "benchmark", "--dataset", "phantoms", "--budget", "tiny", "--phantoms", "6", "2",
+           "--organs", "liver", "kidney_left", "--work", str(work)]
+    run(cmd, env, timeout=1500)
+    report = json.loads((work / "report.json").read_text())
+    assert set(report["overall"]) == {"baseline", "two_stage"}
+    test_raw = work / "nnUNet_raw" / "Dataset902_VISCERAL"
+    for method in ("baseline", "two_stage"):
+        metrics = json.loads((work / f"metrics_{method}.json").read_text())
+        assert set(metrics["per_case"]) == {p.name[:-len(".nii.gz")] for p in (test_raw / "labelsTr").iterdir()}
+        assert all(set(c) == {"liver", "kidney_left"} for c in metrics["per_case"].values())
+        assert len((work / f"metrics_{method}.csv").read_text().strip().splitlines()) == 1 + 2 * 2
+        for case in metrics["per_case"]:
+            ref = sitk.ReadImage(str(test_raw / "labelsTr" / f"{case}.nii.gz"))
+            pred = sitk.ReadImage(str(work / "predictions" / method / f"{case}.nii.gz"))
+            assert pred.GetSize() == ref.GetSize() and np.allclose(pred.GetOrigin(), ref.GetOrigin())
+            assert np.allclose(pred.GetDirection(), ref.GetDirection())
+        # the report's numbers are what `nnunet_oar evaluate` says about the same folders
+        run(["nnunet_oar", "evaluate", "-r", str(test_raw / "labelsTr"), "-p", str(work / "predictions" / method),
+             "--annotations", str(test_raw / "annotations.json"), "-o", str(tmp_path / f"{method}.json")], env)
+        again = json.loads((tmp_path / f"{method}.json").read_text())
+        assert again["overall"] == report["overall"][method]
+    assert report["localization"]["liver"]["n"] == 2
+    baseline_raw = work / "nnUNet_raw" / "Dataset906_VISCERALIgnore"
+    labels = json.loads((baseline_raw / "dataset.json").read_text())["labels"]
+    assert labels["ignore"] == max(labels.values())
+    for stage in ("loc_train", "organ_train", "baseline_train", "predict_two_stage", "predict_baseline"):
+        rec = json.loads((work / "stages" / f"{stage}.json").read_text())
+        assert rec["wall_s"] > 0 and rec["peak_rss_gb"] > 0.1 and rec["commands"]
+    md = (work / "report.md").read_text()
+    assert "| baseline |" in md and "| two_stage |" in md and "boxplot_dice.png" in md
+    assert (work / "boxplot_dice.png").stat().st_size > 5000
+    # a rerun resumes: every stage is found done, the scores are the same
+    out = run(cmd, env)
+    assert out.count("done before") >= 9
+    assert json.loads((work / "report.json").read_text())["overall"] == report["overall"]
