@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--annotations", help="annotations.json: organs annotated per case (others are skipped)")
     s.add_argument("--labels", help="dataset.json naming the reference labels (default: beside or above -r)")
     s.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
-    s.add_argument("-o", "--output", required=True, help="metrics JSON (a CSV is written beside it)")
+    s.add_argument("-o", "--output", required=True,
+                   help="metrics JSON; NAME.csv (per case and organ) and NAME_summary.csv are written beside it")
     s.set_defaults(func=_evaluate)
 
     s = sub.add_parser("benchmark", help="train + score the single-network baseline and the two-stage method")

@@ -36,15 +36,18 @@ def _labels_near(folder: Path) -> Optional[Dict[str, int]]:
     return None
 
 
+ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
 def _cases(ref_dir: Path) -> Dict[str, Path]:
-    files = sorted(ref_dir.glob("*.nii.gz")) + sorted(ref_dir.glob("*.nrrd")) + sorted(ref_dir.glob("*.mha"))
-    if not files:
-        raise InputError(f"{ref_dir}: no reference label maps (.nii.gz, .nrrd, .mha)")
-    return {f.name.split(".")[0]: f for f in files}
+    cases = {f.name[:-len(e)]: f for f in sorted(ref_dir.iterdir()) for e in ENDINGS if f.name.endswith(e)}
+    if not cases:
+        raise InputError(f"{ref_dir}: no reference label maps ({', '.join(ENDINGS)})")
+    return cases
 
 
 def _prediction_file(pred_dir: Path, case: str) -> Path:
-    for ext in (".nii.gz", ".nrrd", ".mha"):
+    for ext in ENDINGS:
         if (pred_dir / f"{case}{ext}").is_file():
             return pred_dir / f"{case}{ext}"
     raise InputError(f"{pred_dir}: no prediction for reference case {case}")
@@ -138,12 +141,27 @@ def metrics_csv(result: dict) -> str:
     return buf.getvalue()
 
 
+def summary_csv(result: dict) -> str:
+    """One row per organ and one ``overall`` row: mean and std of every metric, and the outcome counts."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["organ", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std")), "n", "tp", "fn", "fp", "tn"])
+    rows = [(o, s, s["outcomes"]) for o, s in result["per_organ"].items()] + [("overall", result["overall"], {})]
+    for organ, s, outcomes in rows:
+        w.writerow([organ, *(s[m][k] for m in METRICS for k in ("mean", "std")), s["dice"]["n"],
+                    *(outcomes.get(k, "") for k in ("tp", "fn", "fp", "tn"))])
+    return buf.getvalue()
+
+
 def write_metrics(result: dict, dst: Path) -> None:
-    """``dst`` (JSON) and the same name with ``.csv`` (per case and organ)."""
+    """``dst`` (JSON), the same name with ``.csv`` (one row per case and organ) and ``_summary.csv``
+    (mean and std per organ and overall)."""
     dst = Path(dst)
     write_json(result, dst)
     with atomic_path(dst.with_suffix(".csv")) as tmp:
         tmp.write_text(metrics_csv(result))
+    with atomic_path(dst.with_name(dst.stem + "_summary.csv")) as tmp:
+        tmp.write_text(summary_csv(result))
 
 
 def box_plots(results: Dict[str, dict], dst: Path, metric: str = "dice") -> None:

@@ -167,6 +167,8 @@ def test_evaluate_cli_writes_json_and_csv(folders, tmp_path):
     assert result["overall"]["dice"]["mean"] == 1.0
     rows = list(csv.DictReader(open(tmp_path / "m.csv")))
     assert len(rows) == 3 and {r["organ"] for r in rows} == {"a"}
+    summary = {r["organ"]: r for r in csv.DictReader(open(tmp_path / "m_summary.csv"))}
+    assert set(summary) == {"a", "overall"} and float(summary["a"]["dice_mean"]) == 1.0 and summary["a"]["tp"] == "3"
 
 
 def test_evaluate_names_a_prediction_on_another_grid(folders):
