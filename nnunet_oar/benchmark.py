@@ -5,7 +5,10 @@ Two methods trained on the same training cases and scored on the same held-out c
 * **baseline** - one stock nnU-Net ``3d_fullres`` multi-label network; organs that a case does not
   annotate are handled with nnU-Net's ignore label (:mod:`nnunet_oar.conversion.ignore`);
 * **two_stage** - our localizer (``3d_loc``) + one stock ``3d_fullres`` network per organ on crops,
-  merged by maximum probability (``nnunet_oar predict``).
+  merged by maximum probability (``nnunet_oar predict``);
+* **two_stage_reference_boxes** - the same organ networks on the method's boxes centred on the
+  reference centroids (``nnunet_oar reference-boxes``): the organ stage alone, i.e. what the
+  two-stage method gives with a perfect localizer.
 
 Every step is a real command (``nnunet_oar ...`` or ``nnUNetv2_...``) run in a subprocess, so each
 stage's wall time and peak memory (the largest resident set of the stage's processes, from ``wait4``)
@@ -216,8 +219,16 @@ def run_benchmark(work: Path, settings: Settings) -> dict:
         ["nnUNetv2_predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / "baseline"), "-d", B, "-c", config,
          "-f", "all", "-tr", seg_tr, "-npp", "1", "-nps", "1", *tta, *dev]])
 
-    report = write_comparison(work, test_raw, {"baseline": pred / "baseline", "two_stage": pred / "two_stage"},
-                              stages, asdict(s), {"localizer": loc_tr, "networks": seg_tr, "baseline_config": config})
+    # the organ stage alone: the same networks on boxes centred on the reference centroids
+    stages["two-stage, reference boxes: predict held-out"] = run.stage("predict_reference_boxes", [
+        ["nnunet_oar", "reference-boxes", "-r", str(test_raw / "labelsTr"), "--labels", str(test_raw / "dataset.json"),
+         "-m", str(models), "-o", str(work / "reference_boxes")],
+        ["nnunet_oar", "predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / "two_stage_reference_boxes"),
+         "-m", str(models), "--boxes", str(work / "reference_boxes"), "--device", s.device,
+         *(["--disable-tta"] if not s.tta else [])]])
+    methods = {m: pred / m for m in ("baseline", "two_stage", "two_stage_reference_boxes")}
+    report = write_comparison(work, test_raw, methods, stages, asdict(s),
+                              {"localizer": loc_tr, "networks": seg_tr, "baseline_config": config})
     return report
 
 

@@ -99,9 +99,16 @@ def _export_models(a):
 def _predict(a):
     from nnunet_oar.pipeline import predict
     errors = predict(Path(a.input), Path(a.output), Path(a.models), a.folds, a.device, a.organs, not a.disable_tta,
-                     a.step_size, a.series_uid, a.rtstruct, a.dicom_seg, a.preview)
+                     a.step_size, a.series_uid, a.rtstruct, a.dicom_seg, a.preview, a.boxes)
     if errors:
         raise InputError(f"{len(errors)} input(s) failed: " + "; ".join(errors.values()))
+
+
+def _reference_boxes(a):
+    from nnunet_oar.pipeline import write_reference_boxes
+    labels = json.loads(Path(a.labels).read_text())["labels"]
+    n = write_reference_boxes(Path(a.reference), labels, Path(a.models), Path(a.output), a.margin)
+    print(f"wrote {n} reference box files to {a.output}")
 
 
 def _export(a):
@@ -245,8 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--disable-tta", action="store_true", help="no test-time mirroring in the organ networks")
     s.add_argument("--step-size", type=float, default=0.5,
                    help="sliding-window step of the organ networks, fraction of the patch (nnU-Net's default 0.5)")
+    s.add_argument("--boxes", help="folder of {case}_boxes.json to use instead of the localizer "
+                                   "(e.g. from `nnunet_oar reference-boxes`)")
     add_clinical_args(s)
     s.set_defaults(func=_predict)
+
+    s = sub.add_parser("reference-boxes", help="the method's boxes centred on reference centroids (oracle "
+                                               "localization, to measure the organ stage alone)")
+    s.add_argument("-r", "--reference", required=True, help="folder of reference label maps ({case}.nii.gz)")
+    s.add_argument("--labels", required=True, help="dataset.json naming the reference labels")
+    s.add_argument("-m", "--models", required=True, help="models folder (box sizes and margin of its localizer)")
+    s.add_argument("--margin", type=float, help="margin v in mm (default: the models folder's)")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_reference_boxes)
 
     s = sub.add_parser("export", help="existing label map -> statistics, RTSTRUCT, DICOM SEG, preview")
     s.add_argument("-i", "--input", required=True, help="label map ({case}.nii.gz; names from {case}.json beside it)")

@@ -132,9 +132,11 @@ class OARPredictor:
                                                    folds or available[organ]["folds"])
             self.networks[organ] = p
 
-    def predict_image(self, ct: sitk.Image, image_file: Path, case: str):
-        """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict)."""
-        boxes, _ = self.localizer.localize_file(image_file, case, requested=self.organs)
+    def predict_image(self, ct: sitk.Image, image_file: Path, case: str, boxes: Optional[dict] = None):
+        """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict).
+        ``boxes`` (a ``{case}_boxes.json``) replaces the localizer, e.g. reference boxes."""
+        if boxes is None:
+            boxes, _ = self.localizer.localize_file(image_file, case, requested=self.organs)
         merger = MaxProbabilityMerger(ct.GetSize()[::-1])
         orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(ct.GetDirection())
         for organ in self.organs:
@@ -155,6 +157,26 @@ class OARPredictor:
         return seg, boxes
 
 
+def write_reference_boxes(reference: Path, labels: Dict[str, int], models: Path, output: Path,
+                          margin_mm: Optional[float] = None) -> int:
+    """``{case}_boxes.json`` for every reference label map in ``reference``: the models' box sizes and
+    margin centred on the reference centroids (:func:`~nnunet_oar.localization.boxes.reference_boxes`).
+    Returns the number of cases."""
+    from nnunet_oar.localization.boxes import reference_boxes
+    from nnunet_oar.localization.localize import load_box_stats
+    loc = json.loads((Path(models) / MANIFEST).read_text())["localizer"]
+    box_stats = load_box_stats(Path(models) / loc["results_folder"], loc["folds"])
+    margin = loc["margin_mm"] if margin_mm is None else margin_mm
+    if isinstance(margin, dict):
+        raise ValueError(f"{models}: per-organ margins; give one margin for reference boxes")
+    files = list_images(reference)
+    for f in files:
+        img = read_image(f, "reference label map")
+        write_json(reference_boxes(sitk.GetArrayFromImage(img), geometry(img), labels, box_stats, margin, case_id(f)),
+                   Path(output) / f"{case_id(f)}_boxes.json")
+    return len(files)
+
+
 def _inputs(inputs: Path) -> List[Tuple[str, Path]]:
     """``[(case, path)]``: one DICOM series folder (case = folder name), one image file, or a folder of images."""
     from nnunet_oar.dicom.series import is_dicom_folder
@@ -168,7 +190,7 @@ def _inputs(inputs: Path) -> List[Tuple[str, Path]]:
 def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
             organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
             series_uid: Optional[str] = None, rtstruct: bool = False, dicom_seg: bool = False,
-            preview: bool = False) -> Dict[str, str]:
+            preview: bool = False, boxes_dir: Optional[Path] = None) -> Dict[str, str]:
     """Segment every CT in ``inputs`` into ``output``.
 
     Args:
@@ -177,6 +199,8 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
         output: output folder (nothing is written beside the inputs).
         rtstruct, dicom_seg: also write ``{case}_rtstruct.dcm`` / ``{case}_seg.dcm`` (DICOM input only).
         preview: also write ``{case}_preview.png`` (one row of planes per found organ).
+        boxes_dir: take each case's boxes from ``{boxes_dir}/{case}_boxes.json`` instead of the localizer
+            (e.g. ``nnunet_oar reference-boxes``: the organ stage alone).
 
     Returns:
         ``{case: error}`` for inputs that could not be processed; the other cases are written.
@@ -192,17 +216,22 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
     errors = {}
     for case, path in tqdm(sources, desc="predict"):
         try:
-            series = None
+            series, given = None, None
+            if boxes_dir is not None:
+                box_file = Path(boxes_dir) / f"{case}_boxes.json"
+                if not box_file.is_file():
+                    raise InputError(f"{box_file}: no boxes for case {case}")
+                given = json.loads(box_file.read_text())
             if path.is_dir():
                 ct, series = read_ct_series(path, series_uid)
                 # nnU-Net reads files: the series goes to a temporary NIfTI, never beside the input
                 with tempfile.TemporaryDirectory() as tmp:
                     image_file = Path(tmp) / f"{case}_0000.nii.gz"
                     sitk.WriteImage(ct, str(image_file))
-                    seg, boxes = predictor.predict_image(ct, image_file, case)
+                    seg, boxes = predictor.predict_image(ct, image_file, case, given)
             else:
                 ct = read_image(path, "CT")
-                seg, boxes = predictor.predict_image(ct, path, case)
+                seg, boxes = predictor.predict_image(ct, path, case, given)
         except InputError as e:
             errors[case] = str(e)
             tqdm.write(f"skipped: {e}")

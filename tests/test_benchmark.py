@@ -27,9 +27,9 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
            "--organs", "liver", "kidney_left", "--work", str(work)]
     run(cmd, env, timeout=1500)
     report = json.loads((work / "report.json").read_text())
-    assert set(report["overall"]) == {"baseline", "two_stage"}
+    assert set(report["overall"]) == {"baseline", "two_stage", "two_stage_reference_boxes"}
     test_raw = work / "nnUNet_raw" / "Dataset902_VISCERAL"
-    for method in ("baseline", "two_stage"):
+    for method in ("baseline", "two_stage", "two_stage_reference_boxes"):
         metrics = json.loads((work / f"metrics_{method}.json").read_text())
         assert set(metrics["per_case"]) == {p.name[:-len(".nii.gz")] for p in (test_raw / "labelsTr").iterdir()}
         assert all(set(c) == {"liver", "kidney_left"} for c in metrics["per_case"].values())
@@ -45,6 +45,11 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
         again = json.loads((tmp_path / f"{method}.json").read_text())
         assert again["overall"] == report["overall"][method]
     assert report["localization"]["liver"]["n"] == 2
+    ref_boxes = json.loads(next((work / "reference_boxes").glob("*_boxes.json")).read_text())["organs"]
+    assert ref_boxes["liver"]["status"] == "found" and ref_boxes["liver"]["box_index_xyz"]
+    # with reference boxes every organ crop contains its organ's centre: nothing is missed by localization
+    reference = json.loads((work / "metrics_two_stage_reference_boxes.json").read_text())
+    assert reference["localization"]["liver"]["detection"]["tp"] == 2
     baseline_raw = work / "nnUNet_raw" / "Dataset906_VISCERALIgnore"
     labels = json.loads((baseline_raw / "dataset.json").read_text())["labels"]
     assert labels["ignore"] == max(labels.values())
@@ -56,5 +61,5 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     assert (work / "boxplot_dice.png").stat().st_size > 5000
     # a rerun resumes: every stage is found done, the scores are the same
     out = run(cmd, env)
-    assert out.count("done before") >= 9
+    assert out.count("done before") >= 10
     assert json.loads((work / "report.json").read_text())["overall"] == report["overall"]

@@ -84,3 +84,19 @@ def test_calibrated_margin_is_the_smallest_that_reaches_the_target():
     shifted = true_centre + np.array([4.0, 0.0, 0.0])     # an off-centre prediction
     m = calibrate_margin([(mask, g, shifted, [10.0, 10.0, 10.0])], 0.99)
     assert m["reached"] and m["margin_mm"] == 4.0 and m["containment"] == 1.0
+
+
+def test_reference_boxes_centre_the_mean_box_on_the_reference_centroid():
+    from nnunet_oar.geometry import centroid_mm
+    from nnunet_oar.localization.boxes import reference_boxes
+    geom = {"size_xyz": [40, 30, 20], "spacing_xyz": [1.0, 2.0, 3.0], "origin_xyz": [5.0, -7.0, 11.0],
+            "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
+    lab = np.zeros((20, 30, 40), np.uint8)        # (z, y, x), spacing (x, y, z) = (1, 2, 3) mm
+    lab[5:9, 10:14, 20:30] = 1
+    stats = {"liver": {"mean_size_mm": [10.0, 8.0, 12.0]}, "spleen": {"mean_size_mm": [5.0, 5.0, 5.0]}}
+    out = reference_boxes(lab, geom, {"background": 0, "liver": 1, "spleen": 2}, stats, margin_mm=4.0, case="c")
+    liver = out["organs"]["liver"]
+    assert np.allclose(liver["centroid_mm"], centroid_mm(geom, lab == 1))
+    size = np.asarray(liver["box_mm"]["max"]) - np.asarray(liver["box_mm"]["min"])
+    assert np.all(np.abs(size - (np.array([10.0, 8.0, 12.0]) + 8.0)) <= np.array(geom["spacing_xyz"]))
+    assert out["organs"]["spleen"] == {"status": "absent"}

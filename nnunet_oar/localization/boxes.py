@@ -117,3 +117,31 @@ def calibrate_margin(samples: Sequence[tuple], target: float = 0.99, max_margin_
             break
     frac = inside / total if total else 1.0
     return {"margin_mm": float(margin), "containment": frac, "reached": bool(frac >= target)}
+
+
+def reference_boxes(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int], box_stats: Dict[str, dict],
+                    margin_mm: float = DEFAULT_MARGIN_MM, case: str = "") -> dict:
+    """Boxes a perfect localizer would give: the method's box (mean size + margin) centred on each
+    organ's reference centre of mass. Same content as a ``{case}_boxes.json``; organs without voxels
+    are ``absent``. Used to measure the organ stage alone (oracle localization).
+
+    Args:
+        label_zyx: reference label map (z, y, x).
+        geom: its geometry record.
+        labels: ``{organ: label value}``.
+        box_stats: ``{organ: {"mean_size_mm": [x, y, z]}}`` from the localizer's training.
+        margin_mm: margin v on every side, mm.
+    """
+    from nnunet_oar.geometry import centroid_mm
+    organs = {}
+    for name, value in labels.items():
+        if name in ("background", "ignore") or name not in box_stats:
+            continue
+        mask = label_zyx == value
+        if not mask.any():
+            organs[name] = {"status": "absent"}
+            continue
+        c = centroid_mm(geom, mask)
+        organs[name] = {"status": "found", "centroid_mm": c.tolist(), "margin_mm": margin_mm,
+                        **organ_box(geom, c, box_stats[name]["mean_size_mm"], margin_mm)}
+    return {"case": case, "image": geom, "organs": organs, "source": "reference labels (oracle localization)"}
