@@ -190,7 +190,7 @@ def box_plots(results: Dict[str, dict], dst: Path, metric: str = "dice") -> None
     if metric in ("dice", "nsd"):
         ax.set_ylim(0, 1.02)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(methods), frameon=False)
     fig.tight_layout()
     with atomic_path(dst) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
