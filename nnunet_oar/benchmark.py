@@ -62,7 +62,7 @@ class Settings:
     tta: bool = False
     organs: Optional[List[str]] = None
     phantoms: Dict[str, float] = field(default_factory=dict)
-    openkbp: str = str(SHARED_OPENKBP)  # folder with openkbp-train.tar.xz and openkbp-validation.tar.xz
+    openkbp: str = str(SHARED_OPENKBP)  # folder with openkbp-{train,validation}.tar.xz (or such folders)
 
     @property
     def baseline_id(self) -> int:
@@ -145,11 +145,11 @@ def _prepare_data(s: Settings, work: Path, run: _Runner) -> None:
             write_json({"wall_s": time.perf_counter() - t0, "commands": ["phantoms + convert-visceral"]},
                        work / "stages" / "data.json")
     elif s.dataset == "openkbp":
-        src = Path(s.openkbp)
-        run.stage("data", [["nnunet_oar", "convert-openkbp", "-i", str(src / "openkbp-train.tar.xz"),
-                            "-d", str(s.train_id)],
-                           ["nnunet_oar", "convert-openkbp", "-i", str(src / "openkbp-validation.tar.xz"),
-                            "-d", str(s.test_id)]])
+        # the tarballs as distributed, or folders of pt_* of the same names (e.g. a subset)
+        src = [Path(s.openkbp) / f"openkbp-{part}.tar.xz" for part in ("train", "validation")]
+        src = [f if f.exists() else f.with_name(f.name[:-len(".tar.xz")]) for f in src]
+        run.stage("data", [["nnunet_oar", "convert-openkbp", "-i", str(src[0]), "-d", str(s.train_id)],
+                           ["nnunet_oar", "convert-openkbp", "-i", str(src[1]), "-d", str(s.test_id)]])
     for dataset_id in (s.train_id, s.test_id):
         if find_dataset(raw_root(), dataset_id) is None:
             raise FileNotFoundError(f"{raw_root()}: no raw data set {dataset_id}")
