@@ -25,9 +25,10 @@ python3 -m pip install -q --no-index --find-links .whl nnunetv2==2.8.1 surface-d
 python3 -m pip install -q --no-index --no-deps -e .
 export nnUNet_def_n_proc=12 nnUNet_n_proc_DA=12 nnUNet_compile=f
 WORK=${WORK:-/tmp/kbp_gpu}
-mkdir -p "$WORK" "$OUT/stages"
+mkdir -p "$WORK"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 timeout "${CAP_S:-540}" nnunet_oar benchmark --dataset openkbp --budget gpu --device cuda --work "$WORK" \
     --openkbp shared/openkbp || echo "benchmark stopped (time cap or error); rerun to resume"
-cp "$WORK"/report.md "$WORK"/report.json "$WORK"/boxplot_*.png "$WORK"/metrics_*_summary.csv "$OUT/" 2>/dev/null || true
-cp "$WORK"/stages/*.json "$OUT/stages/" 2>/dev/null || true
+# the device tool returns at most 8 files
+cp "$WORK"/report.md "$WORK"/report.json "$WORK"/boxplot_*.png "$OUT/" 2>/dev/null || true
+(cd "$WORK" && tar -czf "$OUT/stages_and_metrics.tgz" stages metrics_*.csv 2>/dev/null) || true
