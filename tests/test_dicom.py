@@ -204,3 +204,13 @@ def test_several_series_need_a_choice(tmp_path):
     assert a["series"] in str(e.value) and b["series"] in str(e.value) and "--series-uid" in str(e.value)
     image, series = read_ct_series(tmp_path / "dcm", series_uid=b["series"])
     assert series.series_uid == b["series"] and image.GetSize() == ct.GetSize()
+
+
+def test_an_rtstruct_beside_the_ct_series_is_not_a_second_series(tmp_path):
+    ct, lab = make_case(**GRIDS["axial"])
+    uids = write_ct_series(ct, tmp_path / "dcm")
+    image, series = read_ct_series(tmp_path / "dcm")
+    from nnunet_oar.dicom.rtstruct import write_rtstruct
+    write_rtstruct(sitk.GetArrayFromImage(lab), LABELS, series, tmp_path / "dcm" / "rtstruct.dcm")
+    image, series = read_ct_series(tmp_path / "dcm")
+    assert series.series_uid == uids["series"] and len(series.files) == ct.GetSize()[2]

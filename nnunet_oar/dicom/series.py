@@ -6,7 +6,8 @@ are HU) from the file list *we* sort: by each slice's position along the slice n
 name. Slice k of the returned image (numpy axis 0, SimpleITK index z) is ``series.files[k]``.
 
 Refused with an :class:`~nnunet_oar.io.InputError` naming the folder (and files): no DICOM, several
-series without ``series_uid``, a modality other than CT, differing orientations or matrix sizes, two
+CT series without ``series_uid`` (other objects such as an RTSTRUCT beside a single CT series
+are ignored), a modality other than CT, differing orientations or matrix sizes, two
 slices at one position, missing slices, non-uniform spacing, and gantry tilt (a sheared stack).
 """
 from __future__ import annotations
@@ -145,10 +146,12 @@ def read_ct_series(folder: Path, series_uid: Optional[str] = None) -> Tuple[sitk
     if not groups:
         raise InputError(f"{folder}: no DICOM files")
     if series_uid is None:
-        if len(groups) > 1:
+        # other objects beside one CT series (an RTSTRUCT, a dose) do not make the choice ambiguous
+        ct = [u for u, items in groups.items() if getattr(items[0][1], "Modality", None) == "CT"]
+        if len(ct) > 1 or (not ct and len(groups) > 1):
             listing = "; ".join(_describe(u, items) for u, items in groups.items())
-            raise InputError(f"{folder}: {len(groups)} series; choose one with --series-uid: {listing}")
-        series_uid = next(iter(groups))
+            raise InputError(f"{folder}: {len(ct) or len(groups)} series; choose one with --series-uid: {listing}")
+        series_uid = ct[0] if ct else next(iter(groups))
     elif series_uid not in groups:
         listing = "; ".join(_describe(u, items) for u, items in groups.items())
         raise InputError(f"{folder}: no series {series_uid}; found {listing}")
