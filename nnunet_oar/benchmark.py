@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from nnunet_oar.io import atomic_path, write_json
+from nnunet_oar.io import InputError, atomic_path, write_json
 from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root, use_nnunet_folders
 
 SHARED_OPENKBP = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp"
@@ -175,7 +175,11 @@ def run_benchmark(work: Path, settings: Settings) -> dict:
     work = Path(work).resolve()
     use_nnunet_folders(work)
     run = _Runner(work)
-    write_json(asdict(s), work / "settings.json")
+    previous = work / "settings.json"
+    if previous.is_file() and json.loads(previous.read_text()) != json.loads(json.dumps(asdict(s))):
+        # resuming would mix networks trained under other settings into this report
+        raise InputError(f"{work}: holds a benchmark run with other settings ({previous}); use another --work")
+    write_json(asdict(s), previous)
     loc_tr, seg_tr = BUDGETS[s.budget]
     dev = ["-device", s.device]
     T, O, B = str(s.train_id), str(s.first_organ_id), str(s.baseline_id)

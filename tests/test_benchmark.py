@@ -1,6 +1,7 @@
 """The benchmark's phantom mode end to end on a tiny budget (real nnUNetv2_* commands), and the
 ignore-label rule of the single-network baseline."""
 import json
+import subprocess
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,6 +60,9 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     md = (work / "report.md").read_text()
     assert "| baseline |" in md and "| two_stage |" in md and "boxplot_dice.png" in md
     assert (work / "boxplot_dice.png").stat().st_size > 5000
+    # another setting in the same work folder is refused: it would mix networks of two runs
+    other = subprocess.run([*cmd[:6], "5", "2", *cmd[8:]], env=env, capture_output=True, text=True)
+    assert other.returncode == 2 and "other settings" in other.stderr
     # a rerun resumes: every stage is found done, the scores are the same
     out = run(cmd, env)
     assert out.count("done before") >= 10
