@@ -61,7 +61,7 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     assert "| baseline |" in md and "| two_stage |" in md and "boxplot_dice.png" in md
     assert (work / "boxplot_dice.png").stat().st_size > 5000
     # another setting in the same work folder is refused: it would mix networks of two runs
-    other = subprocess.run([*cmd[:6], "5", "2", *cmd[8:]], env=env, capture_output=True, text=True)
+    other = subprocess.run([*cmd[:7], "5", "2", *cmd[9:]], env=env, capture_output=True, text=True)
     assert other.returncode == 2 and "other settings" in other.stderr
     # a rerun resumes: every stage is found done, the scores are the same
     out = run(cmd, env)
