@@ -192,16 +192,21 @@ def run_benchmark(work: Path, settings: Settings) -> dict:
         ["nnunet_oar", "plan-localizer", "-d", T, "--spacing", str(s.loc_spacing_mm),
          "--fg-weight", str(s.loc_fg_weight)],
         ["nnUNetv2_preprocess", "-d", T, "-c", "3d_loc", "-np", "2"]])
+    # --c: an interrupted training resumes from its latest checkpoint (a new one starts without)
     stages["localizer: train"] = run.stage("loc_train", [
-        ["nnUNetv2_train", T, "3d_loc", "all", "-tr", loc_tr, *dev]])
+        ["nnUNetv2_train", T, "3d_loc", "all", "-tr", loc_tr, "--c", *dev]])
     stages["organs: crops + plan + preprocess"] = run.stage("organ_plan", [
         ["nnunet_oar", "crop-rois", "-d", T, "--first-id", O, "--boxes-from-labels", "--margin", str(s.margin_mm),
          "--shift", str(s.margin_mm), *organs],
         ["nnunet_oar", "plan-organs", "--first-id", O, "--spacing", str(s.organ_spacing_mm)]])
     from nnunet_oar.segmentation.organs import organ_dataset_ids_from
     organ_ids = organ_dataset_ids_from(s.first_organ_id)
-    stages["organs: train"] = run.stage("organ_train", [
-        ["nnUNetv2_train", str(i), "3d_fullres", "all", "-tr", seg_tr, *dev] for i in organ_ids])
+    if run.done("organ_train"):          # a run recorded before organ networks got one stage each
+        stages["organs: train"] = run.stage("organ_train", [])
+    for i in organ_ids:
+        name = find_dataset(raw_root(), i).name.split("_", 2)[-1]
+        stages[f"organ network {name}: train"] = run.stage(f"organ_train_{i}", [
+            ["nnUNetv2_train", str(i), "3d_fullres", "all", "-tr", seg_tr, "--c", *dev]])
     models = work / "models"
     run.stage("export", [["nnunet_oar", "export-models", "-o", str(models), "--localizer-id", T,
                           "--organ-ids", *map(str, organ_ids), "--localizer-trainer", loc_tr,
@@ -212,7 +217,7 @@ def run_benchmark(work: Path, settings: Settings) -> dict:
         ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", "2", "--verify_dataset_integrity"]])
     config = _cap_patch(s.baseline_id, s.baseline_patch) if s.baseline_patch else "3d_fullres"
     stages["baseline: train"] = run.stage("baseline_train", [
-        ["nnUNetv2_train", B, config, "all", "-tr", seg_tr, *dev]])
+        ["nnUNetv2_train", B, config, "all", "-tr", seg_tr, "--c", *dev]])
 
     tta = [] if s.tta else ["--disable_tta"]
     pred = work / "predictions"

@@ -54,7 +54,8 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     baseline_raw = work / "nnUNet_raw" / "Dataset906_VISCERALIgnore"
     labels = json.loads((baseline_raw / "dataset.json").read_text())["labels"]
     assert labels["ignore"] == max(labels.values())
-    for stage in ("loc_train", "organ_train", "baseline_train", "predict_two_stage", "predict_baseline"):
+    for stage in ("loc_train", "organ_train_911", "organ_train_912", "baseline_train", "predict_two_stage",
+                  "predict_baseline"):
         rec = json.loads((work / "stages" / f"{stage}.json").read_text())
         assert rec["wall_s"] > 0 and rec["peak_rss_gb"] > 0.1 and rec["commands"]
     md = (work / "report.md").read_text()
@@ -65,5 +66,5 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     assert other.returncode == 2 and "other settings" in other.stderr
     # a rerun resumes: every stage is found done, the scores are the same
     out = run(cmd, env)
-    assert out.count("done before") >= 10
+    assert out.count("done before") >= 11
     assert json.loads((work / "report.json").read_text())["overall"] == report["overall"]
