@@ -203,10 +203,11 @@ def run_benchmark(work: Path, settings: Settings) -> dict:
     organ_ids = organ_dataset_ids_from(s.first_organ_id)
     if run.done("organ_train"):          # a run recorded before organ networks got one stage each
         stages["organs: train"] = run.stage("organ_train", [])
-    for i in organ_ids:
-        name = find_dataset(raw_root(), i).name.split("_", 2)[-1]
-        stages[f"organ network {name}: train"] = run.stage(f"organ_train_{i}", [
-            ["nnUNetv2_train", str(i), "3d_fullres", "all", "-tr", seg_tr, "--c", *dev]])
+    else:
+        for i in organ_ids:
+            name = find_dataset(raw_root(), i).name.split("_", 2)[-1]
+            stages[f"organ network {name}: train"] = run.stage(f"organ_train_{i}", [
+                ["nnUNetv2_train", str(i), "3d_fullres", "all", "-tr", seg_tr, "--c", *dev]])
     models = work / "models"
     run.stage("export", [["nnunet_oar", "export-models", "-o", str(models), "--localizer-id", T,
                           "--organ-ids", *map(str, organ_ids), "--localizer-trainer", loc_tr,
