@@ -220,14 +220,15 @@ def run_benchmark(work: Path, settings: Settings) -> dict:
     stages["baseline: train"] = run.stage("baseline_train", [
         ["nnUNetv2_train", B, config, "all", "-tr", seg_tr, "--c", *dev]])
 
-    tta = [] if s.tta else ["--disable_tta"]
+    # test-time mirroring off unless asked, for both methods (our flag and nnU-Net's are spelt differently)
+    tta, nnunet_tta = ([], []) if s.tta else (["--disable-tta"], ["--disable_tta"])
     pred = work / "predictions"
     stages["two-stage: predict held-out"] = run.stage("predict_two_stage", [
         ["nnunet_oar", "predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / "two_stage"), "-m", str(models),
-         "--device", s.device, *(["--disable-tta"] if not s.tta else [])]])
+         "--device", s.device, *tta]])
     stages["baseline: predict held-out"] = run.stage("predict_baseline", [
         ["nnUNetv2_predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / "baseline"), "-d", B, "-c", config,
-         "-f", "all", "-tr", seg_tr, "-npp", "1", "-nps", "1", *tta, *dev]])
+         "-f", "all", "-tr", seg_tr, "-npp", "1", "-nps", "1", *nnunet_tta, *dev]])
 
     # the organ stage alone: the same networks on boxes centred on the reference centroids
     stages["two-stage, reference boxes: predict held-out"] = run.stage("predict_reference_boxes", [
@@ -235,7 +236,7 @@ def run_benchmark(work: Path, settings: Settings) -> dict:
          "-m", str(models), "-o", str(work / "reference_boxes")],
         ["nnunet_oar", "predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / "two_stage_reference_boxes"),
          "-m", str(models), "--boxes", str(work / "reference_boxes"), "--device", s.device,
-         *(["--disable-tta"] if not s.tta else [])]])
+         *tta]])
     methods = {m: pred / m for m in ("baseline", "two_stage", "two_stage_reference_boxes")}
     report = write_comparison(work, test_raw, methods, stages, asdict(s),
                               {"localizer": loc_tr, "networks": seg_tr, "baseline_config": config})

@@ -99,6 +99,7 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, annotations: Optional[Dict[s
         spacing_zyx = ref_img.GetSpacing()[::-1]
         boxes_file = pred_dir / f"{case}_boxes.json"
         boxes = json.loads(boxes_file.read_text())["organs"] if boxes_file.is_file() else None
+        ref_geom = geometry(ref_img)
         annotated = annotations.get(case) if annotations is not None else None
         per_case[case], skipped[case] = {}, {}
         for organ, value in ref_labels.items():
@@ -113,7 +114,7 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, annotations: Optional[Dict[s
             r = ref == value
             per_case[case][organ] = organ_metrics(r, pred == pred_labels[organ], spacing_zyx, tolerance_mm)
             if boxes is not None:
-                loc.setdefault(case, {})[organ] = localization_metrics(r, geometry(ref_img), boxes.get(organ))
+                loc.setdefault(case, {})[organ] = localization_metrics(r, ref_geom, boxes.get(organ))
     organs = sorted({o for c in per_case.values() for o in c}, key=list(ref_labels).index)
     per_organ = {}
     for organ in organs:
