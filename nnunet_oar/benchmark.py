@@ -81,8 +81,9 @@ def settings_for(dataset: str, budget: str) -> Settings:
                         organs=PHANTOM_ORGANS, phantoms={"train": 30, "test": 3, "seed": 0, "scale": 0.4})
     if dataset == "openkbp":
         # OpenKBP CT is 3.9 x 3.9 x 2.5 mm: organ networks on the native grid; on CPU the localizer
-        # works on an 8 mm grid (margin 20 mm, chosen before any run) and the baseline patch is capped
-        small = budget in ("tiny", "demo", "cpu")
+        # works on an 8 mm grid (margin 20 mm, chosen before any run) and the baseline patch is capped.
+        # The GPU budget keeps these settings, so that it differs from the CPU run in the schedule alone.
+        small = budget in ("tiny", "demo", "cpu", "gpu")
         return Settings("openkbp", budget, 100, 101, loc_spacing_mm=8.0 if small else 3.0,
                         loc_fg_weight=20.0 if small else 0.0, organ_spacing_mm=0.0,
                         margin_mm=20.0 if small else 10.0, baseline_patch=[64, 64, 64] if small else None)
@@ -102,31 +103,46 @@ class _Runner:
         f = self.work / "stages" / f"{stage}.json"
         return json.loads(f.read_text()) if f.is_file() else None
 
-    def stage(self, name: str, commands: List[List[str]]) -> dict:
-        """Run ``commands`` in order unless the stage is already done; returns its record."""
+    def stage(self, name: str, commands: List[List[str]], env: Optional[Dict[str, str]] = None,
+              jobs: int = 1) -> dict:
+        """Run ``commands`` in order unless the stage is already done; returns its record. Beside other
+        stages (``jobs`` > 1) it logs to ``stages/{name}.log`` and records that it shared the machine."""
         rec = self.done(name)
         if rec is not None:
             print(f"[{name}] done before ({rec['wall_s']:.0f} s)", flush=True)
             return rec
         print(f"[{name}] ...", flush=True)
+        log = self.log if jobs == 1 else self.work / "stages" / f"{name}.log"
         t0, peak = time.perf_counter(), 0
         for cmd in commands:
             exe = str(self.bin / cmd[0]) if (self.bin / cmd[0]).exists() else cmd[0]
-            with open(self.log, "a") as fh:
+            with open(log, "a") as fh:
                 fh.write(f"\n$ {' '.join(cmd)}\n")
                 fh.flush()
-                p = subprocess.Popen([exe, *cmd[1:]], stdout=fh, stderr=subprocess.STDOUT)
+                p = subprocess.Popen([exe, *cmd[1:]], stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
                 _, status, usage = os.wait4(p.pid, 0)
                 p.returncode = os.waitstatus_to_exitcode(status)
             peak = max(peak, usage.ru_maxrss)         # kB on Linux
             if p.returncode:
-                raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}); see {self.log}:\n"
-                                   + self.log.read_text()[-3000:])
+                raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}); see {log}:\n" + log.read_text()[-3000:])
         rec = {"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak / 1024 ** 2,
                "commands": [" ".join(c) for c in commands]}
+        if jobs > 1:
+            rec["note"] = f"ran beside other trainings, {jobs} at a time"
         write_json(rec, self.work / "stages" / f"{name}.json")
         print(f"[{name}] {rec['wall_s']:.0f} s, peak {rec['peak_rss_gb']:.1f} GB", flush=True)
         return rec
+
+    def stages(self, stages: Dict[str, List[List[str]]], jobs: int = 1) -> Dict[str, dict]:
+        """Run independent stages ``jobs`` at a time, started in the given order (longest first), with
+        nnU-Net's data-augmentation workers shared out between them; returns their records by name."""
+        if jobs <= 1:
+            return {name: self.stage(name, commands) for name, commands in stages.items()}
+        from concurrent.futures import ThreadPoolExecutor
+        env = {"nnUNet_n_proc_DA": str(max(1, (os.cpu_count() or 1) // jobs))}
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = {name: pool.submit(self.stage, name, commands, env, jobs) for name, commands in stages.items()}
+            return {name: f.result() for name, f in futures.items()}
 
 
 def _prepare_data(s: Settings, work: Path, run: _Runner) -> None:
@@ -168,9 +184,10 @@ def _cap_patch(dataset_id: int, patch: List[int]) -> str:
     return name
 
 
-def run_benchmark(work: Path, settings: Settings) -> dict:
+def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     """Train, predict and score both methods; writes ``report.md``, ``report.json`` and figures into
-    ``work``. Returns the report dict."""
+    ``work``. ``jobs`` trainings run at a time (a GPU has room for several small networks; on a CPU,
+    1). Returns the report dict."""
     s = settings
     work = Path(work).resolve()
     use_nnunet_folders(work)
@@ -187,38 +204,47 @@ def run_benchmark(work: Path, settings: Settings) -> dict:
 
     _prepare_data(s, work, run)
     test_raw = find_dataset(raw_root(), s.test_id)
-    stages = {}
-    stages["localizer: plan + preprocess"] = run.stage("loc_plan", [
+    n_proc = os.environ["nnUNet_def_n_proc"]
+    plans = {"localizer: plan + preprocess": run.stage("loc_plan", [
         ["nnunet_oar", "plan-localizer", "-d", T, "--spacing", str(s.loc_spacing_mm),
-         "--fg-weight", str(s.loc_fg_weight)],
-        ["nnUNetv2_preprocess", "-d", T, "-c", "3d_loc", "-np", "2"]])
-    # --c: an interrupted training resumes from its latest checkpoint (a new one starts without)
-    stages["localizer: train"] = run.stage("loc_train", [
-        ["nnUNetv2_train", T, "3d_loc", "all", "-tr", loc_tr, "--c", *dev]])
-    stages["organs: crops + plan + preprocess"] = run.stage("organ_plan", [
+         "--fg-weight", str(s.loc_fg_weight), "-np", n_proc],
+        ["nnUNetv2_preprocess", "-d", T, "-c", "3d_loc", "-np", n_proc]])}
+    plans["organs: crops + plan + preprocess"] = run.stage("organ_plan", [
         ["nnunet_oar", "crop-rois", "-d", T, "--first-id", O, "--boxes-from-labels", "--margin", str(s.margin_mm),
          "--shift", str(s.margin_mm), *organs],
-        ["nnunet_oar", "plan-organs", "--first-id", O, "--spacing", str(s.organ_spacing_mm)]])
+        ["nnunet_oar", "plan-organs", "--first-id", O, "--spacing", str(s.organ_spacing_mm), "-np", n_proc]])
+    plans["baseline: ignore label + plan + preprocess"] = run.stage("baseline_plan", [
+        ["nnunet_oar", "ignore-label", "-d", T, "-t", B],
+        ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc, "--verify_dataset_integrity"]])
+    config = _cap_patch(s.baseline_id, s.baseline_patch) if s.baseline_patch else "3d_fullres"
+
+    # the trainings are independent; --c: an interrupted one resumes from its latest checkpoint
     from nnunet_oar.segmentation.organs import organ_dataset_ids_from
     organ_ids = organ_dataset_ids_from(s.first_organ_id)
+    train = {"baseline: train": ("baseline_train", [["nnUNetv2_train", B, config, "all", "-tr", seg_tr, "--c", *dev]]),
+             "localizer: train": ("loc_train", [["nnUNetv2_train", T, "3d_loc", "all", "-tr", loc_tr, "--c", *dev]])}
     if run.done("organ_train"):          # a run recorded before organ networks got one stage each
-        stages["organs: train"] = run.stage("organ_train", [])
+        train["organs: train"] = ("organ_train", [])
     else:
         for i in organ_ids:
             name = find_dataset(raw_root(), i).name.split("_", 2)[-1]
-            stages[f"organ network {name}: train"] = run.stage(f"organ_train_{i}", [
+            train[f"organ network {name}: train"] = (f"organ_train_{i}", [
                 ["nnUNetv2_train", str(i), "3d_fullres", "all", "-tr", seg_tr, "--c", *dev]])
+    records = run.stages(dict(train.values()), jobs)
+    trained = {label: records[name] for label, (name, _) in train.items()}
+    # the report lists the stages in the method's order: localizer, organ networks, baseline
+    stages = {"localizer: plan + preprocess": plans["localizer: plan + preprocess"],
+              "localizer: train": trained.pop("localizer: train"),
+              "organs: crops + plan + preprocess": plans["organs: crops + plan + preprocess"]}
+    baseline_train = trained.pop("baseline: train")
+    stages.update(trained)
+    stages["baseline: ignore label + plan + preprocess"] = plans["baseline: ignore label + plan + preprocess"]
+    stages["baseline: train"] = baseline_train
+
     models = work / "models"
     run.stage("export", [["nnunet_oar", "export-models", "-o", str(models), "--localizer-id", T,
                           "--organ-ids", *map(str, organ_ids), "--localizer-trainer", loc_tr,
                           "--organ-trainer", seg_tr, "--margin", str(s.margin_mm)]])
-
-    stages["baseline: ignore label + plan + preprocess"] = run.stage("baseline_plan", [
-        ["nnunet_oar", "ignore-label", "-d", T, "-t", B],
-        ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", "2", "--verify_dataset_integrity"]])
-    config = _cap_patch(s.baseline_id, s.baseline_patch) if s.baseline_patch else "3d_fullres"
-    stages["baseline: train"] = run.stage("baseline_train", [
-        ["nnUNetv2_train", B, config, "all", "-tr", seg_tr, "--c", *dev]])
 
     # test-time mirroring off unless asked, for both methods (our flag and nnU-Net's are spelt differently)
     tta, nnunet_tta = ([], []) if s.tta else (["--disable-tta"], ["--disable_tta"])

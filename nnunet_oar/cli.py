@@ -151,7 +151,7 @@ def _benchmark(a):
         s.organs = a.organs
     if a.openkbp:
         s.openkbp = a.openkbp
-    r = run_benchmark(Path(a.work), s)
+    r = run_benchmark(Path(a.work), s, a.jobs)
     for method, o in r["overall"].items():
         print(f"{method:10s} Dice {o['dice']['mean']:.3f} ± {o['dice']['std']:.3f}")
     print(f"see {Path(a.work) / 'report.md'}")
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", default="cpu", choices=["tiny", "demo", "cpu", "gpu", "full"])
     s.add_argument("--test-id", type=int)
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--jobs", type=int, default=1,
+                   help="trainings at a time, sharing the data-augmentation workers (default 1; a GPU fits several)")
     s.add_argument("--phantoms", type=int, nargs=2, metavar=("TRAIN", "TEST"),
                    help="number of training and held-out phantoms (default 30 3)")
     s.add_argument("--organs", nargs="+", help="organs to train and score (default: the data set's)")

@@ -25,7 +25,7 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     env = nnunet_environment(tmp_path / "env")
     work = tmp_path / "bench"
     cmd = ["nnunet_oar", "benchmark", "--dataset", "phantoms", "--budget", "tiny", "--phantoms", "6", "2",
-           "--organs", "liver", "kidney_left", "--work", str(work)]
+           "--organs", "liver", "kidney_left", "--work", str(work), "--jobs", "2"]
     run(cmd, env, timeout=1500)
     report = json.loads((work / "report.json").read_text())
     assert set(report["overall"]) == {"baseline", "two_stage", "two_stage_reference_boxes"}
@@ -58,6 +58,9 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
                   "predict_baseline"):
         rec = json.loads((work / "stages" / f"{stage}.json").read_text())
         assert rec["wall_s"] > 0 and rec["peak_rss_gb"] > 0.1 and rec["commands"]
+        # --jobs 2: the trainings ran two at a time, each with its own log
+        assert ("2 at a time" in rec.get("note", "")) == ("_train" in stage)
+        assert (work / "stages" / f"{stage}.log").is_file() == ("_train" in stage)
     md = (work / "report.md").read_text()
     assert "| baseline |" in md and "| two_stage |" in md and "boxplot_dice.png" in md
     assert (work / "boxplot_dice.png").stat().st_size > 5000

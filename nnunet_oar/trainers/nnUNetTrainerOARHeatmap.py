@@ -173,6 +173,7 @@ class nnUNetTrainerOARHeatmap_cpu(nnUNetTrainerOARHeatmap):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 20, 50, 4
+        self.save_every = 1        # short schedules: an interrupted run resumes (--c) from its last epoch
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         # fold "all" would only re-localize the training cases; the benchmark scores held-out patients itself
