@@ -19,7 +19,12 @@
 #   mkdir sitk && unzip -q .whl/simpleitk-*.whl -d sitk && rm .whl/simpleitk-*.whl
 #   tar -C sitk -cf - . | xz -9 > .whl/simpleitk.tar.xz
 # Results come back in $OUT: report.md/.json, the box plots, gpu.txt and results.tgz (stage records and
-# logs, metrics). Copy them into docs/results/openkbp_gpu/.
+# logs, metrics, predictions). Copy them into docs/results/openkbp_gpu/.
+#
+# Seen on an H100 (2026-11-27, docs/results/openkbp.md): the device's CPUs make the fixed stages slow
+# (conversion 35 s, plans and preprocessing 385 s, predictions about 200 s) while training is fast
+# (100 iterations in 2-5 s, four at a time). Stage + run + one resumed run (CAP_S=255) used the whole
+# 15 minutes and stopped before the reference-box predictions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # BUDGET=tiny DEVICE=cpu JOBS=2 DATA=<folder with openkbp-{train,validation}/pt_*> rehearses it on a CPU
@@ -46,6 +51,8 @@ nproc | tee -a "$OUT/gpu.txt"
 timeout "${CAP_S:-530}" nnunet_oar benchmark --dataset openkbp --budget "${BUDGET:-gpu}" --device "${DEVICE:-cuda}" \
     --jobs "${JOBS:-4}" --work "$WORK" --openkbp "$DATA" || echo "benchmark stopped (time cap or error): see results.tgz"
 cp "$WORK"/report.md "$WORK"/report.json "$WORK"/boxplot_*.png "$OUT/" 2>/dev/null || true
-(cd "$WORK" && tar -czf "$OUT/results.tgz" benchmark.log settings.json stages metrics_* \
-    nnUNet_results/*/*/fold_all/progress.png 2>/dev/null) || true
+# the held-out predictions come back too: a run cut before scoring is scored here with
+# `nnunet_oar evaluate` against the same conversion of the validation tarball
+(cd "$WORK" && tar -czf "$OUT/results.tgz" benchmark.log settings.json stages metrics_* predictions \
+    reference_boxes nnUNet_results/*/*/fold_all/progress.png 2>/dev/null) || true
 echo "total $(( $(date +%s) - t0 )) s"
