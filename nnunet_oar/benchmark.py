@@ -119,7 +119,8 @@ class _Runner:
             with open(log, "a") as fh:
                 fh.write(f"\n$ {' '.join(cmd)}\n")
                 fh.flush()
-                p = subprocess.Popen([exe, *cmd[1:]], stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                p = subprocess.Popen([exe, *cmd[1:]], stdout=fh, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
                 _, status, usage = os.wait4(p.pid, 0)
                 p.returncode = os.waitstatus_to_exitcode(status)
             peak = max(peak, usage.ru_maxrss)         # kB on Linux
