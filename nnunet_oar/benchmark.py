@@ -232,15 +232,12 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
             train[f"organ network {name}: train"] = (f"organ_train_{i}", [
                 ["nnUNetv2_train", str(i), "3d_fullres", "all", "-tr", seg_tr, "--c", *dev]])
     records = run.stages(dict(train.values()), jobs)
-    trained = {label: records[name] for label, (name, _) in train.items()}
+    done = {**plans, **{label: records[name] for label, (name, _) in train.items()}}
     # the report lists the stages in the method's order: localizer, organ networks, baseline
-    stages = {"localizer: plan + preprocess": plans["localizer: plan + preprocess"],
-              "localizer: train": trained.pop("localizer: train"),
-              "organs: crops + plan + preprocess": plans["organs: crops + plan + preprocess"]}
-    baseline_train = trained.pop("baseline: train")
-    stages.update(trained)
-    stages["baseline: ignore label + plan + preprocess"] = plans["baseline: ignore label + plan + preprocess"]
-    stages["baseline: train"] = baseline_train
+    order = ["localizer: plan + preprocess", "localizer: train", "organs: crops + plan + preprocess",
+             *(label for label in train if label.startswith("organ")),
+             "baseline: ignore label + plan + preprocess", "baseline: train"]
+    stages = {label: done[label] for label in order}
 
     models = work / "models"
     run.stage("export", [["nnunet_oar", "export-models", "-o", str(models), "--localizer-id", T,
