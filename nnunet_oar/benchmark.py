@@ -61,6 +61,10 @@ class Settings:
     device: str = "cpu"
     tta: bool = False
     organs: Optional[List[str]] = None
+    # organ networks' training crops: "oof" (the paper's: out-of-fold localizer boxes with calibrated
+    # margins, from loc_folds localizer folds) or "reference" (reference boxes + margin, randomly shifted)
+    organ_boxes: str = "oof"
+    loc_folds: int = 5
     phantoms: Dict[str, float] = field(default_factory=dict)
     openkbp: str = str(SHARED_OPENKBP)  # folder with openkbp-{train,validation}.tar.xz (or such folders)
 
@@ -75,6 +79,12 @@ class Settings:
 
 def settings_for(dataset: str, budget: str) -> Settings:
     """Defaults per data set; every deviation from the paper is named here and in the report."""
+    s = _settings_for(dataset, budget)
+    s.loc_folds = 2 if budget in ("tiny", "demo", "cpu") else 5     # CPU budgets: two localizer folds
+    return s
+
+
+def _settings_for(dataset: str, budget: str) -> Settings:
     if dataset == "phantoms":
         # CPU shortcuts of the demo: coarser grids, foreground-weighted L2
         return Settings("phantoms", budget, 901, 902, loc_spacing_mm=4.0, loc_fg_weight=20.0, organ_spacing_mm=2.0,
@@ -185,6 +195,16 @@ def _cap_patch(dataset_id: int, patch: List[int]) -> str:
     return name
 
 
+def _write_splits(dataset_id: int, folds: int) -> None:
+    """nnU-Net's own seeded split of the training cases into ``folds`` folds (``splits_final.json``), unless
+    the data set has one."""
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+    pre = find_dataset(preprocessed_root(), dataset_id)
+    if not (pre / "splits_final.json").is_file():
+        cases = sorted(json.loads((pre / "box_sizes.json").read_text()))
+        write_json(generate_crossval_split(cases, seed=12345, n_splits=folds), pre / "splits_final.json")
+
+
 def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     """Train, predict and score both methods; writes ``report.md``, ``report.json`` and figures into
     ``work``. ``jobs`` trainings run at a time (a GPU has room for several small networks; on a CPU,
@@ -210,39 +230,59 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
         ["nnunet_oar", "plan-localizer", "-d", T, "--spacing", str(s.loc_spacing_mm),
          "--fg-weight", str(s.loc_fg_weight), "-np", n_proc],
         ["nnUNetv2_preprocess", "-d", T, "-c", "3d_loc", "-np", n_proc]])}
-    plans["organs: crops + plan + preprocess"] = run.stage("organ_plan", [
-        ["nnunet_oar", "crop-rois", "-d", T, "--first-id", O, "--boxes-from-labels", "--margin", str(s.margin_mm),
-         "--shift", str(s.margin_mm), *organs],
-        ["nnunet_oar", "plan-organs", "--first-id", O, "--spacing", str(s.organ_spacing_mm), "-np", n_proc]])
+    oof = s.organ_boxes == "oof"
+    if oof:
+        _write_splits(s.train_id, s.loc_folds)
+    loc_folds = [str(f) for f in range(s.loc_folds)] if oof else ["all"]
     plans["baseline: ignore label + plan + preprocess"] = run.stage("baseline_plan", [
         ["nnunet_oar", "ignore-label", "-d", T, "-t", B],
         ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc, "--verify_dataset_integrity"]])
     config = _cap_patch(s.baseline_id, s.baseline_patch) if s.baseline_patch else "3d_fullres"
 
-    # the trainings are independent; --c: an interrupted one resumes from its latest checkpoint
+    # the trainings are independent; --c: an interrupted one resumes from its latest checkpoint.
+    # First the localizer (folds) and the baseline, then the organ networks on the localizer's boxes.
+    train = {"baseline: train": ("baseline_train", [["nnUNetv2_train", B, config, "all", "-tr", seg_tr, "--c", *dev]])}
+    for f in loc_folds:
+        train[f"localizer: train fold {f}"] = ("loc_train" if f == "all" else f"loc_train_{f}", [
+            ["nnUNetv2_train", T, "3d_loc", f, "-tr", loc_tr, "--c", *dev]])
+    records = run.stages(dict(train.values()), jobs)
+
+    if oof:
+        boxes = work / "oof_boxes"
+        plans["organs: out-of-fold boxes"] = run.stage("loc_cv", [
+            ["nnunet_oar", "localize", "--cross-validation", "-d", T, "-tr", loc_tr, "-o", str(boxes),
+             "--device", s.device]])
+        crop = ["--boxes", str(boxes)]
+        margin = ["--margins", str(boxes / "margins.json")]
+    else:
+        crop = ["--boxes-from-labels", "--margin", str(s.margin_mm), "--shift", str(s.margin_mm)]
+        margin = ["--margin", str(s.margin_mm)]
+    plans["organs: crops + plan + preprocess"] = run.stage("organ_plan", [
+        ["nnunet_oar", "crop-rois", "-d", T, "--first-id", O, *crop, *organs],
+        ["nnunet_oar", "plan-organs", "--first-id", O, "--spacing", str(s.organ_spacing_mm), "-np", n_proc]])
     from nnunet_oar.segmentation.organs import organ_dataset_ids_from
     organ_ids = organ_dataset_ids_from(s.first_organ_id)
-    train = {"baseline: train": ("baseline_train", [["nnUNetv2_train", B, config, "all", "-tr", seg_tr, "--c", *dev]]),
-             "localizer: train": ("loc_train", [["nnUNetv2_train", T, "3d_loc", "all", "-tr", loc_tr, "--c", *dev]])}
+    organ_train = {}
     if run.done("organ_train"):          # a run recorded before organ networks got one stage each
-        train["organs: train"] = ("organ_train", [])
+        organ_train["organs: train"] = ("organ_train", [])
     else:
         for i in organ_ids:
             name = find_dataset(raw_root(), i).name.split("_", 2)[-1]
-            train[f"organ network {name}: train"] = (f"organ_train_{i}", [
+            organ_train[f"organ network {name}: train"] = (f"organ_train_{i}", [
                 ["nnUNetv2_train", str(i), "3d_fullres", "all", "-tr", seg_tr, "--c", *dev]])
-    records = run.stages(dict(train.values()), jobs)
+    records.update(run.stages(dict(organ_train.values()), jobs))
+    train.update(organ_train)
     done = {**plans, **{label: records[name] for label, (name, _) in train.items()}}
     # the report lists the stages in the method's order: localizer, organ networks, baseline
-    order = ["localizer: plan + preprocess", "localizer: train", "organs: crops + plan + preprocess",
-             *(label for label in train if label.startswith("organ")),
-             "baseline: ignore label + plan + preprocess", "baseline: train"]
+    order = ["localizer: plan + preprocess", *(label for label in train if label.startswith("localizer")),
+             *(["organs: out-of-fold boxes"] if oof else []), "organs: crops + plan + preprocess",
+             *organ_train, "baseline: ignore label + plan + preprocess", "baseline: train"]
     stages = {label: done[label] for label in order}
 
     models = work / "models"
     run.stage("export", [["nnunet_oar", "export-models", "-o", str(models), "--localizer-id", T,
                           "--organ-ids", *map(str, organ_ids), "--localizer-trainer", loc_tr,
-                          "--organ-trainer", seg_tr, "--margin", str(s.margin_mm)]])
+                          "--organ-trainer", seg_tr, *margin]])
 
     # test-time mirroring off unless asked, for both methods (our flag and nnU-Net's are spelt differently)
     tta, nnunet_tta = ([], []) if s.tta else (["--disable-tta"], ["--disable_tta"])
@@ -265,6 +305,27 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     report = write_comparison(work, test_raw, methods, stages, asdict(s),
                               {"localizer": loc_tr, "networks": seg_tr, "baseline_config": config})
     return report
+
+
+def _localization_floor_and_cuts(models: Path, test_raw: Path, predictions: Path, annotations: dict):
+    """The constant guess's localization metrics on the held-out cases (the models' box sizes, offsets and
+    margins), and per organ the number of held-out cases whose prediction was cut by its box."""
+    import SimpleITK as sitk
+    from nnunet_oar.localization.localize import load_box_stats
+    from nnunet_oar.localization.report import score_case, summarize
+    from nnunet_oar.pipeline import MANIFEST
+    loc = json.loads((models / MANIFEST).read_text())["localizer"]
+    box_stats = load_box_stats(models / loc["results_folder"], loc["folds"])
+    labels = json.loads((test_raw / "dataset.json").read_text())["labels"]
+    ending = json.loads((test_raw / "dataset.json").read_text())["file_ending"]
+    per_case, per_case_guess, cuts = {}, {}, {}
+    for case, organs in annotations.items():
+        boxes = json.loads((predictions / f"{case}_boxes.json").read_text())
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(test_raw / "labelsTr" / f"{case}{ending}")))
+        per_case[case], per_case_guess[case] = score_case(boxes, label, labels, organs, box_stats, loc["margin_mm"])
+        for organ, entry in boxes["organs"].items():
+            cuts[organ] = cuts.get(organ, 0) + bool(entry.get("cut_by_box"))
+    return summarize(per_case, per_case_guess)["constant_guess"], cuts
 
 
 def _fmt(s: dict, digits: int = 3) -> str:
@@ -297,6 +358,9 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
               "overall": {m: r["overall"] for m, r in results.items()},
               "per_organ": {m: r["per_organ"] for m, r in results.items()},
               "localization": results.get("two_stage", {}).get("localization"), "stages": stages}
+    if "two_stage" in methods:
+        report["constant_guess"], report["cut_by_box"] = _localization_floor_and_cuts(
+            work / "models", test_raw, methods["two_stage"], annotations)
     write_json(report, work / "report.json")
     lines = [f"# Baseline vs two-stage on `{settings['dataset']}` (budget `{settings['budget']}`)", "",
              f"Machine: {report['machine']}. Held-out cases: {len(annotations)} (raw data set {test_raw.name}); "
@@ -322,14 +386,24 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
     lines += ["", "![Dice per organ](boxplot_dice.png)", "", "![HD95 per organ](boxplot_hd95.png)", ""]
     if report["localization"]:
         lines += ["## Localization (two-stage, held-out cases)", "",
-                  "| organ | n | detection tp/fn/fp/tn | centroid error mm (median) | box IoU (median) | "
-                  "containment (mean / min) |", "|---|---|---|---|---|---|"]
+                  "The constant guess puts each organ at its training-set mean position relative to the image "
+                  "centre, boxed the same way; cut = organs whose prediction touches a face of its box inside "
+                  "the image (`cut_by_box`).", "",
+                  "| organ | n | detection tp/fn/fp/tn | centroid error mm (median) | constant guess mm | "
+                  "box IoU (median) | containment (mean / min) | guess containment (mean / min) | cut |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        nan = float("nan")
         for organ, s in report["localization"].items():
             d, c = s["detection"], s.get("containment", {})
+            g = report.get("constant_guess", {}).get(organ, {})
+            gc = g.get("containment", {})
             lines.append(f"| {organ} | {s['n']} | {d['tp']}/{d['fn']}/{d['fp']}/{d['tn']} | "
-                         f"{s.get('centroid_error_mm', {}).get('median', float('nan')):.1f} | "
-                         f"{s.get('iou', {}).get('median', float('nan')):.2f} | "
-                         f"{c.get('mean', float('nan')):.3f} / {c.get('min', float('nan')):.3f} |")
+                         f"{s.get('centroid_error_mm', {}).get('median', nan):.1f} | "
+                         f"{g.get('centroid_error_mm', {}).get('median', nan):.1f} | "
+                         f"{s.get('iou', {}).get('median', nan):.2f} | "
+                         f"{c.get('mean', nan):.3f} / {c.get('min', nan):.3f} | "
+                         f"{gc.get('mean', nan):.3f} / {gc.get('min', nan):.3f} | "
+                         f"{report.get('cut_by_box', {}).get(organ, 0)} |")
         lines.append("")
     lines += ["## Wall time and peak memory per stage", "", "| stage | wall (s) | peak RSS (GB) |", "|---|---|---|"]
     lines += [f"| {k} | {v['wall_s']:.0f} | {v.get('peak_rss_gb', float('nan')):.1f} |" for k, v in stages.items()]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from nnunet_oar.io import InputError
+from nnunet_oar.localization.boxes import DEFAULT_READOUT, READOUTS
 
 
 def _phantom(a):
@@ -37,31 +38,34 @@ def _trainer_path(a):
 
 def _plan_localizer(a):
     from nnunet_oar.localization.plans import plan_localizer
-    print(f"added 3d_loc to {plan_localizer(a.dataset_id, a.spacing, a.sigma2, a.num_processes, fg_weight=a.fg_weight)}")
+    plans = plan_localizer(a.dataset_id, a.spacing, a.sigma2, a.num_processes, fg_weight=a.fg_weight,
+                           configuration=a.configuration)
+    print(f"added {a.configuration} to {plans}")
 
 
 def _margins(a):
     """``--margin`` (one value, mm) or ``--margins margins.json`` (per organ, from cross-validation)."""
     if a.margins:
-        return {k: v["margin_mm"] for k, v in json.loads(Path(a.margins).read_text()).items()}
+        from nnunet_oar.localization.localize import read_margins
+        return read_margins(Path(a.margins))
     return a.margin
 
 
 def _localize(a):
     from nnunet_oar.localization.localize import localize, localize_cross_validation
-    margin = _margins(a)
     if a.cross_validation:
         if a.dataset_id is None:
-            raise ValueError("--cross-validation needs -d DATASET_ID")
+            raise InputError("--cross-validation needs -d DATASET_ID")
         s = localize_cross_validation(a.dataset_id, Path(a.output), a.trainer, a.plans, a.configuration, a.device,
-                                      a.margin, a.tau)
+                                      a.tau, a.readout, a.folds, checkpoint=a.checkpoint)
         for organ, m in s["calibrated_margins"].items():
             print(f"{organ}: margin {m['margin_mm']:.0f} mm holds {m['containment']:.3f} of its voxels")
         return
     if a.input is None or a.model is None:
-        raise ValueError("localize needs -i INPUT and -m MODEL_FOLDER (or --cross-validation -d ID)")
+        raise InputError("localize needs -i INPUT and -m MODEL_FOLDER (or --cross-validation -d ID)")
+    margin = Path(a.margins) if a.margins else a.margin
     errors = localize(Path(a.input), Path(a.output), Path(a.model), a.folds, a.device, a.save_heatmaps, margin,
-                      a.tau)
+                      a.tau, readout=a.readout, checkpoint=a.checkpoint)
     if errors:
         raise InputError(f"{len(errors)} input(s) failed: " + "; ".join(errors.values()))
 
@@ -92,7 +96,7 @@ def _export_models(a):
     margin = _margins(a)
     ids = a.organ_ids or organ_dataset_ids_from(a.first_id)
     out = export_models(Path(a.output), a.localizer_id, ids, a.localizer_trainer, a.organ_trainer, margins=margin,
-                        tau=a.tau)
+                        tau=a.tau, readout=a.readout)
     print(f"wrote {out}")
 
 
@@ -151,6 +155,8 @@ def _benchmark(a):
         s.organs = a.organs
     if a.openkbp:
         s.openkbp = a.openkbp
+    if a.organ_boxes:
+        s.organ_boxes = a.organ_boxes
     r = run_benchmark(Path(a.work), s, a.jobs)
     for method, o in r["overall"].items():
         print(f"{method:10s} Dice {o['dice']['mean']:.3f} ± {o['dice']['std']:.3f}")
@@ -192,14 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fg-weight", type=float, default=0.0,
                    help="loss weight 1 + a*target on blob voxels; 0 (default) is the paper's plain L2")
     s.add_argument("-np", "--num-processes", type=int, default=2)
+    s.add_argument("-c", "--configuration", default="3d_loc", help="configuration name (default 3d_loc)")
     s.set_defaults(func=_plan_localizer)
 
     s = sub.add_parser("localize", help="CT(s) -> {case}_boxes.json with a trained localizer")
     s.add_argument("-i", "--input", help="CT file or folder")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("-m", "--model", help="results folder of the localizer (…__3d_loc)")
-    s.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: all trained)")
+    s.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: all trained); with "
+                   "--cross-validation, the folds whose validation cases get boxes (default: every fold)")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--readout", choices=READOUTS, default=DEFAULT_READOUT,
+                   help="centroid of the region above tau: bounding-box mid-point (the paper's) or heat-map "
+                        f"weighted mean (default {DEFAULT_READOUT})")
+    s.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth",
+                   help="checkpoint file of each fold (default checkpoint_final.pth)")
     s.add_argument("--save-heatmaps", action="store_true", help="also write heat maps on the original grid")
     s.add_argument("--margin", type=float, default=10.0, help="margin v in mm on every side (default 10)")
     s.add_argument("--margins", help="margins.json from --cross-validation (per-organ margins)")
@@ -239,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--margin", type=float, default=10.0)
     s.add_argument("--margins", help="per-organ margins.json from localize --cross-validation")
     s.add_argument("--tau", type=float, default=0.1, help="the localizer's detection threshold (default 0.1)")
+    s.add_argument("--readout", choices=READOUTS, default=DEFAULT_READOUT, help="the localizer's centroid read-out")
     s.set_defaults(func=_export_models)
 
     s = sub.add_parser("predict", help="CT file, folder or DICOM series -> organ label maps (localize, crop, "
@@ -306,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--organs", nargs="+", help="organs to train and score (default: the data set's)")
     s.add_argument("--openkbp", help="folder with openkbp-train.tar.xz and openkbp-validation.tar.xz "
                                      "(default ../shared/data/openkbp beside the repository)")
+    s.add_argument("--organ-boxes", choices=["oof", "reference"],
+                   help="the organ networks' training crops: out-of-fold localizer boxes with calibrated margins "
+                        "(oof, the paper's; default) or shifted reference boxes (reference)")
     s.set_defaults(func=_benchmark)
 
     s = sub.add_parser("demo", help="benchmark on phantoms: two-stage vs one network, trained briefly on CPU")

@@ -21,7 +21,7 @@ from nnunet_oar.io import InputError, atomic_path, geometry, read_image, same_ge
 
 STATS_COLUMNS = ["organ", "status", "localizer", "volume_ml", "mean_hu", "centroid_x_mm", "centroid_y_mm",
                  "centroid_z_mm", "box_min_x_mm", "box_min_y_mm", "box_min_z_mm", "box_max_x_mm", "box_max_y_mm",
-                 "box_max_z_mm"]
+                 "box_max_z_mm", "cut_by_box"]
 
 
 def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: Dict[str, int],
@@ -36,7 +36,8 @@ def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: D
         boxes: the localizer's ``{case}_boxes.json`` (adds its status per organ), if any.
 
     Status: ``found`` (voxels present), ``absent`` (none: not found by the localizer, or no voxel won
-    the merge) or ``not_requested``. ``box_mm`` is the world extent of the organ's voxels, cells included
+    the merge) or ``not_requested``. ``cut_by_box`` (from the boxes) lists the box faces inside the image
+    that the organ's prediction touches: it may go on outside its box. ``box_mm`` is the world extent of the organ's voxels, cells included
     (``min``/``max``, x, y, z in mm).
     """
     voxel_ml = float(np.prod(geom["spacing_xyz"])) / 1000.0
@@ -53,6 +54,8 @@ def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: D
         rec = {"status": "found" if n else "absent", "volume_ml": n * voxel_ml}
         if loc is not None:
             rec["localizer"] = loc
+        if "cut_by_box" in entries.get(organ, {}):
+            rec["cut_by_box"] = entries[organ]["cut_by_box"]
         if n:
             lo, hi = index_box_to_world(geom, *mask_bbox_xyz(mask))
             rec.update(mean_hu=float(ct_zyx[mask].mean()), centroid_mm=centroid_mm(geom, mask).tolist(),
@@ -70,7 +73,7 @@ def stats_csv(stats: Dict[str, dict]) -> str:
         c = s.get("centroid_mm") or [None] * 3
         b = s.get("box_mm") or {"min": [None] * 3, "max": [None] * 3}
         w.writerow([organ, s["status"], s.get("localizer"), s.get("volume_ml"), s.get("mean_hu"), *c, *b["min"],
-                    *b["max"]])
+                    *b["max"], " ".join(s.get("cut_by_box", []))])
     return buf.getvalue()
 
 

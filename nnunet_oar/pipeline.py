@@ -26,9 +26,9 @@ from nnunet_oar import organs as catalogue
 from nnunet_oar.conversion.dataset import NETWORK_ORIENTATION
 from nnunet_oar.geometry import crop_image
 from nnunet_oar.io import InputError, geometry, read_image, write_image, write_json
-from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_TAU
+from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, cut_faces
 from nnunet_oar.localization.localize import Localizer, available_folds, case_id, list_images
-from nnunet_oar.merge import MaxProbabilityMerger
+from nnunet_oar.merge import THRESHOLD, MaxProbabilityMerger
 from nnunet_oar.paths import ensure_trainer_path, find_dataset, results_root
 
 MANIFEST = "models.json"
@@ -50,7 +50,7 @@ def _copy_results(src: Path, dst: Path, folds: Sequence) -> None:
 def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
                   localizer_trainer: str = "nnUNetTrainerOARHeatmap", organ_trainer: str = "nnUNetTrainer",
                   plans: str = "nnUNetPlans", margins: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM,
-                  tau: float = DEFAULT_TAU) -> Path:
+                  tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT) -> Path:
     """Copy trained results into a self-contained models folder with a ``models.json`` manifest.
 
     Args:
@@ -60,6 +60,7 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
         localizer_trainer, organ_trainer, plans: names in the nnU-Net results folders.
         margins: margin v in mm, one for all organs or per organ (e.g. calibrated ones).
         tau: the localizer's detection threshold.
+        readout: the localizer's centroid read-out (``midpoint`` or ``weighted``).
     """
     from nnunet_oar.io import atomic_dir
     loc_name = find_dataset(results_root(), localizer_id)
@@ -70,7 +71,7 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
     if not loc_folds:
         raise FileNotFoundError(f"{loc_src}: no trained fold")
     manifest = {"localizer": {"results_folder": "localizer", "configuration": "3d_loc", "trainer": localizer_trainer,
-                              "folds": loc_folds, "margin_mm": margins, "tau": tau},
+                              "folds": loc_folds, "margin_mm": margins, "tau": tau, "readout": readout},
                 "organs": {}}
     with atomic_dir(output) as tmp:
         _copy_results(loc_src, tmp / "localizer", loc_folds)
@@ -115,7 +116,7 @@ class OARPredictor:
         manifest = json.loads(path.read_text())
         loc = manifest["localizer"]
         self.localizer = Localizer(models / loc["results_folder"], folds or loc["folds"], device, loc["margin_mm"],
-                                   loc.get("tau", DEFAULT_TAU))
+                                   loc.get("tau", DEFAULT_TAU), readout=loc.get("readout", DEFAULT_READOUT))
         available = manifest["organs"]
         self.organs = list(organs) if organs else list(available)
         for o in self.organs:
@@ -151,7 +152,12 @@ class OARPredictor:
                 data, {"spacing": list(crop.GetSpacing())[::-1]}, None, None, True)
             prob_img = sitk.GetImageFromArray(np.asarray(prob[1], dtype=np.float32))
             prob_img.CopyInformation(crop)
-            merger.add(self.labels[organ], sitk.GetArrayFromImage(sitk.DICOMOrient(prob_img, orientation)), box["start"])
+            prob_zyx = sitk.GetArrayFromImage(sitk.DICOMOrient(prob_img, orientation))
+            entry["cut_by_box"] = cut_faces(prob_zyx > THRESHOLD, box["start"], box["stop"], ct.GetSize())
+            if entry["cut_by_box"]:
+                tqdm.write(f"warning: {case}: {organ} reaches the {'/'.join(entry['cut_by_box'])} face(s) of its box "
+                           "inside the image; it may be cut (cut_by_box in the boxes and stats)")
+            merger.add(self.labels[organ], prob_zyx, box["start"])
         seg = sitk.GetImageFromArray(merger.labels)
         seg.CopyInformation(ct)
         return seg, boxes
@@ -167,8 +173,6 @@ def write_reference_boxes(reference: Path, labels: Dict[str, int], models: Path,
     loc = json.loads((Path(models) / MANIFEST).read_text())["localizer"]
     box_stats = load_box_stats(Path(models) / loc["results_folder"], loc["folds"])
     margin = loc["margin_mm"] if margin_mm is None else margin_mm
-    if isinstance(margin, dict):
-        raise ValueError(f"{models}: per-organ margins; give one margin for reference boxes")
     files = list_images(reference)
     for f in files:
         img = read_image(f, "reference label map")

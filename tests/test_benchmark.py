@@ -54,8 +54,27 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     baseline_raw = work / "nnUNet_raw" / "Dataset906_VISCERALIgnore"
     labels = json.loads((baseline_raw / "dataset.json").read_text())["labels"]
     assert labels["ignore"] == max(labels.values())
-    for stage in ("loc_train", "organ_train_911", "organ_train_912", "baseline_train", "predict_two_stage",
-                  "predict_baseline"):
+    # the paper's flow: two localizer folds -> out-of-fold boxes with calibrated margins -> organ crops;
+    # inference uses the same margins and box sizes, so training and inference crops have one size
+    margins = {o: m["margin_mm"] for o, m in json.loads((work / "oof_boxes" / "margins.json").read_text()).items()}
+    manifest = json.loads((work / "models" / "models.json").read_text())["localizer"]
+    assert manifest["margin_mm"] == margins and manifest["folds"] == [0, 1]
+    crops = json.loads((work / "nnUNet_raw" / "Dataset911_VISCERAL_liver" / "crops.json").read_text())
+    train_mm = {tuple(np.round(np.subtract(c["box_index_xyz"]["stop"], c["box_index_xyz"]["start"])
+                               * c["source_image"]["spacing_xyz"])) for c in crops.values() if not c["clipped"]}
+    for f in (work / "predictions" / "two_stage").glob("*_boxes.json"):
+        boxes = json.loads(f.read_text())
+        entry = boxes["organs"]["liver"]
+        if entry["status"] == "found" and not entry["clipped"]:
+            extent = np.subtract(entry["box_mm"]["max"], entry["box_mm"]["min"])
+            voxel = max(boxes["image"]["spacing_xyz"]) + 0.01
+            assert any(np.allclose(extent, t, atol=voxel) for t in train_mm)      # equal up to one voxel
+            assert entry["margin_mm"] == margins["liver"] and isinstance(entry["cut_by_box"], list)
+    md = (work / "report.md").read_text()
+    assert "constant guess" in md and set(report["constant_guess"]) == {"liver", "kidney_left"}
+    assert set(report["cut_by_box"]) >= {"liver", "kidney_left"}
+    for stage in ("loc_train_0", "loc_train_1", "loc_cv", "organ_train_911", "organ_train_912", "baseline_train",
+                  "predict_two_stage", "predict_baseline"):
         rec = json.loads((work / "stages" / f"{stage}.json").read_text())
         assert rec["wall_s"] > 0 and rec["peak_rss_gb"] > 0.1 and rec["commands"]
         # --jobs 2: the trainings ran two at a time, each with its own log

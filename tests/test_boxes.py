@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from nnunet_oar.geometry import index_box_to_world
-from nnunet_oar.localization.boxes import calibrate_margin, heatmap_region, mean_box_sizes, organ_box
+from nnunet_oar.localization.boxes import (calibrate_margin, heatmap_region, inside_counts, mean_box_sizes,
+                                          organ_box)
 from nnunet_oar.localization.localize import boxes_for_case
 
 
@@ -82,8 +83,14 @@ def test_calibrated_margin_is_the_smallest_that_reaches_the_target():
     mask[10:20, 10:20, 10:20] = True
     true_centre = np.array(index_box_to_world(g, (10, 10, 10), (20, 20, 20))).mean(0)
     shifted = true_centre + np.array([4.0, 0.0, 0.0])     # an off-centre prediction
-    m = calibrate_margin([(mask, g, shifted, [10.0, 10.0, 10.0])], 0.99)
+    grid = np.arange(0.0, 10.5, 1.0)
+    counts = inside_counts(mask, g, shifted, [10.0, 10.0, 10.0], grid)
+    assert counts[0] == 600 and counts[4] == 1000 and (np.diff(counts) >= 0).all()
+    m = calibrate_margin(counts, int(mask.sum()), grid, 0.99)
     assert m["reached"] and m["margin_mm"] == 4.0 and m["containment"] == 1.0
+    # pooled with a missed case (its voxels count, none inside), the target is out of reach
+    m = calibrate_margin(counts, 2 * int(mask.sum()), grid, 0.99)
+    assert not m["reached"] and m["margin_mm"] == 10.0 and m["containment"] == 0.5
 
 
 def test_reference_boxes_centre_the_mean_box_on_the_reference_centroid():
@@ -100,3 +107,43 @@ def test_reference_boxes_centre_the_mean_box_on_the_reference_centroid():
     size = np.asarray(liver["box_mm"]["max"]) - np.asarray(liver["box_mm"]["min"])
     assert np.all(np.abs(size - (np.array([10.0, 8.0, 12.0]) + 8.0)) <= np.array(geom["spacing_xyz"]))
     assert out["organs"]["spleen"] == {"status": "absent"}
+
+
+def test_weighted_readout_follows_the_mass_where_the_midpoint_follows_the_tails():
+    h = _blob((40, 40, 40), (15, 20, 20), sigma_vox=3.0)
+    h[15, 20, 20:37] = np.maximum(h[15, 20, 20:37], 0.2)    # a thin tail to one side, above tau
+    mid = heatmap_region(h, 0.1, "midpoint")["centroid"]
+    weighted = heatmap_region(h, 0.1, "weighted")["centroid"]
+    assert mid[2] >= 24                                     # the bounding box follows the tail
+    assert abs(weighted[2] - 20) < 1.5 and np.allclose(weighted[:2], (15, 20), atol=0.01)
+    with pytest.raises(ValueError, match="readout"):
+        heatmap_region(h, 0.1, "peak")
+
+
+def test_constant_guess_is_the_mean_offset_from_the_image_centre():
+    from nnunet_oar.localization.boxes import centroid_offsets_mm, constant_guess_boxes, image_centre_mm
+    g = _geom(size=(40, 30, 20), spacing=(2.0, 1.0, 3.0), flip=True)
+    lab = np.zeros((20, 30, 40), np.uint8)
+    lab[4:8, 5:9, 6:12] = 1
+    off = centroid_offsets_mm(lab, g, {"background": 0, "liver": 1, "spleen": 2})
+    assert set(off) == {"liver"}
+    from nnunet_oar.geometry import centroid_mm
+    assert np.allclose(image_centre_mm(g) + off["liver"], centroid_mm(g, lab == 1))
+    # two training cases: the guess is their mean offset, boxed with the mean size and the margin
+    stats = mean_box_sizes({"a": {"liver": [10.0, 4.0, 12.0]}, "b": {"liver": [10.0, 4.0, 12.0]}}, ["a", "b"],
+                           {"a": {"liver": [2.0, 0.0, 0.0]}, "b": {"liver": [6.0, -4.0, 3.0]}})
+    assert stats["liver"]["mean_offset_mm"] == [4.0, -2.0, 1.5]
+    guess = constant_guess_boxes(g, stats, {"liver": 3.0}, "c")["organs"]["liver"]
+    assert np.allclose(guess["centroid_mm"], image_centre_mm(g) + [4.0, -2.0, 1.5]) and guess["margin_mm"] == 3.0
+
+
+def test_cut_faces_are_box_faces_inside_the_image_that_the_organ_touches():
+    from nnunet_oar.localization.boxes import cut_faces
+    mask = np.zeros((6, 8, 10), bool)                     # a box of 10 x 8 x 6 voxels (x, y, z)
+    mask[2:4, 3:5, 4:6] = True
+    assert cut_faces(mask, (5, 5, 5), (15, 13, 11), (40, 30, 20)) == []
+    mask[2:4, 3:5, 0:6] = True                            # reaches x = start
+    assert cut_faces(mask, (5, 5, 5), (15, 13, 11), (40, 30, 20)) == ["x-"]
+    assert cut_faces(mask, (0, 5, 5), (10, 13, 11), (40, 30, 20)) == []     # ... which is the image border
+    mask[5, 3, 4] = True                                  # reaches z = stop - 1
+    assert cut_faces(mask, (5, 5, 5), (15, 13, 11), (40, 30, 20)) == ["x-", "z+"]

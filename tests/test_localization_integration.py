@@ -83,10 +83,74 @@ def test_localize_bad_input_names_the_file_and_goes_on(trained_localizer, tmp_pa
     assert (tmp_path / "o" / f"{good.name[:-7]}_boxes.json").is_file()
 
 
-def test_cross_validation_boxes_for_every_training_case(trained_localizer, tmp_path):
+def test_cross_validation_boxes_use_the_calibrated_margins(trained_localizer, tmp_path):
+    """One margin source: the out-of-fold boxes (the organ networks' training crops) carry the margins that
+    margins.json gives to export-models / localize --margins (the inference crops)."""
     out = tmp_path / "cv"
     run(["nnunet_oar", "localize", "--cross-validation", "-d", "601", "-tr", TRAINER, "-o", str(out)], trained_localizer["env"])
     assert sorted(p.name[: -len("_boxes.json")] for p in out.glob("*_boxes.json")) == trained_localizer["ids"]
     margins = json.loads((out / "margins.json").read_text())
     for m in margins.values():
         assert 0 <= m["margin_mm"] <= 60 and 0 <= m["containment"] <= 1
+    for f in out.glob("*_boxes.json"):
+        for organ, entry in json.loads(f.read_text())["organs"].items():
+            if entry["status"] == "found":
+                assert entry["margin_mm"] == margins[organ]["margin_mm"]
+    summary = json.loads((out / "localization_summary.json").read_text())
+    assert set(summary["constant_guess"]) == set(summary["per_organ"]) and summary["folds"] == [0, 1]
+    # the same margins through localize --margins give boxes of the same size on the same case
+    case = trained_localizer["ids"][0]
+    cv_box = json.loads((out / f"{case}_boxes.json").read_text())
+    image = trained_localizer["root"] / "nnUNet_raw" / "Dataset601_VISCERAL" / "imagesTr" / f"{case}_0000.nii.gz"
+    run(["nnunet_oar", "localize", "-i", str(image), "-o", str(tmp_path / "inf"), "-m", str(trained_localizer["model"]),
+         "-f", "0", "1", "--margins", str(out / "margins.json")], trained_localizer["env"])
+    inf_box = json.loads((tmp_path / "inf" / f"{case}_boxes.json").read_text())
+    for organ, entry in cv_box["organs"].items():
+        if entry["status"] == "found" and inf_box["organs"][organ]["status"] == "found" and not entry["clipped"] \
+                and not inf_box["organs"][organ]["clipped"]:
+            size = lambda e: np.subtract(e["box_index_xyz"]["stop"], e["box_index_xyz"]["start"])  # noqa: E731
+            assert (np.abs(size(entry) - size(inf_box["organs"][organ])) <= 1).all()
+
+
+def test_training_logs_centroid_errors_and_the_constant_guess(trained_localizer):
+    fold0 = trained_localizer["model"] / "fold_0"
+    log = next(fold0.glob("training_log_*.txt")).read_text()
+    assert log.count("median centroid error mm (validation patches)") == 2          # one line per epoch
+    assert (fold0 / "progress_centroid_error.png").stat().st_size > 1000
+    stats = json.loads((fold0 / "box_stats.json").read_text())
+    assert all(len(s["mean_offset_mm"]) == 3 for s in stats.values())
+    assert "constant guess" in log
+    ckpt = torch.load(fold0 / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    group = ckpt["optimizer_state"]["param_groups"][0]
+    assert group["amsgrad"] is False and group["weight_decay"] == 0.0
+    assert len(ckpt["logging"]["centroid_error_mm"]) == 2
+
+
+def test_localizer_refusals_name_the_file(trained_localizer, tmp_path):
+    import shutil
+    import subprocess
+    env = trained_localizer["env"]
+
+    def fails(cmd):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        return r.stderr
+    image = next((trained_localizer["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    bad = tmp_path / "margins.json"
+    bad.write_text(json.dumps({"liver": {"margin_mm": 5.0}, "pancreas": {"margin_mm": 5.0}}))
+    err = fails(["nnunet_oar", "localize", "-i", str(image), "-o", str(tmp_path / "o"), "-m",
+                 str(trained_localizer["model"]), "-f", "0", "--margins", str(bad)])
+    assert str(bad) in err and "pancreas" in err
+    bad.write_text("{not json")
+    assert str(bad) in fails(["nnunet_oar", "localize", "-i", str(image), "-o", str(tmp_path / "o"), "-m",
+                              str(trained_localizer["model"]), "-f", "0", "--margins", str(bad)])
+    # a localizer folder without its box sizes
+    copy = tmp_path / "model"
+    shutil.copytree(trained_localizer["model"], copy)
+    (copy / "fold_0" / "box_stats.json").unlink()
+    err = fails(["nnunet_oar", "localize", "-i", str(image), "-o", str(tmp_path / "o"), "-m", str(copy), "-f", "0"])
+    assert str(copy / "fold_0" / "box_stats.json") in err
+    # a cross-validation with a fold that was not trained
+    err = fails(["nnunet_oar", "localize", "--cross-validation", "-d", "601", "-tr", TRAINER, "-o", str(tmp_path / "cv"),
+                 "--folds", "0", "3"])
+    assert "fold_3" in err and "checkpoint_final.pth" in err

@@ -106,7 +106,14 @@ def test_predict_end_to_end_keeps_the_input_geometry(pipeline, tmp_path):
     for organ in ORGANS:
         s = stats[organ]
         assert s["localizer"] == "found" and s["status"] in ("found", "absent") and s["volume_ml"] >= 0
-    assert (out / f"{case}_boxes.json").is_file()
+    boxes = json.loads((out / f"{case}_boxes.json").read_text())
+    for organ in ORGANS:                                    # cut organs are flagged, never at the image border
+        entry = boxes["organs"][organ]
+        assert stats[organ]["cut_by_box"] == entry["cut_by_box"]
+        for face in entry["cut_by_box"]:
+            k, at_start = "xyz".index(face[0]), face[1] == "-"
+            box = entry["box_index_xyz"]
+            assert box["start"][k] > 0 if at_start else box["stop"][k] < ct.GetSize()[k]
     before = sorted(p.name for p in out.iterdir())
     run(["nnunet_oar", "predict", "-i", str(image), "-o", str(out), "-m", str(pipeline["models"]),
          "--disable-tta", "--organs", "liver"], pipeline["env"])

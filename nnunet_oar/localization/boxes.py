@@ -3,7 +3,9 @@
 Region: the voxels above tau form one or more connected components (26-connectivity). The *region*
 is the component with the largest heat-map mass (sum of values), so a lone outlier spike above tau
 does not move the centroid; the centroid is that region's bounding-box mid-point (the paper's
-"mid-point"). A heat map whose peak is below tau means the organ is absent (or missed): no box.
+"mid-point", ``readout="midpoint"``) or its heat-map-weighted mean (``readout="weighted"``, steadier when
+the map's tails are uneven; docs/localization.md compares the two). A heat map whose peak is below tau
+means the organ is absent (or missed): no box.
 
 Box: the organ's mean box size from the training labels (world mm, per world axis), centred on the
 centroid, plus a margin v mm on every side, converted to voxel indices of the original image and
@@ -11,7 +13,7 @@ clipped to it.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 from scipy import ndimage
@@ -20,14 +22,19 @@ from nnunet_oar.geometry import index_box_to_world, mask_bbox_xyz, world_box_to_
 
 DEFAULT_TAU = 0.1
 DEFAULT_MARGIN_MM = 10.0
+READOUTS = ("midpoint", "weighted")
+DEFAULT_READOUT = "weighted"  # measured on the OpenKBP calibration fold: lower errors for every organ (docs/localization.md)
 
 
-def heatmap_region(heatmap: np.ndarray, tau: float = DEFAULT_TAU) -> Optional[Dict[str, object]]:
+def heatmap_region(heatmap: np.ndarray, tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT
+                   ) -> Optional[Dict[str, object]]:
     """Find the organ's region in one heat map.
 
     Args:
         heatmap: 3D array (any axis order).
         tau: threshold.
+        readout: ``"midpoint"`` (bounding-box mid-point of the region, the paper's) or ``"weighted"``
+            (mean voxel position of the region weighted by the heat map).
 
     Returns:
         ``None`` when the peak is below ``tau`` (absent); else ``{"peak": float, "centroid": (3,)
@@ -40,7 +47,13 @@ def heatmap_region(heatmap: np.ndarray, tau: float = DEFAULT_TAU) -> Optional[Di
     mass = ndimage.sum_labels(heatmap, components, index=np.arange(1, n + 1))
     region = components == int(np.argmax(mass)) + 1
     idx = np.argwhere(region)
-    centroid = (idx.min(0) + idx.max(0)) / 2.0
+    if readout == "weighted":
+        w = heatmap[region].astype(np.float64)
+        centroid = (idx * w[:, None]).sum(0) / w.sum()
+    elif readout == "midpoint":
+        centroid = (idx.min(0) + idx.max(0)) / 2.0
+    else:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
     return {"peak": float(heatmap[region].max()), "centroid": centroid, "mask": region}
 
 
@@ -83,44 +96,127 @@ def organ_box(geom: dict, centroid_mm: Sequence[float], size_mm: Sequence[float]
             "box_mm": {"min": lo.tolist(), "max": hi.tolist()}, "clipped": clipped}
 
 
-def mean_box_sizes(per_case: Dict[str, Dict[str, list]], cases: Sequence[str]) -> Dict[str, dict]:
-    """Average the per-case box sizes over ``cases``: ``{organ: {"mean_size_mm": [x,y,z], "n": count}}``."""
+def centroid_offsets_mm(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int]) -> Dict[str, list]:
+    """Each organ's centroid relative to the image grid's centre (world mm, x,y,z) in one label map: what
+    the constant guess (:func:`constant_guess_boxes`) averages."""
+    from nnunet_oar.geometry import centroid_mm
+    centre = image_centre_mm(geom)
+    out = {}
+    for name, value in labels.items():
+        c = centroid_mm(geom, label_zyx == value) if value else None
+        if c is not None:
+            out[name] = (c - centre).tolist()
+    return out
+
+
+def image_centre_mm(geom: dict) -> np.ndarray:
+    """World point (x, y, z) mm of the centre of the image grid."""
+    from nnunet_oar.geometry import index_to_world
+    return index_to_world(geom, (np.asarray(geom["size_xyz"], float) - 1) / 2)
+
+
+def mean_box_sizes(per_case: Dict[str, Dict[str, list]], cases: Sequence[str],
+                   offsets: Optional[Dict[str, Dict[str, list]]] = None) -> Dict[str, dict]:
+    """Average the per-case box sizes over ``cases``: ``{organ: {"mean_size_mm": [x,y,z], "n": count}}``;
+    with ``offsets`` (:func:`centroid_offsets_mm` per case) also ``"mean_offset_mm"``, the constant guess."""
     acc: Dict[str, list] = {}
     for c in cases:
         for organ, size in per_case.get(c, {}).items():
             acc.setdefault(organ, []).append(size)
-    return {o: {"mean_size_mm": np.mean(v, 0).tolist(), "n": len(v)} for o, v in acc.items()}
+    out = {o: {"mean_size_mm": np.mean(v, 0).tolist(), "n": len(v)} for o, v in acc.items()}
+    if offsets is not None:
+        for organ, stats in out.items():
+            v = [offsets[c][organ] for c in cases if organ in offsets.get(c, {})]
+            if v:
+                stats["mean_offset_mm"] = np.mean(v, 0).tolist()
+    return out
 
 
-def calibrate_margin(samples: Sequence[tuple], target: float = 0.99, max_margin_mm: float = 60.0,
-                     step_mm: float = 1.0) -> Dict[str, float]:
+def constant_guess_boxes(geom: dict, box_stats: Dict[str, dict], margin_mm: Union[float, Dict[str, float]],
+                         case: str = "") -> dict:
+    """The floor every localizer must beat: each organ at its training-set mean position relative to the
+    image centre (``mean_offset_mm`` of ``box_stats``), boxed like the localizer's boxes (mean size +
+    margin; an organ missing from a per-organ ``margin_mm`` gets the default, as in the localizer). Same
+    content as a ``{case}_boxes.json``; every organ with an offset is ``found``."""
+    centre, organs = image_centre_mm(geom), {}
+    for name, stats in box_stats.items():
+        if "mean_offset_mm" not in stats:
+            continue
+        c = centre + np.asarray(stats["mean_offset_mm"])
+        v = margin_mm.get(name, DEFAULT_MARGIN_MM) if isinstance(margin_mm, dict) else margin_mm
+        organs[name] = {"status": "found", "centroid_mm": c.tolist(), "margin_mm": v,
+                        **organ_box(geom, c, stats["mean_size_mm"], v)}
+    return {"case": case, "image": geom, "organs": organs, "source": "constant guess (training-set mean position)"}
+
+
+def inside_counts(mask_zyx: np.ndarray, geom: dict, centroid_mm: Sequence[float], size_mm: Sequence[float],
+                  margins_mm: Sequence[float]) -> np.ndarray:
+    """Voxels of one organ's reference mask inside its box, for each candidate margin.
+
+    Args:
+        mask_zyx: reference mask (z, y, x) on the image grid of ``geom``.
+        geom: geometry record of the image.
+        centroid_mm: predicted centroid (x, y, z) mm; size_mm: mean box size (x, y, z) mm.
+        margins_mm: candidate margins v, mm.
+
+    Returns:
+        int64 array, one count per margin.
+    """
+    from nnunet_oar.geometry import crop_zyx
+    out = np.zeros(len(margins_mm), np.int64)
+    for i, v in enumerate(margins_mm):
+        b = organ_box(geom, centroid_mm, size_mm, float(v))["box_index_xyz"]
+        out[i] = int(crop_zyx(mask_zyx, b["start"], b["stop"]).sum())
+    return out
+
+
+def calibrate_margin(inside: np.ndarray, total: int, margins_mm: Sequence[float], target: float = 0.99
+                     ) -> Dict[str, float]:
     """Smallest margin v (mm) for which the pooled containment of one organ reaches ``target``.
 
     Args:
-        samples: ``(mask_zyx, geom, centroid_mm, size_mm)`` per case: the reference mask on the image
-            grid, the image geometry, the out-of-fold predicted centroid and the mean box size (mm).
-        target: fraction of the organ's reference voxels (pooled over cases) that must lie in the boxes.
-        max_margin_mm, step_mm: search range.
+        inside: voxels inside the boxes at each margin, summed over cases (:func:`inside_counts`).
+        total: the organ's reference voxels over the same cases (missed cases included).
+        margins_mm: the candidate margins, ascending.
 
     Returns:
-        ``{"margin_mm": v, "containment": fraction at v, "reached": bool}``.
+        ``{"margin_mm": v, "containment": fraction at v, "reached": bool}``; the largest candidate when
+        none reaches the target.
     """
-    from nnunet_oar.geometry import crop_zyx
-    total = sum(int(m.sum()) for m, *_ in samples)
-    margin, inside = 0.0, 0
-    for margin in np.arange(0.0, max_margin_mm + step_mm / 2, step_mm):
-        inside = 0
-        for mask, geom, c, size in samples:
-            b = organ_box(geom, c, size, float(margin))["box_index_xyz"]
-            inside += int(crop_zyx(mask, b["start"], b["stop"]).sum())
-        if total == 0 or inside / total >= target:
-            break
-    frac = inside / total if total else 1.0
-    return {"margin_mm": float(margin), "containment": frac, "reached": bool(frac >= target)}
+    frac = np.asarray(inside, float) / max(int(total), 1)
+    ok = frac >= target
+    i = int(np.argmax(ok)) if ok.any() else len(frac) - 1
+    return {"margin_mm": float(margins_mm[i]), "containment": float(frac[i]), "reached": bool(ok[i])}
+
+
+def cut_faces(mask_zyx: np.ndarray, start_xyz: Sequence[int], stop_xyz: Sequence[int], size_xyz: Sequence[int]
+              ) -> list:
+    """Faces of a box that cut an organ: where the organ's mask predicted in the box touches a face that
+    is not the image border, the organ most likely goes on outside the box (the two-stage method's typical
+    failure: a box too small or off-centre).
+
+    Args:
+        mask_zyx: the organ's predicted mask on the box, numpy (z, y, x).
+        start_xyz, stop_xyz: the box in image voxel indices, SimpleITK (x, y, z), stop exclusive.
+        size_xyz: the image size (x, y, z).
+
+    Returns:
+        Names of the cutting faces, e.g. ``["z-", "x+"]`` (``-`` at the start index); empty when none.
+    """
+    faces = []
+    for k, axis_name in enumerate("xyz"):
+        axis = 2 - k                       # numpy axis of SimpleITK axis k
+        if mask_zyx.shape[axis] == 0:
+            continue
+        if start_xyz[k] > 0 and np.take(mask_zyx, 0, axis=axis).any():
+            faces.append(f"{axis_name}-")
+        if stop_xyz[k] < size_xyz[k] and np.take(mask_zyx, -1, axis=axis).any():
+            faces.append(f"{axis_name}+")
+    return faces
 
 
 def reference_boxes(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int], box_stats: Dict[str, dict],
-                    margin_mm: float = DEFAULT_MARGIN_MM, case: str = "") -> dict:
+                    margin_mm: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM, case: str = "") -> dict:
     """Boxes a perfect localizer would give: the method's box (mean size + margin) centred on each
     organ's reference centre of mass. Same content as a ``{case}_boxes.json``; organs without voxels
     are ``absent``. Used to measure the organ stage alone (oracle localization).
@@ -130,7 +226,7 @@ def reference_boxes(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int], b
         geom: its geometry record.
         labels: ``{organ: label value}``.
         box_stats: ``{organ: {"mean_size_mm": [x, y, z]}}`` from the localizer's training.
-        margin_mm: margin v on every side, mm.
+        margin_mm: margin v on every side, mm (one value or per organ).
     """
     from nnunet_oar.geometry import centroid_mm
     organs = {}
@@ -142,6 +238,7 @@ def reference_boxes(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int], b
             organs[name] = {"status": "absent"}
             continue
         c = centroid_mm(geom, mask)
-        organs[name] = {"status": "found", "centroid_mm": c.tolist(), "margin_mm": margin_mm,
-                        **organ_box(geom, c, box_stats[name]["mean_size_mm"], margin_mm)}
+        v = margin_mm[name] if isinstance(margin_mm, dict) else margin_mm
+        organs[name] = {"status": "found", "centroid_mm": c.tolist(), "margin_mm": v,
+                        **organ_box(geom, c, box_stats[name]["mean_size_mm"], v)}
     return {"case": case, "image": geom, "organs": organs, "source": "reference labels (oracle localization)"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,17 +16,30 @@ import torch
 from tqdm import tqdm
 
 from nnunet_oar.io import InputError, atomic_path, geometry, image_from_geometry, read_image, write_json
-from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_TAU, heatmap_region, organ_box
+from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, heatmap_region,
+                                          organ_box)
 from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry
 from nnunet_oar.paths import ensure_trainer_path
 
 BOX_STATS = "box_stats.json"
+Margins = Union[float, Dict[str, float]]
+
+
+def read_margins(path: Path) -> Dict[str, float]:
+    """Per-organ margins (mm) from a ``margins.json`` written by ``localize --cross-validation``."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text())
+        return {organ: float(m["margin_mm"]) for organ, m in content.items()}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{path}: not a margins file ({{organ: {{margin_mm: ...}}}}): {e}") from e
 
 
 def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dict,
                    transpose_forward: Sequence[int], box_stats: Dict[str, dict], image_geom: Dict[str, list],
-                   margin_mm: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM, tau: float = DEFAULT_TAU,
-                   requested: Optional[Sequence[str]] = None, case: str = "") -> dict:
+                   margin_mm: Margins = DEFAULT_MARGIN_MM, tau: float = DEFAULT_TAU,
+                   requested: Optional[Sequence[str]] = None, case: str = "", readout: str = DEFAULT_READOUT
+                   ) -> dict:
     """Boxes from one case's heat maps.
 
     Args:
@@ -40,6 +53,7 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
         tau: detection threshold.
         requested: organs to report; the others get ``status: not_requested``.
         case: case id for the JSON.
+        readout: centroid read-out of the region (:func:`~nnunet_oar.localization.boxes.heatmap_region`).
 
     Returns:
         The ``{case}_boxes.json`` content (see LAYOUT: image geometry, and per organ status, peak,
@@ -50,7 +64,7 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
         if requested is not None and name not in requested:
             organs[name] = {"status": "not_requested"}
             continue
-        region = heatmap_region(heat[k], tau)
+        region = heatmap_region(heat[k], tau, readout)
         if region is None:
             organs[name] = {"status": "absent", "peak": float(heat[k].max())}
             continue
@@ -87,16 +101,23 @@ def heatmaps_on_original_grid(heat: np.ndarray, properties: dict, plans_manager,
 
 
 def load_box_stats(model_folder: Path, folds: Sequence[Union[int, str]]) -> Dict[str, dict]:
-    """Mean box sizes saved by each fold's trainer, averaged over the folds (weighted by case count)."""
-    acc: Dict[str, Tuple[np.ndarray, int]] = {}
+    """Mean box sizes (and constant-guess offsets) saved by each fold's trainer, averaged over the folds
+    (weighted by case count)."""
+    acc: Dict[str, Dict[str, list]] = {}
     for f in folds:
         path = Path(model_folder) / f"fold_{f}" / BOX_STATS
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; was this model trained with nnUNetTrainerOARHeatmap?")
+            raise InputError(f"{path}: missing (the box sizes of the localizer); was this model trained with "
+                             "nnUNetTrainerOARHeatmap?")
         for organ, s in json.loads(path.read_text()).items():
-            total, n = acc.get(organ, (np.zeros(3), 0))
-            acc[organ] = (total + np.asarray(s["mean_size_mm"]) * s["n"], n + s["n"])
-    return {o: {"mean_size_mm": (t / n).tolist(), "n": n} for o, (t, n) in acc.items()}
+            for key in ("mean_size_mm", "mean_offset_mm"):
+                if key in s:
+                    acc.setdefault(organ, {}).setdefault(key, []).append((np.asarray(s[key]), s["n"]))
+    out = {}
+    for organ, keys in acc.items():
+        out[organ] = {k: (sum(v * n for v, n in vs) / sum(n for _, n in vs)).tolist() for k, vs in keys.items()}
+        out[organ]["n"] = sum(n for _, n in keys["mean_size_mm"])
+    return out
 
 
 def available_folds(model_folder: Path, checkpoint: str = "checkpoint_final.pth") -> List[Union[int, str]]:
@@ -112,13 +133,15 @@ class Localizer:
         model_folder: nnU-Net results folder ``.../nnUNetTrainerOARHeatmap__nnUNetPlans__3d_loc``.
         folds: folds to ensemble (heat maps are averaged); default all with a final checkpoint.
         device: torch device.
-        margin_mm: margin v in mm (one value or per organ).
+        margin_mm: margin v in mm: one value, ``{organ: v}``, or the path of a ``margins.json``.
         tau: detection threshold.
+        readout: centroid read-out (``midpoint``, the paper's, or ``weighted``).
     """
 
     def __init__(self, model_folder: Path, folds: Optional[Sequence[Union[int, str]]] = None,
-                 device: Union[str, torch.device] = "cpu", margin_mm: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM,
-                 tau: float = DEFAULT_TAU, checkpoint: str = "checkpoint_final.pth"):
+                 device: Union[str, torch.device] = "cpu", margin_mm: Union[Margins, Path] = DEFAULT_MARGIN_MM,
+                 tau: float = DEFAULT_TAU, checkpoint: str = "checkpoint_final.pth",
+                 readout: str = DEFAULT_READOUT):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         ensure_trainer_path()
         self.model_folder = Path(model_folder)
@@ -133,7 +156,14 @@ class Localizer:
         labels = self.predictor.dataset_json["labels"]
         self.organ_names = [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
         self.box_stats = load_box_stats(self.model_folder, self.folds)
-        self.margin_mm, self.tau = margin_mm, tau
+        if isinstance(margin_mm, Path):
+            margins = read_margins(margin_mm)
+            unknown = sorted(set(margins) - set(self.organ_names))
+            if unknown:
+                raise InputError(f"{margin_mm}: margins for organs the localizer does not have: {unknown} "
+                                 f"(it has {self.organ_names})")
+            margin_mm = {o: margins.get(o, DEFAULT_MARGIN_MM) for o in self.organ_names}
+        self.margin_mm, self.tau, self.readout = margin_mm, tau, readout
 
     def heatmaps(self, data: np.ndarray) -> np.ndarray:
         """Network heat maps (n_organs, *shape) for preprocessed data (1, *shape); channel 0 (background)
@@ -153,7 +183,7 @@ class Localizer:
     def boxes(self, heat: np.ndarray, properties: dict, image_geom: Dict[str, list], case: str,
               requested: Optional[Sequence[str]] = None) -> dict:
         return boxes_for_case(heat, self.organ_names, properties, self.predictor.plans_manager.transpose_forward,
-                              self.box_stats, image_geom, self.margin_mm, self.tau, requested, case)
+                              self.box_stats, image_geom, self.margin_mm, self.tau, requested, case, self.readout)
 
     def localize_file(self, image_file: Path, case: str, requested: Optional[Sequence[str]] = None,
                       with_heatmaps: bool = False):
@@ -201,15 +231,16 @@ def write_heatmaps(heat_zyx: np.ndarray, organ_names: Sequence[str], geom: dict,
 
 
 def localize(inputs: Path, output: Path, model_folder: Path, folds: Optional[Sequence] = None,
-             device: str = "cpu", save_heatmaps: bool = False, margin_mm: float = DEFAULT_MARGIN_MM,
-             tau: float = DEFAULT_TAU, organs: Optional[Sequence[str]] = None) -> Dict[str, str]:
+             device: str = "cpu", save_heatmaps: bool = False, margin_mm: Union[Margins, Path] = DEFAULT_MARGIN_MM,
+             tau: float = DEFAULT_TAU, organs: Optional[Sequence[str]] = None, readout: str = DEFAULT_READOUT,
+             checkpoint: str = "checkpoint_final.pth") -> Dict[str, str]:
     """Localize every CT in ``inputs`` (a file or a folder) and write ``{case}_boxes.json`` to ``output``.
 
     Returns:
         ``{case: error message}`` for the inputs that failed (the others are written).
     """
     images = list_images(inputs)
-    localizer = Localizer(model_folder, folds, device, margin_mm, tau)
+    localizer = Localizer(model_folder, folds, device, margin_mm, tau, checkpoint, readout)
     errors = {}
     for f in tqdm(images, desc="localize"):
         case = case_id(f)
@@ -227,55 +258,96 @@ def localize(inputs: Path, output: Path, model_folder: Path, folds: Optional[Seq
 
 def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnUNetTrainerOARHeatmap",
                               plans: str = "nnUNetPlans", configuration: str = "3d_loc", device: str = "cpu",
-                              margin_mm: float = DEFAULT_MARGIN_MM, tau: float = DEFAULT_TAU,
-                              calibrate_target: float = 0.99) -> dict:
-    """Out-of-fold boxes for every training case, each from the fold that did not train on it.
+                              tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT,
+                              folds: Optional[Sequence[int]] = None, calibrate_target: float = 0.99,
+                              max_margin_mm: float = 60.0, step_mm: float = 1.0,
+                              checkpoint: str = "checkpoint_final.pth") -> dict:
+    """Out-of-fold boxes for the training cases, each from the fold that did not train on it, with margins
+    calibrated on those same boxes.
 
-    Like nnU-Net's cascade, the crop stage learns on boxes like those it will see at test time. Besides
-    ``{case}_boxes.json`` this writes ``localization_summary.json`` (metrics against the training labels)
-    and ``margins.json``: per organ, the smallest margin v whose boxes hold ``calibrate_target`` of the
-    organ's voxels over all training cases (use it with ``--margins``).
+    Like nnU-Net's cascade, the crop stage learns on boxes like those it will see at test time. The margin
+    is calibrated per organ: the smallest v (0 to ``max_margin_mm`` in ``step_mm`` steps) whose out-of-fold
+    boxes hold ``calibrate_target`` of the organ's voxels, pooled over cases. The ``{case}_boxes.json``
+    written here use those margins and the fold ensemble's mean box sizes, and ``margins.json`` records
+    the margins, so that ``export-models --margins`` gives inference the box sizes the organ networks
+    trained on. (The constant guess of each case comes from the fold that did not train on it.) Memory is bounded by one case: per
+    organ only the voxel counts inside each candidate margin are kept.
+
+    Args:
+        folds: the folds to use (default: every fold of ``splits_final.json``; each must be trained). With
+            a subset, only those folds' validation cases get boxes (e.g. one fold to calibrate margins).
+
+    Writes ``{case}_boxes.json``, ``margins.json`` and ``localization_summary.json`` (metrics against the
+    training labels) to ``output``.
 
     Returns:
         The summary dict.
     """
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    from nnunet_oar.localization.boxes import calibrate_margin
-    from nnunet_oar.metrics import localization_metrics, summarize_localization
+    from nnunet_oar.localization.boxes import calibrate_margin, inside_counts
+    from nnunet_oar.localization.report import score_case, summarize
     from nnunet_oar.paths import find_dataset, preprocessed_root, results_root
     pre = find_dataset(preprocessed_root(), dataset_id)
     if pre is None:
-        raise FileNotFoundError(f"{preprocessed_root()}: no preprocessed data set with id {dataset_id}")
+        raise InputError(f"{preprocessed_root()}: no preprocessed data set with id {dataset_id}")
     model_folder = results_root() / pre.name / f"{trainer}__{plans}__{configuration}"
-    splits = json.loads((pre / "splits_final.json").read_text())
+    splits_file = pre / "splits_final.json"
+    if not splits_file.is_file():
+        raise InputError(f"{splits_file}: missing; cross-validation needs nnU-Net's splits (train the folds first)")
+    splits = json.loads(splits_file.read_text())
+    folds = list(range(len(splits))) if folds is None else [int(f) for f in folds]
+    for fold in folds:
+        ckpt = model_folder / f"fold_{fold}" / checkpoint
+        if fold >= len(splits) or not ckpt.is_file():
+            raise InputError(f"{ckpt}: missing; every fold of the cross-validation must be trained "
+                             f"(or name the trained ones with --folds)")
     annotations_file = pre / "annotations.json"
     annotations = json.loads(annotations_file.read_text()) if annotations_file.is_file() else None
     output = Path(output)
-    per_case, samples = {}, {}
-    for fold, split in enumerate(splits):
-        localizer = Localizer(model_folder, [fold], device, margin_mm, tau)
+    # the box sizes of the fold ensemble, which inference uses: training and inference crops get one size
+    sizes = {o: st["mean_size_mm"] for o, st in load_box_stats(model_folder, folds).items()}
+    grid = np.arange(0.0, max_margin_mm + step_mm / 2, step_mm)
+    inside: Dict[str, np.ndarray] = {}
+    total: Dict[str, int] = {}
+    found: Dict[str, dict] = {}             # case -> boxes at margin 0 (the centroids are what counts)
+    stats_of: Dict[str, dict] = {}          # case -> box_stats of the fold that localized it
+    for fold in folds:
+        localizer = Localizer(model_folder, [fold], device, 0.0, tau, checkpoint, readout)
         labels = localizer.predictor.dataset_json["labels"]
+        ending = localizer.predictor.dataset_json["file_ending"]
         folder = pre / localizer.predictor.configuration_manager.data_identifier
-        dataset = infer_dataset_class(str(folder))(str(folder), split["val"])
-        for case in tqdm(split["val"], desc=f"fold {fold}"):
+        dataset = infer_dataset_class(str(folder))(str(folder), splits[fold]["val"])
+        for case in tqdm(splits[fold]["val"], desc=f"fold {fold}"):
             data, _, _, properties = dataset.load_case(case)
-            gt = sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{localizer.predictor.dataset_json['file_ending']}"))
-            gt_zyx, geom = sitk.GetArrayFromImage(gt), geometry(gt)
+            gt = sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}"))
+            gt_zyx, geom = sitk.GetArrayViewFromImage(gt), geometry(gt)
             boxes = localizer.boxes(localizer.heatmaps(np.asarray(data[:])), properties, geom, case)
-            write_json(boxes, output / f"{case}_boxes.json")
-            wanted = annotations.get(case, []) if annotations is not None else localizer.organ_names
-            per_case[case] = {}
-            for organ in localizer.organ_names:
-                if organ not in wanted:
-                    continue
-                mask = gt_zyx == labels[organ]
-                entry = boxes["organs"][organ]
-                per_case[case][organ] = localization_metrics(mask, geom, entry)
+            found[case], stats_of[case] = boxes, localizer.box_stats
+            for organ in _annotated(annotations, case, localizer.organ_names):
+                entry, mask = boxes["organs"][organ], gt_zyx == labels[organ]
+                total[organ] = total.get(organ, 0) + int(mask.sum())
+                inside.setdefault(organ, np.zeros(len(grid), np.int64))
                 if entry["status"] == "found" and mask.any():
-                    samples.setdefault(organ, []).append(
-                        (mask, geom, entry["centroid_mm"], localizer.box_stats[organ]["mean_size_mm"]))
-    margins = {organ: calibrate_margin(s, calibrate_target) for organ, s in samples.items()}
+                    inside[organ] += inside_counts(mask, geom, entry["centroid_mm"], sizes[organ], grid)
+    margins = {o: calibrate_margin(counts, total[o], grid, calibrate_target) for o, counts in inside.items()}
+    margin_of = {o: margins.get(o, {"margin_mm": DEFAULT_MARGIN_MM})["margin_mm"] for o in labels if o != "background"}
+    per_case, per_case_guess = {}, {}
+    for case, boxes in found.items():          # second pass: the boxes with the calibrated margins
+        gt_zyx = sitk.GetArrayFromImage(sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}")))
+        for organ, entry in boxes["organs"].items():
+            if entry["status"] == "found":
+                entry.update(margin_mm=margin_of[organ], **organ_box(
+                    boxes["image"], entry["centroid_mm"], sizes[organ], margin_of[organ]))
+        write_json(boxes, output / f"{case}_boxes.json")
+        per_case[case], per_case_guess[case] = score_case(
+            boxes, gt_zyx, labels, _annotated(annotations, case, list(boxes["organs"])), stats_of[case], margin_of)
     write_json(margins, output / "margins.json")
-    summary = {"per_organ": summarize_localization(per_case), "per_case": per_case, "calibrated_margins": margins}
+    summary = {**summarize(per_case, per_case_guess), "calibrated_margins": margins, "folds": folds,
+               "readout": readout, "target": calibrate_target}
     write_json(summary, output / "localization_summary.json")
     return summary
+
+
+def _annotated(annotations: Optional[dict], case: str, organs: Sequence[str]) -> List[str]:
+    """The organs annotated in a case (all when the data set has no ``annotations.json``)."""
+    return [o for o in organs if annotations is None or o in annotations.get(case, [])]

@@ -6,20 +6,24 @@ lifted so it does not shrink the patch) and batch size 1 (the paper's). The heat
 stored in the configuration, so it travels with the trained model's plans.json.
 
 ``nnunet_oar plan-localizer`` also writes, beside the plans, ``annotations.json`` (copied from the raw
-data set, so training knows which organs were annotated) and ``box_sizes.json`` (each case's organ
-box sizes in world mm, from which a trainer averages the box size over its own training cases).
+data set, so training knows which organs were annotated), ``box_sizes.json`` (each case's organ
+box sizes in world mm, from which a trainer averages the box size over its own training cases) and
+``centroid_offsets.json`` (each organ's centroid relative to the image centre, mm: the constant guess
+every localization report compares with).
 """
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from typing import Tuple
+
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_oar.io import geometry, write_json
-from nnunet_oar.localization.boxes import box_sizes_mm
+from nnunet_oar.localization.boxes import box_sizes_mm, centroid_offsets_mm
 from nnunet_oar.localization.heatmaps import DEFAULT_SIGMA2_MM2
 from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root
 
@@ -28,7 +32,8 @@ PLANS = "nnUNetPlans"
 
 
 def plan_localizer(dataset_id: int, spacing_mm: float = 3.0, sigma2_mm2: float = DEFAULT_SIGMA2_MM2,
-                   num_processes: int = 2, progress: bool = True, fg_weight: float = 0.0) -> Path:
+                   num_processes: int = 2, progress: bool = True, fg_weight: float = 0.0,
+                   configuration: str = CONFIGURATION) -> Path:
     """Add (or replace) the ``3d_loc`` configuration in ``nnUNetPlans.json`` of a data set.
 
     Runs nnU-Net's fingerprint extraction and default planning first if they have not been run.
@@ -40,6 +45,7 @@ def plan_localizer(dataset_id: int, spacing_mm: float = 3.0, sigma2_mm2: float =
         sigma2_mm2: heat-map variance sigma^2, mm^2.
         num_processes: processes for nnU-Net's fingerprint extraction.
         fg_weight: foreground weight of the loss (0 = the paper's plain L2; see ``masked_l2``).
+        configuration: the configuration's name (several localizer settings can live side by side).
 
     Returns:
         Path of the updated plans file.
@@ -67,32 +73,36 @@ def plan_localizer(dataset_id: int, spacing_mm: float = 3.0, sigma2_mm2: float =
     shapes = [compute_new_shape(shape, spacing, target)
               for spacing, shape in zip(fingerprint["spacings"], fingerprint["shapes_after_crop"])]
     median = np.median(shapes, 0)[tf]
-    config = planner.get_plans_for_configuration(target[tf], median, f"{PLANS}_{CONFIGURATION}",
+    config = planner.get_plans_for_configuration(target[tf], median, f"{PLANS}_{configuration}",
                                                  float(np.prod(median) * len(shapes)), {})
     config["batch_size"] = 1
     config["heatmap_sigma2_mm2"] = float(sigma2_mm2)
     config["heatmap_fg_weight"] = float(fg_weight)
-    plans["configurations"][CONFIGURATION] = config
+    plans["configurations"][configuration] = config
     write_json(plans, plans_file)
 
     annotations = raw / "annotations.json"
     if annotations.is_file():
         shutil.copyfile(annotations, pre / "annotations.json")
-    write_json(case_box_sizes(raw, progress), pre / "box_sizes.json")
+    sizes, offsets = case_box_sizes(raw, progress)
+    write_json(sizes, pre / "box_sizes.json")
+    write_json(offsets, pre / "centroid_offsets.json")
     return plans_file
 
 
-def case_box_sizes(raw: Path, progress: bool = True) -> dict:
-    """``{case: {organ: [x, y, z] mm}}`` from the raw labels; organs not annotated in a case are left out."""
+def case_box_sizes(raw: Path, progress: bool = True) -> Tuple[dict, dict]:
+    """``({case: {organ: box size [x, y, z] mm}}, {case: {organ: centroid offset [x, y, z] mm}})`` from the
+    raw labels (:func:`box_sizes_mm`, :func:`centroid_offsets_mm`); organs not annotated in a case are left out."""
     dataset = json.loads((raw / "dataset.json").read_text())
     labels = {k: v for k, v in dataset["labels"].items() if k != "background"}
     annotations_file = raw / "annotations.json"
     annotations = json.loads(annotations_file.read_text()) if annotations_file.is_file() else None
-    out = {}
+    sizes, offsets = {}, {}
     files = sorted((raw / "labelsTr").glob(f"*{dataset['file_ending']}"))
     for f in tqdm(files, desc="box sizes", disable=not progress):
         case = f.name[: -len(dataset["file_ending"])]
         seg = sitk.ReadImage(str(f))
         wanted = {k: v for k, v in labels.items() if annotations is None or k in annotations.get(case, [])}
-        out[case] = box_sizes_mm(sitk.GetArrayViewFromImage(seg), geometry(seg), wanted)
-    return out
+        arr, geom = sitk.GetArrayViewFromImage(seg), geometry(seg)
+        sizes[case], offsets[case] = box_sizes_mm(arr, geom, wanted), centroid_offsets_mm(arr, geom, wanted)
+    return sizes, offsets

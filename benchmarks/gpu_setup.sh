@@ -1,0 +1,41 @@
+# Sourced by the GPU scripts (benchmarks/gpu_*.sh): stages the OpenKBP data and installs what the device
+# image lacks. The device takes at most 64 MiB per call and the train tarball alone is 62 MiB, so a run is
+# two calls on one warm machine, the second within its 30 s idle window:
+#   1. `bash benchmarks/gpu_X.sh stage`  tree: shared/openkbp/openkbp-train.tar.xz
+#   2. `bash benchmarks/gpu_X.sh run`    tree: shared/openkbp/openkbp-validation.tar.xz; carry .whl
+# The device image has torch, numpy, scipy, scikit-image, pandas and matplotlib but no nnU-Net; prepare
+# the rest here (python 3.12 wheels; SimpleITK's 53 MB wheel travels unpacked as a 28 MB tar.xz):
+#   echo /.whl/ >> .git/info/exclude; echo /shared/ >> .git/info/exclude; mkdir -p .whl
+#   pip wheel --no-deps -w .whl nnunetv2==2.8.1 acvl-utils==0.2.6 batchgenerators==0.25.5 \
+#       batchgeneratorsv2==0.3.6 dynamic-network-architectures==0.4.4 nibabel yacs future \
+#       surface-distance==0.1 pydicom==3.0.2 pydantic==2.14.4 annotated-types typing-inspection
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#       blosc2==4.14.1 ndindex numexpr pydantic-core==2.50.5 SimpleITK==2.5.7 connected-components-3d
+#   mkdir sitk && unzip -q .whl/simpleitk-*.whl -d sitk && rm .whl/simpleitk-*.whl
+#   tar -C sitk -cf - . | xz -9 > .whl/simpleitk.tar.xz
+# A rehearsal on a CPU: DATA=<folder with openkbp-{train,validation}.tar.xz or such folders>, OUT=<folder>,
+# and either SITE=<empty folder> with a Python 3.12 first on the PATH (the wheels are the device's), or
+# WHEELS=0 with the project's venv first on the PATH; plus the script's own CPU settings (each says which).
+DATA=${DATA:-/tmp/kbp_data} SITE=${SITE:-/tmp/site}
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$DATA" "$OUT"
+if [ -d shared/openkbp ]; then cp -r shared/openkbp/. "$DATA/"; fi
+if [ "${1:-run}" = stage ]; then ls -la "$DATA"; exit 0; fi
+ls -d "$DATA"/openkbp-train* "$DATA"/openkbp-validation* || { echo "$DATA: no train or validation data"; exit 1; }
+
+t0=$(date +%s)
+if [ "${WHEELS:-1}" = 1 ]; then     # WHEELS=0: a rehearsal in a Python that has everything already
+    # pip installs the wheels' commands (nnUNetv2_*) only into a bin/ that it creates itself
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl
+    tar -xJf .whl/simpleitk.tar.xz -C "$SITE"
+    # our command, as pip would write it (the guard matters: nnU-Net's workers re-import the main module)
+    printf '#!/usr/bin/env python3\nimport sys\nfrom nnunet_oar.cli import main\nif __name__ == "__main__":\n    sys.exit(main())\n' \
+        > "$SITE/bin/nnunet_oar"
+    chmod +x "$SITE/bin/nnunet_oar"
+    export PYTHONPATH="$SITE:$PWD" PATH="$SITE/bin:$PATH"
+fi
+export PYTHONUNBUFFERED=1 nnUNet_compile=f nnUNet_def_n_proc=$(( $(nproc) > 4 ? $(nproc) * 3 / 4 : 2 ))
+echo "installed in $(( $(date +%s) - t0 )) s"
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no GPU") | tee "$OUT/gpu.txt"
+nproc | tee -a "$OUT/gpu.txt"

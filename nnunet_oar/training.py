@@ -1,0 +1,52 @@
+"""Helpers of our nnU-Net trainers that live in the package, so that the trainer folder holds trainer
+classes only: seeding, the heat-map output layer's start, the localizer's centroid-error curve."""
+from __future__ import annotations
+
+import random
+from typing import List, Sequence
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators of this process (network initialisation, the
+    training-case sampling of nnU-Net's data loader when ``nnUNet_n_proc_DA=0``). nnU-Net's augmentation
+    workers draw their own seeds, so with ``nnUNet_n_proc_DA`` > 0 two runs still differ in augmentation."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def init_output_layer(network: torch.nn.Module, std: float) -> None:
+    """Start the last 1x1x1 convolution of an nnU-Net network (``decoder.seg_layers``) at normal(0, std)
+    weights and zero bias, so that the first heat maps are about zero, like most of the targets."""
+    layers = getattr(getattr(network, "decoder", None), "seg_layers", None)
+    if not layers:
+        raise TypeError(f"{type(network).__name__}: no decoder.seg_layers; cannot initialise the output layer")
+    for layer in layers:
+        torch.nn.init.normal_(layer.weight, 0.0, std)
+        torch.nn.init.zeros_(layer.bias)
+
+
+def plot_centroid_errors(per_epoch: List[Sequence[float]], organs: Sequence[str], path: str) -> None:
+    """Learning curve: median centroid error (mm) per organ and epoch, log scale, to ``path`` (PNG)."""
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in per_epoch if len(r) == len(organs)]
+    epochs = [e for e, r in enumerate(per_epoch) if len(r) == len(organs)]
+    # nnU-Net's progress plot scales seaborn's fonts for its own 30-inch figure: draw with the defaults
+    with plt.style.context("default"):
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for k, organ in enumerate(organs):
+            ax.plot(epochs, [min(r[k], 1e3) for r in rows], label=organ, marker=".")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("median centroid error (mm)")
+        ax.set_title("validation patches (1000 mm = missed)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+        plt.close(fig)

@@ -1,0 +1,73 @@
+"""The localizer's optimiser and start (docs/localization.md): AdamW without AMSGrad or weight decay, the
+output layer near zero, seeding, and the ablation variants that put nnU-Net's choices back."""
+import importlib
+import sys
+
+import pytest
+import torch
+
+from nnunet_oar.training import init_output_layer, seed_everything
+from nnunet_oar.paths import trainer_path
+
+
+@pytest.fixture
+def heatmap_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(trainer_path()))
+    return importlib.import_module("nnUNetTrainerOARHeatmap")
+
+
+def _unet():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    return PlainConvUNet(1, 3, (8, 16, 32), torch.nn.Conv3d, 3, (1, 2, 2), 2, 4, (2, 2), True,
+                         torch.nn.InstanceNorm3d, {"affine": True}, None, None, torch.nn.LeakyReLU, deep_supervision=False)
+
+
+def test_output_layer_starts_near_zero_so_the_first_heat_maps_are_about_zero():
+    seed_everything(0)
+    net = _unet()
+    x = torch.randn(1, 1, 16, 16, 16)
+    assert net(x).abs().max() > 1e-2                       # nnU-Net's initialisation: outputs of order 0.1-1
+    init_output_layer(net, 1e-4)
+    assert net(x).abs().max() < 1e-2
+    assert torch.count_nonzero(net.decoder.seg_layers[-1].bias) == 0
+    with pytest.raises(TypeError, match="seg_layers"):
+        init_output_layer(torch.nn.Conv3d(1, 1, 1), 1e-4)
+
+
+def test_seeding_makes_initialisation_repeatable():
+    seed_everything(5)
+    a = _unet().state_dict()
+    seed_everything(5)
+    b = _unet().state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_defaults_and_ablation_variants(heatmap_module):
+    m = heatmap_module
+    base = m.nnUNetTrainerOARHeatmap
+    assert (base.amsgrad, base.adam_weight_decay, base.output_init_std) == (False, 0.0, 1e-4)
+    assert m.nnUNetTrainerOARHeatmap_cpu_amsgrad.amsgrad is True
+    assert m.nnUNetTrainerOARHeatmap_cpu_defaultinit.output_init_std is None
+    assert m.nnUNetTrainerOARHeatmap_cpu_wd.adam_weight_decay == 3e-5
+    old = m.nnUNetTrainerOARHeatmap_cpu_nnunet
+    assert (old.amsgrad, old.adam_weight_decay, old.output_init_std) == (True, 3e-5, None)
+    # every ablation variant has the CPU budget, so they differ in the one choice only
+    for v in ("amsgrad", "defaultinit", "wd", "nnunet"):
+        assert getattr(m, f"nnUNetTrainerOARHeatmap_cpu_{v}").budget == m.nnUNetTrainerOARHeatmap_cpu.budget
+
+
+def test_a_subclass_in_its_own_trainer_folder_imports_the_parent_through_the_package(tmp_path, monkeypatch):
+    """nnU-Net puts a trainer folder on sys.path only while scanning it: a user's subclass must import ours
+    through the package, and nnU-Net's lookup must find it with only the user's folder configured."""
+    folder = tmp_path / "my_trainers"
+    folder.mkdir()
+    (folder / "MyLocalizer.py").write_text(
+        "from nnunet_oar.trainers.nnUNetTrainerOARHeatmap import nnUNetTrainerOARHeatmap\n\n\n"
+        "class MyLocalizer(nnUNetTrainerOARHeatmap):\n    budget = (1, 2, 1)\n")
+    monkeypatch.setenv("nnUNet_extTrainer", str(folder))
+    for name in [n for n in sys.modules if n in ("MyLocalizer", "nnUNetTrainerOARHeatmap")]:
+        monkeypatch.delitem(sys.modules, name)
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name   # nnUNetv2_train's lookup
+    cls = recursive_find_trainer_class_by_name("MyLocalizer")
+    assert cls is not None and cls.budget == (1, 2, 1) and cls.amsgrad is False
+    assert str(folder) not in sys.path
