@@ -52,7 +52,8 @@ def _margins(a):
 
 
 def _localize(a):
-    from nnunet_oar.localization.localize import localize, localize_cross_validation
+    from nnunet_oar.localization.cross_validation import localize_cross_validation
+    from nnunet_oar.localization.localize import localize
     if a.cross_validation:
         if a.dataset_id is None:
             raise InputError("--cross-validation needs -d DATASET_ID")

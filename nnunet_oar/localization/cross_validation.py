@@ -1,0 +1,112 @@
+"""Out-of-fold localization of the training cases (``nnunet_oar localize --cross-validation``): the organ
+networks' training boxes and the calibrated margins that inference reuses."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_oar.io import InputError, geometry, write_json
+from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, calibrate_margin,
+                                          inside_counts, organ_box)
+from nnunet_oar.localization.localize import Localizer, load_box_stats
+from nnunet_oar.localization.report import score_case, summarize
+from nnunet_oar.paths import find_dataset, preprocessed_root, results_root
+
+
+def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnUNetTrainerOARHeatmap",
+                              plans: str = "nnUNetPlans", configuration: str = "3d_loc", device: str = "cpu",
+                              tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT,
+                              folds: Optional[Sequence[int]] = None, calibrate_target: float = 0.99,
+                              max_margin_mm: float = 60.0, step_mm: float = 1.0,
+                              checkpoint: str = "checkpoint_final.pth") -> dict:
+    """Out-of-fold boxes for the training cases, each from the fold that did not train on it, with margins
+    calibrated on those same boxes.
+
+    Like nnU-Net's cascade, the crop stage learns on boxes like those it will see at test time. The margin
+    is calibrated per organ: the smallest v (0 to ``max_margin_mm`` in ``step_mm`` steps) whose out-of-fold
+    boxes hold ``calibrate_target`` of the organ's voxels, pooled over cases. The ``{case}_boxes.json``
+    written here use those margins and the fold ensemble's mean box sizes, and ``margins.json`` records
+    the margins, so that ``export-models --margins`` gives inference the box sizes the organ networks
+    trained on. (The constant guess of each case comes from the fold that did not train on it.) Memory is
+    bounded by one case: per organ only the voxel counts inside each candidate margin are kept.
+
+    Args:
+        folds: the folds to use (default: every fold of ``splits_final.json``; each must be trained). With
+            a subset, only those folds' validation cases get boxes (e.g. one fold to calibrate margins).
+
+    Writes ``{case}_boxes.json``, ``margins.json`` and ``localization_summary.json`` (metrics against the
+    training labels) to ``output``.
+
+    Returns:
+        The summary dict.
+    """
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    pre = find_dataset(preprocessed_root(), dataset_id)
+    if pre is None:
+        raise InputError(f"{preprocessed_root()}: no preprocessed data set with id {dataset_id}")
+    model_folder = results_root() / pre.name / f"{trainer}__{plans}__{configuration}"
+    splits_file = pre / "splits_final.json"
+    if not splits_file.is_file():
+        raise InputError(f"{splits_file}: missing; cross-validation needs nnU-Net's splits (train the folds first)")
+    splits = json.loads(splits_file.read_text())
+    folds = list(range(len(splits))) if folds is None else [int(f) for f in folds]
+    for fold in folds:
+        ckpt = model_folder / f"fold_{fold}" / checkpoint
+        if fold >= len(splits) or not ckpt.is_file():
+            raise InputError(f"{ckpt}: missing; every fold of the cross-validation must be trained "
+                             f"(or name the trained ones with --folds)")
+    annotations_file = pre / "annotations.json"
+    annotations = json.loads(annotations_file.read_text()) if annotations_file.is_file() else None
+    output = Path(output)
+    # the box sizes of the fold ensemble, which inference uses: training and inference crops get one size
+    sizes = {o: st["mean_size_mm"] for o, st in load_box_stats(model_folder, folds).items()}
+    grid = np.arange(0.0, max_margin_mm + step_mm / 2, step_mm)
+    inside: Dict[str, np.ndarray] = {}
+    total: Dict[str, int] = {}
+    found: Dict[str, dict] = {}             # case -> boxes at margin 0 (the centroids are what counts)
+    stats_of: Dict[str, dict] = {}          # case -> box_stats of the fold that localized it
+    for fold in folds:
+        localizer = Localizer(model_folder, [fold], device, 0.0, tau, checkpoint, readout)
+        labels = localizer.predictor.dataset_json["labels"]
+        ending = localizer.predictor.dataset_json["file_ending"]
+        folder = pre / localizer.predictor.configuration_manager.data_identifier
+        dataset = infer_dataset_class(str(folder))(str(folder), splits[fold]["val"])
+        for case in tqdm(splits[fold]["val"], desc=f"fold {fold}"):
+            data, _, _, properties = dataset.load_case(case)
+            gt = sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}"))
+            gt_zyx, geom = sitk.GetArrayViewFromImage(gt), geometry(gt)
+            boxes = localizer.boxes(localizer.heatmaps(np.asarray(data[:])), properties, geom, case)
+            found[case], stats_of[case] = boxes, localizer.box_stats
+            for organ in _annotated(annotations, case, localizer.organ_names):
+                entry, mask = boxes["organs"][organ], gt_zyx == labels[organ]
+                total[organ] = total.get(organ, 0) + int(mask.sum())
+                inside.setdefault(organ, np.zeros(len(grid), np.int64))
+                if entry["status"] == "found" and mask.any():
+                    inside[organ] += inside_counts(mask, geom, entry["centroid_mm"], sizes[organ], grid)
+    margins = {o: calibrate_margin(counts, total[o], grid, calibrate_target) for o, counts in inside.items()}
+    margin_of = {o: margins.get(o, {"margin_mm": DEFAULT_MARGIN_MM})["margin_mm"] for o in labels if o != "background"}
+    per_case, per_case_guess = {}, {}
+    for case, boxes in found.items():          # second pass: the boxes with the calibrated margins
+        gt_zyx = sitk.GetArrayFromImage(sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}")))
+        for organ, entry in boxes["organs"].items():
+            if entry["status"] == "found":
+                entry.update(margin_mm=margin_of[organ], **organ_box(
+                    boxes["image"], entry["centroid_mm"], sizes[organ], margin_of[organ]))
+        write_json(boxes, output / f"{case}_boxes.json")
+        per_case[case], per_case_guess[case] = score_case(
+            boxes, gt_zyx, labels, _annotated(annotations, case, list(boxes["organs"])), stats_of[case], margin_of)
+    write_json(margins, output / "margins.json")
+    summary = {**summarize(per_case, per_case_guess), "calibrated_margins": margins, "folds": folds,
+               "readout": readout, "target": calibrate_target}
+    write_json(summary, output / "localization_summary.json")
+    return summary
+
+
+def _annotated(annotations: Optional[dict], case: str, organs: Sequence[str]) -> List[str]:
+    """The organs annotated in a case (all when the data set has no ``annotations.json``)."""
+    return [o for o in organs if annotations is None or o in annotations.get(case, [])]
