@@ -64,6 +64,11 @@ def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: D
     return out
 
 
+# every file `predict` may write for one case: ``{case}{suffix}`` in the output folder
+CASE_OUTPUT_SUFFIXES = (".nii.gz", ".json", "_boxes.json", "_stats.json", "_stats.csv", "_rtstruct.dcm", "_seg.dcm",
+                        "_preview.png")
+
+
 def stats_csv(stats: Dict[str, dict]) -> str:
     """The statistics as CSV, one row per organ (empty cells where a value does not apply)."""
     buf = io.StringIO()

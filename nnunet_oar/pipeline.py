@@ -191,6 +191,19 @@ def _inputs(inputs: Path) -> List[Tuple[str, Path]]:
     return [(case_id(f), f) for f in list_images(inputs)]
 
 
+def _refuse_overwriting_inputs(sources: List[Tuple[str, Path]], output: Path) -> None:
+    """No output may replace an input: an output folder holding the inputs (``-o`` = the input's folder)
+    is refused, before any model is loaded, when a case's output name is one of the input files."""
+    from nnunet_oar.export import CASE_OUTPUT_SUFFIXES
+    out = output.resolve()
+    for case, path in sources:
+        inputs = set(p.resolve() for p in (path.iterdir() if path.is_dir() else [path]))
+        for suffix in CASE_OUTPUT_SUFFIXES:
+            if out / f"{case}{suffix}" in inputs:
+                raise InputError(f"{path if path.is_file() else out / (case + suffix)}: an input that the output "
+                                 f"{case}{suffix} would overwrite; choose another output folder (-o)")
+
+
 def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
             organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
             series_uid: Optional[str] = None, rtstruct: bool = False, dicom_seg: bool = False,
@@ -215,6 +228,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
     if (rtstruct or dicom_seg) and not any(p.is_dir() for _, p in sources):
         raise InputError(f"{inputs}: RTSTRUCT and DICOM SEG reference the CT's DICOM slices; give a DICOM series "
                          "folder (or convert a label map with `nnunet_oar export --ct DICOM_FOLDER`)")
+    _refuse_overwriting_inputs(sources, Path(output))
     predictor = OARPredictor(models, folds, device, organs, tta, step_size)
     output = Path(output)
     errors = {}

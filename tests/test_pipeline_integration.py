@@ -1,6 +1,7 @@
 """Organ stage and end to end on tiny phantoms, through the stock nnU-Net commands: crop-rois,
 plan-organs, nnUNetv2_train for each organ, export-models, `nnunet_oar predict`, `nnunet_oar merge`."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -188,3 +189,20 @@ def test_predict_from_a_dicom_series_writes_clinical_files(pipeline, tmp_path):
     r = subprocess.run(["nnunet_oar", "predict", "-i", str(image), "-o", str(tmp_path / "o2"), "-m",
                         str(pipeline["models"]), "--rtstruct"], env=pipeline["env"], capture_output=True, text=True)
     assert r.returncode == 2 and "DICOM" in r.stderr
+
+
+def test_predict_never_overwrites_its_input(tmp_path):
+    """`predict -i d/ct.nii.gz -o d` would write the label map over the CT: refused before any model loads."""
+    import hashlib
+    folder = tmp_path / "d"
+    folder.mkdir()
+    ct = folder / "ct.nii.gz"
+    sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkInt16), str(ct))
+    before = hashlib.sha256(ct.read_bytes()).hexdigest()
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    for args in (["-i", str(ct), "-o", str(folder)], ["-i", str(folder), "-o", str(folder)]):
+        r = subprocess.run(["nnunet_oar", "predict", *args, "-m", str(tmp_path / "no_models")], env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and str(ct) in r.stderr and "overwrite" in r.stderr, r.stderr
+    assert hashlib.sha256(ct.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["ct.nii.gz"]
