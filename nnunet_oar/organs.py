@@ -27,9 +27,6 @@ class Organ:
         hu: typical CT number in Hounsfield units (used by the synthetic phantoms).
         sct: keyword of the SNOMED CT concept in pydicom's code dictionary (``codes.SCT.<sct>``), used to
             code DICOM SEG segments (laterality comes from :attr:`side`); ``None`` where the dictionary has none.
-        spans_fov: a long structure contoured over whatever length the scan and the clinic's habit give
-            (spinal cord, esophagus): its localization box spans the image along the body axis (world z)
-            instead of the mean size there (docs/localization.md, "Long organs").
     """
 
     name: str
@@ -39,7 +36,6 @@ class Organ:
     partner: Optional[str] = None
     hu: float = 40.0
     sct: Optional[str] = None
-    spans_fov: bool = False
 
     @property
     def side(self) -> Optional[str]:
@@ -73,10 +69,10 @@ _ORGANS: List[Organ] = [
     Organ("rectus_abdominis_left", "visceral", radlex=40358, partner="rectus_abdominis_right", hu=50),
     # OpenKBP head-and-neck OARs (ROI file stem -> name).
     Organ("brainstem", "openkbp", openkbp_roi="Brainstem", hu=35, sct="BrainStem"),
-    Organ("spinal_cord", "openkbp", openkbp_roi="SpinalCord", hu=35, sct="SpinalCord", spans_fov=True),
+    Organ("spinal_cord", "openkbp", openkbp_roi="SpinalCord", hu=35, sct="SpinalCord"),
     Organ("parotid_right", "openkbp", openkbp_roi="RightParotid", partner="parotid_left", hu=10, sct="ParotidGland"),
     Organ("parotid_left", "openkbp", openkbp_roi="LeftParotid", partner="parotid_right", hu=10, sct="ParotidGland"),
-    Organ("esophagus", "openkbp", openkbp_roi="Esophagus", hu=40, sct="Esophagus", spans_fov=True),
+    Organ("esophagus", "openkbp", openkbp_roi="Esophagus", hu=40, sct="Esophagus"),
     Organ("larynx", "openkbp", openkbp_roi="Larynx", hu=30, sct="Larynx"),
     Organ("mandible", "openkbp", openkbp_roi="Mandible", hu=900, sct="Mandible"),
 ]

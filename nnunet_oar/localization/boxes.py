@@ -23,7 +23,6 @@ from nnunet_oar.geometry import index_box_to_world, mask_bbox_xyz, world_box_to_
 DEFAULT_TAU = 0.1
 DEFAULT_MARGIN_MM = 10.0
 READOUTS = ("midpoint", "weighted")
-FULL_EXTENT_MM = 1e5          # a box size that any image clips: "the whole image along this axis"
 DEFAULT_READOUT = "weighted"  # measured on the OpenKBP calibration fold: lower errors for every organ (docs/localization.md)
 
 
@@ -73,16 +72,6 @@ def box_sizes_mm(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int]) -> D
             lo, hi = index_box_to_world(geom, *bb)
             out[name] = (hi - lo).tolist()
     return out
-
-
-def box_size_mm(organ: str, mean_size_mm: Sequence[float]) -> list:
-    """The box size (x, y, z) mm of an organ: its mean size, except along the body axis (world z) for the
-    catalogue's long organs (``spans_fov``), whose box spans the image there (clipped by :func:`organ_box`)."""
-    from nnunet_oar import organs as catalogue
-    size = [float(v) for v in mean_size_mm]
-    if organ in catalogue.ORGANS and catalogue.ORGANS[organ].spans_fov:
-        size[2] = FULL_EXTENT_MM
-    return size
 
 
 def organ_box(geom: dict, centroid_mm: Sequence[float], size_mm: Sequence[float],
@@ -156,7 +145,7 @@ def constant_guess_boxes(geom: dict, box_stats: Dict[str, dict], margin_mm: Unio
         c = centre + np.asarray(stats["mean_offset_mm"])
         v = margin_mm.get(name, DEFAULT_MARGIN_MM) if isinstance(margin_mm, dict) else margin_mm
         organs[name] = {"status": "found", "centroid_mm": c.tolist(), "margin_mm": v,
-                        **organ_box(geom, c, box_size_mm(name, stats["mean_size_mm"]), v)}
+                        **organ_box(geom, c, stats["mean_size_mm"], v)}
     return {"case": case, "image": geom, "organs": organs, "source": "constant guess (training-set mean position)"}
 
 
@@ -251,5 +240,5 @@ def reference_boxes(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int], b
         c = centroid_mm(geom, mask)
         v = margin_mm[name] if isinstance(margin_mm, dict) else margin_mm
         organs[name] = {"status": "found", "centroid_mm": c.tolist(), "margin_mm": v,
-                        **organ_box(geom, c, box_size_mm(name, box_stats[name]["mean_size_mm"]), v)}
+                        **organ_box(geom, c, box_stats[name]["mean_size_mm"], v)}
     return {"case": case, "image": geom, "organs": organs, "source": "reference labels (oracle localization)"}

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_oar.io import InputError, geometry, write_json
-from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, box_size_mm,
-                                          calibrate_margin, inside_counts, organ_box)
+from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, calibrate_margin,
+                                          inside_counts, organ_box)
 from nnunet_oar.localization.localize import Localizer, load_box_stats
 from nnunet_oar.localization.report import score_case, summarize
 from nnunet_oar.paths import find_dataset, preprocessed_root, results_root
@@ -64,7 +64,7 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
     annotations = json.loads(annotations_file.read_text()) if annotations_file.is_file() else None
     output = Path(output)
     # the box sizes of the fold ensemble, which inference uses: training and inference crops get one size
-    sizes = {o: box_size_mm(o, st["mean_size_mm"]) for o, st in load_box_stats(model_folder, folds).items()}
+    sizes = {o: st["mean_size_mm"] for o, st in load_box_stats(model_folder, folds).items()}
     grid = np.arange(0.0, max_margin_mm + step_mm / 2, step_mm)
     inside: Dict[str, np.ndarray] = {}
     total: Dict[str, int] = {}

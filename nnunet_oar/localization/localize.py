@@ -16,8 +16,8 @@ import torch
 from tqdm import tqdm
 
 from nnunet_oar.io import InputError, atomic_path, geometry, image_from_geometry, read_image, write_json
-from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, box_size_mm,
-                                          heatmap_region, organ_box)
+from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, heatmap_region,
+                                          organ_box)
 from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry
 from nnunet_oar.paths import ensure_trainer_path
 
@@ -73,7 +73,7 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
         c_mm = preprocessed_to_world(region["centroid"], heat.shape[1:], properties, transpose_forward)
         v = margin_mm[name] if isinstance(margin_mm, dict) else margin_mm
         organs[name] = {"status": "found", "peak": region["peak"], "centroid_mm": c_mm.tolist(), "margin_mm": v,
-                        **organ_box(image_geom, c_mm, box_size_mm(name, box_stats[name]["mean_size_mm"]), v)}
+                        **organ_box(image_geom, c_mm, box_stats[name]["mean_size_mm"], v)}
     return {"case": case, "image": image_geom, "organs": organs}
 
 
