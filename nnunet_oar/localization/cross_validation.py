@@ -22,13 +22,15 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
                               plans: str = "nnUNetPlans", configuration: str = "3d_loc", device: str = "cpu",
                               tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT,
                               folds: Optional[Sequence[int]] = None, calibrate_target: float = 0.99,
-                              max_margin_mm: float = 60.0, step_mm: float = 1.0,
+                              min_margin_mm: float = DEFAULT_MARGIN_MM, max_margin_mm: float = 60.0,
+                              step_mm: float = 1.0,
                               checkpoint: str = "checkpoint_final.pth") -> dict:
     """Out-of-fold boxes for the training cases, each from the fold that did not train on it, with margins
     calibrated on those same boxes.
 
     Like nnU-Net's cascade, the crop stage learns on boxes like those it will see at test time. The margin
-    is calibrated per organ: the smallest v (0 to ``max_margin_mm`` in ``step_mm`` steps) whose out-of-fold
+    is calibrated per organ: the smallest v (``min_margin_mm``, the default margin, to ``max_margin_mm`` in
+    ``step_mm`` steps) whose out-of-fold
     boxes hold ``calibrate_target`` of the organ's voxels, pooled over cases. The ``{case}_boxes.json``
     written here use those margins and the fold ensemble's mean box sizes, and ``margins.json`` records
     the margins, so that ``export-models --margins`` gives inference the box sizes the organ networks
@@ -65,7 +67,9 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
     output = Path(output)
     # the box sizes of the fold ensemble, which inference uses: training and inference crops get one size
     sizes = {o: st["mean_size_mm"] for o, st in load_box_stats(model_folder, folds).items()}
-    grid = np.arange(0.0, max_margin_mm + step_mm / 2, step_mm)
+    # never below the default margin v: an organ network needs some context around its organ (on phantoms the
+    # localizer is so exact that 1-3 mm sufficed, and networks on such tight crops did not learn in 200 iterations)
+    grid = np.arange(min_margin_mm, max_margin_mm + step_mm / 2, step_mm)
     inside: Dict[str, np.ndarray] = {}
     total: Dict[str, int] = {}
     found: Dict[str, dict] = {}             # case -> boxes at margin 0 (the centroids are what counts)
