@@ -10,7 +10,7 @@ export nnUNet_def_n_proc ?= 2
 export nnUNet_n_proc_DA ?= 1
 export nnUNet_compile ?= f
 
-.PHONY: venv demo test
+.PHONY: venv demo test test-fast
 venv: $(BIN)/nnunet_oar
 
 $(BIN)/nnunet_oar: setup.py
@@ -24,3 +24,7 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# day-to-day: everything but the trainings that need minutes (marked slow)
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow" tests

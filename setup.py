@@ -16,6 +16,7 @@ setup(
         "acvl-utils",
         "batchgenerators",
         "tqdm",
+        "nibabel",            # NIfTI header checks (truncation, NaN) beside SimpleITK
         "matplotlib",
         "surface-distance",   # DeepMind's surface distances (HD95, NSD)
         "pydicom>=3",

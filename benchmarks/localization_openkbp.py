@@ -204,6 +204,16 @@ def markdown(result: dict, json_name: str) -> str:
         lines.append(f"| {organ} | " + " | ".join(
             f"{s['per_organ'][organ].get('centroid_error_mm', {}).get('median', float('nan')):.1f}"
             for s in result["summary"].values()) + " |")
+    lines += ["", "## Where the error lies", "",
+              f"Read-out `{st['default_readout']}`: median absolute centroid error along each world axis (OpenKBP "
+              "grids are axial: x left-right, y front-back, z head-foot), and the patient with the lowest "
+              "containment.", "",
+              "| organ | x mm | y mm | z mm | lowest containment (patient) |", "|---|---|---|---|---|"]
+    for organ, s in main_summary["per_organ"].items():
+        xyz = s.get("centroid_error_xyz_mm", {}).get("median", [float("nan")] * 3)
+        c = s.get("containment", {})
+        lines.append(f"| {organ} | " + " | ".join(f"{v:.1f}" for v in xyz)
+                     + f" | {c.get('min', float('nan')):.3f} ({c.get('min_case', '-')}) |")
     return "\n".join(lines) + "\n"
 
 

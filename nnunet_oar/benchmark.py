@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from nnunet_oar.io import InputError, atomic_path, write_json
+from nnunet_oar.io import InputError, atomic_path, read_json, write_json
 from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root, use_nnunet_folders
 
 SHARED_OPENKBP = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp"
@@ -111,7 +111,7 @@ class _Runner:
 
     def done(self, stage: str) -> Optional[dict]:
         f = self.work / "stages" / f"{stage}.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+        return read_json(f) if f.is_file() else None
 
     def stage(self, name: str, commands: List[List[str]], env: Optional[Dict[str, str]] = None,
               jobs: int = 1) -> dict:
@@ -186,7 +186,7 @@ def _cap_patch(dataset_id: int, patch: List[int]) -> str:
     """Add configuration ``3d_fullres_p{N}`` = nnU-Net's 3d_fullres with its patch capped at ``patch``
     (same preprocessed data; nnU-Net's own ``inherits_from``). Returns its name."""
     plans_file = find_dataset(preprocessed_root(), dataset_id) / "nnUNetPlans.json"
-    plans = json.loads(plans_file.read_text())
+    plans = read_json(plans_file)
     full = plans["configurations"]["3d_fullres"]
     name = f"3d_fullres_p{max(patch)}"
     plans["configurations"][name] = {"inherits_from": "3d_fullres",
@@ -201,7 +201,7 @@ def _write_splits(dataset_id: int, folds: int) -> None:
     from nnunetv2.utilities.crossval_split import generate_crossval_split
     pre = find_dataset(preprocessed_root(), dataset_id)
     if not (pre / "splits_final.json").is_file():
-        cases = sorted(json.loads((pre / "box_sizes.json").read_text()))
+        cases = sorted(read_json(pre / "box_sizes.json"))
         write_json(generate_crossval_split(cases, seed=12345, n_splits=folds), pre / "splits_final.json")
 
 
@@ -214,7 +214,7 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     use_nnunet_folders(work)
     run = _Runner(work)
     previous = work / "settings.json"
-    if previous.is_file() and json.loads(previous.read_text()) != json.loads(json.dumps(asdict(s))):
+    if previous.is_file() and read_json(previous) != json.loads(json.dumps(asdict(s))):
         # resuming would mix networks trained under other settings into this report
         raise InputError(f"{work}: holds a benchmark run with other settings ({previous}); use another --work")
     write_json(asdict(s), previous)
@@ -314,13 +314,13 @@ def _localization_floor_and_cuts(models: Path, test_raw: Path, predictions: Path
     from nnunet_oar.localization.localize import load_box_stats
     from nnunet_oar.localization.report import score_case, summarize
     from nnunet_oar.pipeline import MANIFEST
-    loc = json.loads((models / MANIFEST).read_text())["localizer"]
+    loc = read_json(models / MANIFEST)["localizer"]
     box_stats = load_box_stats(models / loc["results_folder"], loc["folds"])
-    labels = json.loads((test_raw / "dataset.json").read_text())["labels"]
-    ending = json.loads((test_raw / "dataset.json").read_text())["file_ending"]
+    labels = read_json(test_raw / "dataset.json")["labels"]
+    ending = read_json(test_raw / "dataset.json")["file_ending"]
     per_case, per_case_guess, cuts = {}, {}, {}
     for case, organs in annotations.items():
-        boxes = json.loads((predictions / f"{case}_boxes.json").read_text())
+        boxes = read_json(predictions / f"{case}_boxes.json")
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(test_raw / "labelsTr" / f"{case}{ending}")))
         per_case[case], per_case_guess[case] = score_case(boxes, label, labels, organs, box_stats, loc["margin_mm"])
         for organ, entry in boxes["organs"].items():
@@ -346,7 +346,7 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
     """Score each method's predictions on the held-out cases; write ``metrics_{method}.json/.csv``,
     ``boxplot_dice.png``, ``boxplot_hd95.png``, ``report.json`` and ``report.md`` into ``work``."""
     from nnunet_oar.evaluation import box_plots, evaluate_folders, write_metrics
-    annotations = json.loads((test_raw / "annotations.json").read_text())
+    annotations = read_json(test_raw / "annotations.json")
     results = {}
     for method, folder in methods.items():
         results[method] = evaluate_folders(test_raw / "labelsTr", folder, annotations, tolerance_mm, progress=False)

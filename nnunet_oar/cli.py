@@ -3,12 +3,11 @@ calls one library function; errors in the user's input are printed as one line n
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from nnunet_oar.io import InputError
+from nnunet_oar.io import InputError, read_json
 from nnunet_oar.localization.boxes import DEFAULT_READOUT, READOUTS
 
 
@@ -109,16 +108,24 @@ def _predict(a):
         raise InputError(f"{len(errors)} input(s) failed: " + "; ".join(errors.values()))
 
 
+def _labels(path: str) -> dict:
+    """The ``labels`` of a dataset.json or a ``{case}.json``."""
+    content = read_json(path, "labels file")
+    if not isinstance(content, dict) or not isinstance(content.get("labels"), dict):
+        raise InputError(f"{path}: no 'labels' mapping (expected nnU-Net's dataset.json or a {{case}}.json)")
+    return content["labels"]
+
+
 def _reference_boxes(a):
     from nnunet_oar.pipeline import write_reference_boxes
-    labels = json.loads(Path(a.labels).read_text())["labels"]
+    labels = _labels(a.labels)
     n = write_reference_boxes(Path(a.reference), labels, Path(a.models), Path(a.output), a.margin)
     print(f"wrote {n} reference box files to {a.output}")
 
 
 def _export(a):
     from nnunet_oar.export import export_label_map
-    names = json.loads(Path(a.labels).read_text())["labels"] if a.labels else None
+    names = _labels(a.labels) if a.labels else None
     written = export_label_map(Path(a.input), Path(a.ct), Path(a.output), a.series_uid, names, a.rtstruct,
                                a.dicom_seg, a.preview)
     print("wrote " + ", ".join(str(p) for p in written.values()))
@@ -131,8 +138,8 @@ def _ignore_label(a):
 
 def _evaluate(a):
     from nnunet_oar.evaluation import evaluate_folders, write_metrics
-    annotations = json.loads(Path(a.annotations).read_text()) if a.annotations else None
-    ref_labels = json.loads(Path(a.labels).read_text())["labels"] if a.labels else None
+    annotations = read_json(Path(a.annotations)) if a.annotations else None
+    ref_labels = _labels(a.labels) if a.labels else None
     result = evaluate_folders(Path(a.reference), Path(a.prediction), annotations, a.tolerance_mm, ref_labels)
     write_metrics(result, Path(a.output))
     for organ, m in result["per_organ"].items():
@@ -375,7 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, OSError, KeyError, ValueError) as e:
+    except (InputError, OSError) as e:         # anything else is a bug: its traceback shows
         print(f"nnunet_oar {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

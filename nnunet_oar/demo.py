@@ -11,12 +11,12 @@ shifts, the localizer trained on all training cases).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from nnunet_oar.benchmark import run_benchmark, settings_for
+from nnunet_oar.io import read_json
 from nnunet_oar.paths import find_dataset, raw_root
 from nnunet_oar.report import organ_montage_png
 
@@ -28,11 +28,11 @@ def run_demo(output: Path, n_train: int = 30, n_test: int = 3, seed: int = 0) ->
     output = Path(output).resolve()
     report = run_benchmark(output, s)
     test_raw = find_dataset(raw_root(), s.test_id)
-    case = sorted(json.loads((test_raw / "annotations.json").read_text()))[0]
+    case = sorted(read_json(test_raw / "annotations.json"))[0]
     pred = output / "predictions" / "two_stage"
     organ_montage_png(sitk.ReadImage(str(test_raw / "imagesTr" / f"{case}_0000.nii.gz")),
                       sitk.ReadImage(str(pred / f"{case}.nii.gz")),
-                      json.loads((pred / f"{case}.json").read_text())["labels"],
-                      json.loads((pred / f"{case}_boxes.json").read_text()), output / "preview.png",
+                      read_json(pred / f"{case}.json")["labels"],
+                      read_json(pred / f"{case}_boxes.json"), output / "preview.png",
                       title=f"held-out phantom {case}, two-stage")
     return report

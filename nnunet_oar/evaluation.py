@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_oar.io import InputError, atomic_path, geometry, read_image, same_geometry, write_json
+from nnunet_oar.io import InputError, atomic_path, geometry, read_image, read_json, same_geometry, write_json
 from nnunet_oar.metrics import localization_metrics, organ_metrics, summarize_localization
 
 METRICS = ("dice", "hd95_mm", "nsd", "volume_diff_ml")
@@ -32,7 +32,7 @@ NOT_ORGANS = ("background", "ignore")
 def _labels_near(folder: Path) -> Optional[Dict[str, int]]:
     for f in (folder / "dataset.json", folder.parent / "dataset.json"):
         if f.is_file():
-            return json.loads(f.read_text())["labels"]
+            return read_json(f)["labels"]
     return None
 
 
@@ -88,7 +88,7 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, annotations: Optional[Dict[s
     for case, ref_file in tqdm(_cases(ref_dir).items(), desc="evaluate", disable=not progress):
         pred_file = _prediction_file(pred_dir, case)
         case_json = pred_dir / f"{case}.json"
-        pred_labels = json.loads(case_json.read_text())["labels"] if case_json.is_file() else pred_default
+        pred_labels = read_json(case_json)["labels"] if case_json.is_file() else pred_default
         if pred_labels is None:
             raise InputError(f"{pred_dir}: no {case}.json or dataset.json naming the predicted labels")
         ref_img, pred_img = read_image(ref_file, "reference"), read_image(pred_file, "prediction")
@@ -98,7 +98,7 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, annotations: Optional[Dict[s
         ref, pred = sitk.GetArrayFromImage(ref_img), sitk.GetArrayFromImage(pred_img)
         spacing_zyx = ref_img.GetSpacing()[::-1]
         boxes_file = pred_dir / f"{case}_boxes.json"
-        boxes = json.loads(boxes_file.read_text())["organs"] if boxes_file.is_file() else None
+        boxes = read_json(boxes_file)["organs"] if boxes_file.is_file() else None
         ref_geom = geometry(ref_img)
         annotated = annotations.get(case) if annotations is not None else None
         per_case[case], skipped[case] = {}, {}
@@ -115,6 +115,11 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, annotations: Optional[Dict[s
             per_case[case][organ] = organ_metrics(r, pred == pred_labels[organ], spacing_zyx, tolerance_mm)
             if boxes is not None:
                 loc.setdefault(case, {})[organ] = localization_metrics(r, ref_geom, boxes.get(organ))
+    if not any(per_case.values()):
+        # nothing matched: names differ between the two sides, or no organ was annotated
+        raise InputError(f"{pred_dir}: no (case, organ) pair to score against {ref_dir} ({len(per_case)} cases); "
+                         f"reference organs: {', '.join(o for o in ref_labels if o not in NOT_ORGANS)}; "
+                         f"predicted organs: {', '.join(o for o in pred_labels if o not in NOT_ORGANS)}")
     organs = sorted({o for c in per_case.values() for o in c}, key=list(ref_labels).index)
     per_organ = {}
     for organ in organs:

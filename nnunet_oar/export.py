@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -17,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_oar.geometry import centroid_mm, index_box_to_world, mask_bbox_xyz
-from nnunet_oar.io import InputError, atomic_path, geometry, read_image, same_geometry, write_json
+from nnunet_oar.io import InputError, atomic_path, geometry, read_image, read_json, same_geometry, write_json
 
 STATS_COLUMNS = ["organ", "status", "localizer", "volume_ml", "mean_hu", "centroid_x_mm", "centroid_y_mm",
                  "centroid_z_mm", "box_min_x_mm", "box_min_y_mm", "box_min_z_mm", "box_max_x_mm", "box_max_y_mm",
@@ -150,7 +149,7 @@ def export_label_map(labels_file: Path, ct_input: Path, output: Path, series_uid
         names_file = labels_file.with_name(f"{case}.json")
         if not names_file.is_file():
             raise InputError(f"{labels_file}: no {names_file.name} beside it naming the labels; give --labels")
-        label_names = json.loads(names_file.read_text())["labels"]
+        label_names = read_json(names_file)["labels"]
     if is_dicom_folder(ct_input):
         ct, series = read_ct_series(Path(ct_input), series_uid)
     else:
@@ -161,5 +160,5 @@ def export_label_map(labels_file: Path, ct_input: Path, output: Path, series_uid
         if not same_geometry(ct, seg):
             raise InputError(f"{labels_file}: not on the grid of the CT {ct_input}")
     boxes_file = labels_file.with_name(f"{case}_boxes.json")
-    boxes = json.loads(boxes_file.read_text()) if boxes_file.is_file() else None
+    boxes = read_json(boxes_file) if boxes_file.is_file() else None
     return write_outputs(ct, seg, label_names, case, Path(output), boxes, series, rtstruct, dicom_seg, preview)

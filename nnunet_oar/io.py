@@ -7,10 +7,12 @@ replaces what was there.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, Union
 
@@ -85,6 +87,17 @@ def write_json(obj: Any, dst: PathLike) -> None:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+def read_json(path: PathLike, what: str = "JSON file") -> Any:
+    """Read a JSON file; a missing or broken file raises :class:`InputError` naming it (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: {what} is not valid JSON ({e})") from None
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
@@ -108,8 +121,11 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
         InputError: naming ``path`` when the file is missing, unreadable, empty, not 3D, or holds NaN/inf.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a {what} file")
     if not path.is_file():
         raise InputError(f"{path}: {what} file does not exist")
+    _check_complete(path, what)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -125,6 +141,33 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
     if array.dtype.kind == "f" and (not np.isfinite(array).all() or _nifti_has_nan(path)):
         raise InputError(f"{path}: {what} holds NaN or infinite values")
     return image
+
+
+def _check_complete(path: Path, what: str) -> None:
+    """ITK reads a truncated ``.nii.gz`` (or ``.nii``) without complaint and fills the missing voxels with
+    zeros, so the whole stream is decompressed and its length compared with what the header promises."""
+    name = path.name.lower()
+    size = None
+    if name.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as fh:
+                size = 0
+                while chunk := fh.read(1 << 24):
+                    size += len(chunk)
+        except (EOFError, OSError, zlib.error) as e:
+            raise InputError(f"{path}: {what} file is truncated or corrupt ({e})") from None
+    elif name.endswith(".nii"):
+        size = path.stat().st_size
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel
+        try:
+            header = nibabel.load(str(path)).header
+        except Exception as e:        # nibabel raises several types for a broken header
+            raise InputError(f"{path}: {what} has no valid NIfTI header ({e})") from None
+        expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        if size < expected:
+            raise InputError(f"{path}: {what} file is truncated: {size} bytes of the {expected} its header "
+                             "announces")
 
 
 def _nifti_has_nan(path: Path) -> bool:

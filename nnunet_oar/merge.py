@@ -70,7 +70,7 @@ def merge_folders(organ_folders: Sequence, output) -> list:
     from tqdm import tqdm
 
     from nnunet_oar import organs as catalogue
-    from nnunet_oar.io import InputError, image_from_geometry, write_image, write_json
+    from nnunet_oar.io import InputError, image_from_geometry, read_json, write_image, write_json
 
     per_case: dict = {}
     names = []
@@ -78,7 +78,7 @@ def merge_folders(organ_folders: Sequence, output) -> list:
         path = folder / "crops.json"
         if not path.is_file():
             raise InputError(f"{path}: missing; each organ folder needs the crops.json of its crops")
-        crops = json.loads(path.read_text())
+        crops = read_json(path)
         for crop_id, c in crops.items():
             per_case.setdefault(c["source_case"], []).append((c["organ"], folder / f"{crop_id}.npz", c))
             names.append(c["organ"])

@@ -31,7 +31,8 @@ def localization_metrics(mask_zyx: np.ndarray, geom: dict, entry: Optional[dict]
 
     Returns:
         ``detection`` (``tp`` found and present, ``fn`` missed, ``fp`` found but absent, ``tn``) and,
-        for a ``tp``: ``centroid_error_mm``, ``wall_distance_mm`` (mean absolute distance of the six box
+        for a ``tp``: ``centroid_error_mm``, ``centroid_error_xyz_mm`` (absolute error along world x, y, z:
+        for a patient in standard orientation, left-right, front-back, head-foot), ``wall_distance_mm`` (mean absolute distance of the six box
         walls), ``iou`` (box IoU) and ``containment`` (fraction of reference voxels inside the box).
     """
     present = bool(mask_zyx.any())
@@ -45,8 +46,10 @@ def localization_metrics(mask_zyx: np.ndarray, geom: dict, entry: Optional[dict]
     ref_min, ref_max = index_box_to_world(geom, *mask_bbox_xyz(mask_zyx))
     box = entry["box_index_xyz"]
     inside = int(crop_zyx(mask_zyx, box["start"], box["stop"]).sum())
+    error_xyz = centroid_mm(geom, mask_zyx) - np.asarray(entry["centroid_mm"])
     out.update(
-        centroid_error_mm=float(np.linalg.norm(centroid_mm(geom, mask_zyx) - np.asarray(entry["centroid_mm"]))),
+        centroid_error_mm=float(np.linalg.norm(error_xyz)),
+        centroid_error_xyz_mm=np.abs(error_xyz).tolist(),
         wall_distance_mm=float(np.mean(np.abs(np.concatenate([np.asarray(entry["box_mm"]["min"]) - ref_min,
                                                                np.asarray(entry["box_mm"]["max"]) - ref_max])))),
         iou=box_iou(entry["box_mm"]["min"], entry["box_mm"]["max"], ref_min, ref_max),
@@ -56,23 +59,28 @@ def localization_metrics(mask_zyx: np.ndarray, geom: dict, entry: Optional[dict]
 
 
 def summarize_localization(per_case: Dict[str, Dict[str, dict]]) -> Dict[str, dict]:
-    """Per organ over cases: median and mean of each distance metric, mean and minimum containment,
-    and the detection counts. ``per_case`` is ``{case: {organ: localization_metrics(...)}}``."""
-    organs: Dict[str, List[dict]] = {}
-    for case in per_case.values():
-        for organ, m in case.items():
-            organs.setdefault(organ, []).append(m)
+    """Per organ over cases: median and mean of each distance metric (per axis for
+    ``centroid_error_xyz_mm``), mean and minimum containment with the case of the minimum, and the detection
+    counts. ``per_case`` is ``{case: {organ: localization_metrics(...)}}``."""
+    organs: Dict[str, Dict[str, dict]] = {}
+    for case, metrics in per_case.items():
+        for organ, m in metrics.items():
+            organs.setdefault(organ, {})[case] = m
     summary = {}
     for organ, ms in organs.items():
-        s: Dict[str, object] = {"n": len(ms), "detection": {k: sum(m["detection"] == k for m in ms)
+        s: Dict[str, object] = {"n": len(ms), "detection": {k: sum(m["detection"] == k for m in ms.values())
                                                              for k in ("tp", "fn", "fp", "tn")}}
         for key in ("centroid_error_mm", "wall_distance_mm", "iou"):
-            v = [m[key] for m in ms if key in m]
+            v = [m[key] for m in ms.values() if key in m]
             if v:
                 s[key] = {"median": float(np.median(v)), "mean": float(np.mean(v))}
-        c = [m["containment"] for m in ms if "containment" in m]
+        v = [m["centroid_error_xyz_mm"] for m in ms.values() if "centroid_error_xyz_mm" in m]
+        if v:
+            s["centroid_error_xyz_mm"] = {"median": np.median(v, axis=0).tolist(), "mean": np.mean(v, axis=0).tolist()}
+        c = {case: m["containment"] for case, m in ms.items() if "containment" in m}
         if c:
-            s["containment"] = {"mean": float(np.mean(c)), "min": float(np.min(c))}
+            worst = min(c, key=c.get)
+            s["containment"] = {"mean": float(np.mean(list(c.values()))), "min": c[worst], "min_case": worst}
         summary[organ] = s
     return summary
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from nnunet_oar.io import InputError
+
 
 @dataclass(frozen=True)
 class Organ:
@@ -82,19 +84,26 @@ BY_RADLEX: Dict[int, Organ] = {o.radlex: o for o in _ORGANS if o.radlex is not N
 BY_OPENKBP_ROI: Dict[str, Organ] = {o.openkbp_roi: o for o in _ORGANS if o.openkbp_roi is not None}
 
 
+class UnknownOrganError(InputError, KeyError):
+    """A name that is not in the catalogue (a ``KeyError`` too, for lookups)."""
+
+    __str__ = InputError.__str__       # KeyError would quote the message
+
+
 def get(name: str) -> Organ:
-    """Return the catalogue entry for a canonical name; raise a ``KeyError`` that lists the valid names."""
+    """Return the catalogue entry for a canonical name; raise :class:`UnknownOrganError` that lists the
+    valid names."""
     try:
         return ORGANS[name]
     except KeyError:
-        raise KeyError(f"unknown organ {name!r}; known organs: {', '.join(ORGANS)}") from None
+        raise UnknownOrganError(f"unknown organ {name!r}; known organs: {', '.join(ORGANS)}") from None
 
 
 def organ_set(set_name: str) -> List[str]:
     """Canonical names of one organ set (``"visceral"`` or ``"openkbp"``), in catalogue order."""
     names = [o.name for o in _ORGANS if o.organ_set == set_name]
     if not names:
-        raise KeyError(f"unknown organ set {set_name!r}; known: visceral, openkbp")
+        raise InputError(f"unknown organ set {set_name!r}; known: visceral, openkbp")
     return names
 
 
@@ -109,7 +118,7 @@ def labels_for(names: Iterable[str]) -> Dict[str, int]:
     """
     names = list(names)
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate organ names in {names}")
+        raise InputError(f"duplicate organ names in {names}")
     for n in names:
         get(n)
     order = [o.name for o in _ORGANS if o.name in set(names)]

@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from nnunet_oar.io import InputError
+
 
 
 def _env_folder(name: str) -> Path:
@@ -41,7 +43,7 @@ def find_dataset(root: Path, dataset_id: int) -> Optional[Path]:
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     """nnU-Net's folder name for a data set: ``Dataset{ID:03d}_{name}``."""
     if not 1 <= dataset_id <= 999:
-        raise ValueError(f"dataset id must be 1..999, got {dataset_id}")
+        raise InputError(f"dataset id must be 1..999, got {dataset_id}")
     return f"Dataset{dataset_id:03d}_{name}"
 
 

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_oar import organs as catalogue
-from nnunet_oar.io import atomic_dir, write_image
+from nnunet_oar.io import InputError, atomic_dir, write_image
 
 MODALITY, REGION = "CTce", "ThAb"
 
@@ -196,7 +196,7 @@ def write_phantoms(out_dir: Path, n: int, seed: int = 0, scale: float = 0.5,
     organs = list(organs) if organs is not None else list(PHANTOM_ORGANS)
     for name in organs:
         if name not in PHANTOM_ORGANS:
-            raise ValueError(f"the phantom does not paint {name!r}; it paints {', '.join(PHANTOM_ORGANS)}")
+            raise InputError(f"the phantom does not paint {name!r}; it paints {', '.join(PHANTOM_ORGANS)}")
     rng = np.random.default_rng(seed)
     stems = []
     with atomic_dir(out_dir) as tmp:

@@ -11,7 +11,6 @@ on request, RTSTRUCT, DICOM SEG and a preview (:mod:`nnunet_oar.export`).
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from nnunet_oar import organs as catalogue
 from nnunet_oar.conversion.dataset import NETWORK_ORIENTATION
 from nnunet_oar.geometry import crop_image
-from nnunet_oar.io import InputError, geometry, read_image, write_image, write_json
+from nnunet_oar.io import InputError, geometry, read_image, read_json, write_image, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, cut_faces
 from nnunet_oar.localization.localize import Localizer, available_folds, case_id, list_images
 from nnunet_oar.merge import THRESHOLD, MaxProbabilityMerger
@@ -80,7 +79,7 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
             if folder is None:
                 raise FileNotFoundError(f"{results_root()}: no results for organ data set {dataset_id}")
             src = folder / f"{organ_trainer}__{plans}__3d_fullres"
-            labels = json.loads((src / "dataset.json").read_text())["labels"]
+            labels = read_json(src / "dataset.json")["labels"]
             organ = next(n for n in labels if n != "background")
             folds = available_folds(src)
             if not folds:
@@ -113,7 +112,7 @@ class OARPredictor:
         path = models / MANIFEST
         if not path.is_file():
             raise InputError(f"{path}: no models manifest (write one with `nnunet_oar export-models`)")
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path)
         loc = manifest["localizer"]
         self.localizer = Localizer(models / loc["results_folder"], folds or loc["folds"], device, loc["margin_mm"],
                                    loc.get("tau", DEFAULT_TAU), readout=loc.get("readout", DEFAULT_READOUT))
@@ -121,7 +120,7 @@ class OARPredictor:
         self.organs = list(organs) if organs else list(available)
         for o in self.organs:
             if o not in available:
-                raise ValueError(f"no model for {o}; the models folder has {', '.join(available)}")
+                raise InputError(f"no model for {o}; the models folder has {', '.join(available)}")
         self.labels = catalogue.labels_for(self.organs)
         self.networks = {}
         dev = torch.device(device)
@@ -170,7 +169,7 @@ def write_reference_boxes(reference: Path, labels: Dict[str, int], models: Path,
     Returns the number of cases."""
     from nnunet_oar.localization.boxes import reference_boxes
     from nnunet_oar.localization.localize import load_box_stats
-    loc = json.loads((Path(models) / MANIFEST).read_text())["localizer"]
+    loc = read_json(Path(models) / MANIFEST)["localizer"]
     box_stats = load_box_stats(Path(models) / loc["results_folder"], loc["folds"])
     margin = loc["margin_mm"] if margin_mm is None else margin_mm
     files = list_images(reference)
@@ -239,7 +238,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
                 box_file = Path(boxes_dir) / f"{case}_boxes.json"
                 if not box_file.is_file():
                     raise InputError(f"{box_file}: no boxes for case {case}")
-                given = json.loads(box_file.read_text())
+                given = read_json(box_file)
             if path.is_dir():
                 ct, series = read_ct_series(path, series_uid)
                 # nnU-Net reads files: the series goes to a temporary NIfTI, never beside the input

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from nnunet_oar.conversion.ignore import ignore_unannotated
@@ -21,6 +22,7 @@ def test_ignore_label_covers_in_body_background_only():
     assert (out[ct <= -500] == 0).all()               # air stays background
 
 
+@pytest.mark.slow
 def test_benchmark_on_phantoms_end_to_end(tmp_path):
     env = nnunet_environment(tmp_path / "env")
     work = tmp_path / "bench"

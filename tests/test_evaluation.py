@@ -178,3 +178,24 @@ def test_evaluate_names_a_prediction_on_another_grid(folders):
     _write(arr, pred_dir / "case1.nii.gz", spacing=(1.0, 1.0, 2.0))
     with pytest.raises(InputError, match="case1.nii.gz"):
         evaluate_folders(ref_dir, pred_dir, progress=False)
+
+
+def test_localization_error_per_axis_and_the_worst_case_are_named():
+    from nnunet_oar.localization.boxes import organ_box
+    from nnunet_oar.metrics import localization_metrics, summarize_localization
+    # 2 x 1 x 1 mm voxels along (x, y, z) and z flipped: world axes differ from array axes
+    geom = {"size_xyz": [20, 20, 20], "spacing_xyz": [2.0, 1.0, 1.0], "origin_xyz": [0.0, 0.0, 0.0],
+            "direction": [1, 0, 0, 0, 1, 0, 0, 0, -1]}
+    mask = np.zeros((20, 20, 20), bool)
+    mask[5:9, 5:9, 5:9] = True                      # z, y, x indices 5..8: centre (13, 6.5, -6.5) mm in x, y, z
+    per_case = {}
+    for case, shift in (("a", (2.0, 0.0, 0.0)), ("b", (0.0, 0.0, -3.0))):
+        centre = np.array([13.0, 6.5, -6.5]) + shift
+        entry = {"status": "found", "centroid_mm": centre.tolist(), **organ_box(geom, centre, [8, 4, 4], 0.0)}
+        per_case[case] = {"organ": localization_metrics(mask, geom, entry)}
+    assert np.allclose(per_case["a"]["organ"]["centroid_error_xyz_mm"], [2, 0, 0])
+    assert np.allclose(per_case["b"]["organ"]["centroid_error_xyz_mm"], [0, 0, 3])
+    s = summarize_localization(per_case)["organ"]
+    assert np.allclose(s["centroid_error_xyz_mm"]["median"], [1, 0, 1.5])
+    # a box shifted 3 mm along z holds 1 of the 4 slices: the worse case is named
+    assert s["containment"]["min_case"] == "b" and s["containment"]["min"] < per_case["a"]["organ"]["containment"]

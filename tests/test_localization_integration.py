@@ -3,10 +3,13 @@ trainer found through nnUNet_extTrainer, then `nnunet_oar localize` on a held-ou
 import json
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
 from tests.nnunet_helpers import LOC_ORGANS as ORGANS, LOC_TRAINER as TRAINER, run
+
+pytestmark = pytest.mark.slow      # every test here uses the trained localizer
 
 
 def test_plan_adds_3d_loc_with_whole_volume_patch_and_batch_1(trained_localizer):

@@ -35,6 +35,7 @@ def pipeline(trained_localizer):
     return {**t, "models": models}
 
 
+@pytest.mark.slow
 def test_crop_datasets_hold_exact_crops_of_the_source(pipeline):
     raw = pipeline["root"] / "nnUNet_raw"
     liver = raw / "Dataset611_VISCERAL_liver"
@@ -56,6 +57,7 @@ def test_crop_datasets_hold_exact_crops_of_the_source(pipeline):
     assert report["cases"] == len(crops)
 
 
+@pytest.mark.slow
 def test_crops_from_localizer_boxes_report_missed_and_cut_organs(pipeline, tmp_path):
     from nnunet_oar.segmentation.crops import crop_rois
     raw = pipeline["root"] / "nnUNet_raw" / "Dataset601_VISCERAL"
@@ -84,12 +86,14 @@ def test_crops_from_localizer_boxes_report_missed_and_cut_organs(pipeline, tmp_p
     assert r["cases"] == len(cases) - 1 and cases[2:] and all(c not in r["cut"] for c in cases[2:])
 
 
+@pytest.mark.slow
 def test_organ_networks_are_planned_on_crop_sized_patches(pipeline):
     pre = pipeline["root"] / "nnUNet_preprocessed" / "Dataset611_VISCERAL_liver"
     c = json.loads((pre / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"]
     assert all(p <= 2 * m + 16 for p, m in zip(c["patch_size"], c["median_image_size_in_voxels"]))
 
 
+@pytest.mark.slow
 def test_predict_end_to_end_keeps_the_input_geometry(pipeline, tmp_path):
     image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
     out = tmp_path / "pred"
@@ -121,6 +125,7 @@ def test_predict_end_to_end_keeps_the_input_geometry(pipeline, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == before      # replaced in place, no temporary left
 
 
+@pytest.mark.slow
 def test_predict_bad_input_is_named_and_other_cases_go_on(pipeline, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -134,6 +139,7 @@ def test_predict_bad_input_is_named_and_other_cases_go_on(pipeline, tmp_path):
     assert not (tmp_path / "o" / "corrupt.nii.gz").exists()
 
 
+@pytest.mark.slow
 def test_merge_of_nnunet_prediction_folders(pipeline, tmp_path):
     env, raw = pipeline["env"], pipeline["root"] / "nnUNet_raw"
     folders = []
@@ -162,6 +168,7 @@ def test_merge_of_nnunet_prediction_folders(pipeline, tmp_path):
     assert np.all(m[liver_seg == 1] != 0)
 
 
+@pytest.mark.slow
 def test_predict_from_a_dicom_series_writes_clinical_files(pipeline, tmp_path):
     from nnunet_oar.dicom.series import read_ct_series
     from tests.dicom_helpers import write_ct_series

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
 from nnunet_oar import organs as catalogue
-from nnunet_oar.io import atomic_dir, write_image, write_json
+from nnunet_oar.io import InputError, atomic_dir, write_image, write_json
 from nnunet_oar.paths import dataset_folder_name, find_dataset, raw_root
 
 READER_WRITER = "SimpleITKIOWithReorient"
@@ -77,7 +77,7 @@ class DatasetBuilder:
         shape = ct.GetSize()[::-1]
         for name, m in masks.items():
             if m.shape != shape:
-                raise ValueError(f"case {case}: mask {name} has shape {m.shape}, CT has {shape} (z,y,x)")
+                raise InputError(f"case {case}: mask {name} has shape {m.shape}, CT has {shape} (z,y,x)")
         if masks:
             label_map, overlap = merge_masks(masks, self.labels)
         else:
@@ -96,7 +96,7 @@ class DatasetBuilder:
     def finish(self, dataset_name: str, description: str) -> None:
         """Write dataset.json, annotations.json and conversion_report.json."""
         if not self.annotations:
-            raise ValueError(f"no cases were converted into {dataset_name}")
+            raise InputError(f"no cases were converted into {dataset_name}")
         # nnU-Net's own reorienting reader: every image reaches the networks in RAS array order, so a
         # flipped direction cannot mirror the anatomy (and swap left and right organs) in array space
         generate_dataset_json(str(self.folder), {0: "CT"}, self.labels, len(self.annotations), ".nii.gz",

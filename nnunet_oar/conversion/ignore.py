@@ -10,7 +10,6 @@ cases where that organ was contoured.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +21,7 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 from tqdm import tqdm
 
 from nnunet_oar.conversion.dataset import READER_WRITER
-from nnunet_oar.io import InputError, atomic_dir, read_image, write_image, write_json
+from nnunet_oar.io import InputError, atomic_dir, read_image, read_json, write_image, write_json
 from nnunet_oar.paths import dataset_folder_name, find_dataset, raw_root
 
 BODY_HU = -500.0
@@ -43,11 +42,11 @@ def with_ignore_label(source_id: int, target_id: int, body_hu: float = BODY_HU, 
     src = find_dataset(raw_root(), source_id)
     if src is None:
         raise FileNotFoundError(f"{raw_root()}: no raw data set {source_id}")
-    ds = json.loads((src / "dataset.json").read_text())
+    ds = read_json(src / "dataset.json")
     ann_file = src / "annotations.json"
     if not ann_file.is_file():
         raise InputError(f"{ann_file}: missing; it lists the organs annotated in each case")
-    annotations: Dict[str, list] = json.loads(ann_file.read_text())
+    annotations: Dict[str, list] = read_json(ann_file)
     organs = [n for n in ds["labels"] if n != "background"]
     ignore = max(ds["labels"].values()) + 1
     name = dataset_folder_name(target_id, src.name.split("_", 1)[1] + "Ignore")

@@ -140,7 +140,7 @@ def convert_openkbp(source: Path, dataset_id: int, organs: Optional[Sequence[str
     organs = list(organs) if organs is not None else catalogue.organ_set("openkbp")
     for n in organs:
         if catalogue.get(n).openkbp_roi is None:
-            raise ValueError(f"{n} is not an OpenKBP structure")
+            raise InputError(f"{n} is not an OpenKBP structure")
     with build_dataset(dataset_id, "OpenKBP", organs, f"OpenKBP head-and-neck OARs from {Path(source).name}",
                        raw) as builder:
         seen = set()

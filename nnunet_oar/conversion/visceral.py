@@ -113,7 +113,7 @@ def convert_visceral(visceral_dir: Path, dataset_id: int, modality: str = "CTce_
     else:
         for n in organs:
             if catalogue.get(n).radlex is None:
-                raise ValueError(f"{n} is not a VISCERAL structure")
+                raise InputError(f"{n} is not a VISCERAL structure")
     if not organs:
         raise InputError(f"{visceral_dir}: no masks of known VISCERAL structures")
     wanted = {catalogue.get(n).radlex: n for n in organs}

@@ -70,7 +70,7 @@ def write_rtstruct(label_zyx: np.ndarray, labels: Dict[str, int], series: DicomS
 
     first = series.headers[0]
     if label_zyx.shape != (len(series.files), int(first.Rows), int(first.Columns)):
-        raise ValueError(f"label map {label_zyx.shape} (z,y,x) does not match the series "
+        raise InputError(f"label map {label_zyx.shape} (z,y,x) does not match the series "
                          f"({len(series.files)}, {first.Rows}, {first.Columns})")
     now = datetime.datetime.now()
     meta = FileMetaDataset()

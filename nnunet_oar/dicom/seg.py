@@ -63,7 +63,7 @@ def write_dicom_seg(label_zyx: np.ndarray, labels: Dict[str, int], series: Dicom
     import pydicom
     present = [(o, v) for o, v in labels.items() if o not in ("background", "ignore") and (label_zyx == v).any()]
     if not present:
-        raise ValueError(f"{dst}: no organ to write (DICOM SEG needs at least one segment)")
+        raise InputError(f"{dst}: no organ to write (DICOM SEG needs at least one segment)")
     segments = np.zeros(label_zyx.shape, np.uint16 if len(present) > 255 else np.uint8)
     for number, (_, value) in enumerate(present, start=1):
         segments[label_zyx == value] = number

@@ -2,7 +2,6 @@
 networks' training boxes and the calibrated margins that inference reuses."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -10,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_oar.io import InputError, geometry, write_json
+from nnunet_oar.io import InputError, geometry, read_json, write_json
 from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, calibrate_margin,
                                           inside_counts, organ_box)
 from nnunet_oar.localization.localize import Localizer, load_box_stats
@@ -55,7 +54,7 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
     splits_file = pre / "splits_final.json"
     if not splits_file.is_file():
         raise InputError(f"{splits_file}: missing; cross-validation needs nnU-Net's splits (train the folds first)")
-    splits = json.loads(splits_file.read_text())
+    splits = read_json(splits_file)
     folds = list(range(len(splits))) if folds is None else [int(f) for f in folds]
     for fold in folds:
         ckpt = model_folder / f"fold_{fold}" / checkpoint
@@ -63,7 +62,7 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
             raise InputError(f"{ckpt}: missing; every fold of the cross-validation must be trained "
                              f"(or name the trained ones with --folds)")
     annotations_file = pre / "annotations.json"
-    annotations = json.loads(annotations_file.read_text()) if annotations_file.is_file() else None
+    annotations = read_json(annotations_file) if annotations_file.is_file() else None
     output = Path(output)
     # the box sizes of the fold ensemble, which inference uses: training and inference crops get one size
     sizes = {o: st["mean_size_mm"] for o, st in load_box_stats(model_folder, folds).items()}

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from nnunet_oar.io import InputError, atomic_path, geometry, image_from_geometry, read_image, write_json
+from nnunet_oar.io import InputError, atomic_path, geometry, image_from_geometry, read_image, read_json, write_json
 from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, heatmap_region,
                                           organ_box)
 from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry
@@ -29,7 +29,7 @@ def read_margins(path: Path) -> Dict[str, float]:
     """Per-organ margins (mm) from a ``margins.json`` written by ``localize --cross-validation``."""
     path = Path(path)
     try:
-        content = json.loads(path.read_text())
+        content = read_json(path)
         return {organ: float(m["margin_mm"]) for organ, m in content.items()}
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise InputError(f"{path}: not a margins file ({{organ: {{margin_mm: ...}}}}): {e}") from e
@@ -69,7 +69,7 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
             organs[name] = {"status": "absent", "peak": float(heat[k].max())}
             continue
         if name not in box_stats:
-            raise KeyError(f"no box size for {name}: it was never annotated in the localizer's training cases")
+            raise InputError(f"no box size for {name}: it was never annotated in the localizer's training cases")
         c_mm = preprocessed_to_world(region["centroid"], heat.shape[1:], properties, transpose_forward)
         v = margin_mm[name] if isinstance(margin_mm, dict) else margin_mm
         organs[name] = {"status": "found", "peak": region["peak"], "centroid_mm": c_mm.tolist(), "margin_mm": v,
@@ -109,7 +109,7 @@ def load_box_stats(model_folder: Path, folds: Sequence[Union[int, str]]) -> Dict
         if not path.is_file():
             raise InputError(f"{path}: missing (the box sizes of the localizer); was this model trained with "
                              "nnUNetTrainerOARHeatmap?")
-        for organ, s in json.loads(path.read_text()).items():
+        for organ, s in read_json(path).items():
             for key in ("mean_size_mm", "mean_offset_mm"):
                 if key in s:
                     acc.setdefault(organ, {}).setdefault(key, []).append((np.asarray(s[key]), s["n"]))

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_oar.io import geometry, write_json
+from nnunet_oar.io import geometry, read_json, write_json
 from nnunet_oar.localization.boxes import box_sizes_mm, centroid_offsets_mm
 from nnunet_oar.localization.heatmaps import DEFAULT_SIGMA2_MM2
 from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root
@@ -63,7 +63,7 @@ def plan_localizer(dataset_id: int, spacing_mm: float = 3.0, sigma2_mm2: float =
     plans_file = pre / f"{PLANS}.json"
     if not plans_file.is_file():
         plan_experiments([dataset_id])
-    plans = json.loads(plans_file.read_text())
+    plans = read_json(plans_file)
 
     # a memory target far above any card, so that the planner keeps the whole-volume patch
     planner = ExperimentPlanner(dataset_id, gpu_memory_target_in_gb=1e4, plans_name=PLANS)
@@ -93,10 +93,10 @@ def plan_localizer(dataset_id: int, spacing_mm: float = 3.0, sigma2_mm2: float =
 def case_box_sizes(raw: Path, progress: bool = True) -> Tuple[dict, dict]:
     """``({case: {organ: box size [x, y, z] mm}}, {case: {organ: centroid offset [x, y, z] mm}})`` from the
     raw labels (:func:`box_sizes_mm`, :func:`centroid_offsets_mm`); organs not annotated in a case are left out."""
-    dataset = json.loads((raw / "dataset.json").read_text())
+    dataset = read_json(raw / "dataset.json")
     labels = {k: v for k, v in dataset["labels"].items() if k != "background"}
     annotations_file = raw / "annotations.json"
-    annotations = json.loads(annotations_file.read_text()) if annotations_file.is_file() else None
+    annotations = read_json(annotations_file) if annotations_file.is_file() else None
     sizes, offsets = {}, {}
     files = sorted((raw / "labelsTr").glob(f"*{dataset['file_ending']}"))
     for f in tqdm(files, desc="box sizes", disable=not progress):

@@ -13,7 +13,6 @@ organ's bounding box plus the margin, optionally shifted at random as augmentati
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from nnunet_oar import organs as catalogue
 from nnunet_oar.conversion.dataset import build_dataset
 from nnunet_oar.geometry import crop_image, crop_zyx, index_box_to_world, mask_bbox_xyz, world_box_to_index
-from nnunet_oar.io import geometry, read_image, write_json
+from nnunet_oar.io import InputError, geometry, read_image, read_json, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM
 from nnunet_oar.paths import find_dataset, raw_root
 
@@ -71,14 +70,14 @@ def crop_rois(source_id: int, first_id: int, boxes_dir: Optional[Path] = None, o
     if raw is None:
         raise FileNotFoundError(f"{raw_root()}: no raw data set with id {source_id}")
     if not boxes_from_labels and boxes_dir is None:
-        raise ValueError("give the localizer's boxes (--boxes) or use --boxes-from-labels")
-    dataset = json.loads((raw / "dataset.json").read_text())
+        raise InputError("give the localizer's boxes (--boxes) or use --boxes-from-labels")
+    dataset = read_json(raw / "dataset.json")
     labels = {k: v for k, v in dataset["labels"].items() if k != "background"}
     organs = list(organs) if organs else list(labels)
     for o in organs:
         if o not in labels:
-            raise ValueError(f"{o} is not a label of {raw.name} ({', '.join(labels)})")
-    annotations = json.loads((raw / "annotations.json").read_text())
+            raise InputError(f"{o} is not a label of {raw.name} ({', '.join(labels)})")
+    annotations = read_json(raw / "annotations.json")
     cases = sorted(annotations)
     ids = organ_dataset_ids(first_id, organs)
     rng = np.random.default_rng(seed)
@@ -130,7 +129,7 @@ def crop_rois(source_id: int, first_id: int, boxes_dir: Optional[Path] = None, o
                 report["cases"] += 1
         for organ, builder in builders.items():
             if not crops[organ]:
-                raise ValueError(f"{organ}: no case with a box; nothing to train on")
+                raise InputError(f"{organ}: no case with a box; nothing to train on")
             write_json(crops[organ], builder.folder / "crops.json")
             write_json(reports[organ], builder.folder / "crop_report.json")
     for organ, report in reports.items():
@@ -144,4 +143,4 @@ def _localizer_entries(boxes_dir: Path, case: str) -> Dict[str, dict]:
     path = boxes_dir / f"{case}_boxes.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no localizer boxes for case {case}")
-    return json.loads(path.read_text())["organs"]
+    return read_json(path)["organs"]

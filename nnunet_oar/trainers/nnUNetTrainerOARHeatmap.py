@@ -217,6 +217,11 @@ class nnUNetTrainerOARHeatmap_tiny(nnUNetTrainerOARHeatmap):
     output_init_std = None
 
 
+class nnUNetTrainerOARHeatmap_300its(nnUNetTrainerOARHeatmap):
+    """300 iterations: enough for small phantoms at 4 mm (the recipe test, ``tests/test_recipe.py``)."""
+    budget = (12, 25, 4)
+
+
 class nnUNetTrainerOARHeatmap_demo(nnUNetTrainerOARHeatmap):
     """The demo's CPU budget: 1000 iterations."""
     budget = (40, 25, 4)
