@@ -106,13 +106,14 @@ def _probabilities_in_file_orientation(npz) -> np.ndarray:
     nnU-Net saves probabilities in its reader's array order; with SimpleITKIOWithReorient that is RAS,
     so they are reoriented back with the geometry nnU-Net kept in the ``.pkl`` beside them.
     """
-    import pickle
+    from pathlib import Path
 
     import SimpleITK as sitk
 
-    prob = np.load(npz)["probabilities"][1].astype(np.float32)
-    with open(str(npz)[:-4] + ".pkl", "rb") as fh:
-        stuff = pickle.load(fh)["sitk_stuff"]
+    from nnunet_oar.safe_load import load_pickle
+
+    prob = np.load(npz, allow_pickle=False)["probabilities"][1].astype(np.float32)
+    stuff = load_pickle(Path(str(npz)[:-4] + ".pkl"))["sitk_stuff"]
     if "original_orientation" not in stuff:
         return prob
     img = sitk.GetImageFromArray(prob)

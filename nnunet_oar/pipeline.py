@@ -24,13 +24,18 @@ from tqdm import tqdm
 from nnunet_oar import organs as catalogue
 from nnunet_oar.conversion.dataset import NETWORK_ORIENTATION
 from nnunet_oar.geometry import crop_image
-from nnunet_oar.io import InputError, geometry, read_image, read_json, write_image, write_json
+from nnunet_oar.io import (InputError, check_memory, check_writable, geometry, read_image, read_json, write_image,
+                           write_json)
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, cut_faces
 from nnunet_oar.localization.localize import Localizer, available_folds, case_id, list_images
 from nnunet_oar.merge import THRESHOLD, MaxProbabilityMerger
 from nnunet_oar.paths import ensure_trainer_path, find_dataset, results_root
+from nnunet_oar.safe_load import check_checkpoint
 
 MANIFEST = "models.json"
+# predict's peak memory per CT voxel, bytes: a 458 x 379 x 224 CT peaked at 6.4 GB with the networks loaded
+# (docs/results/inference_benchmark.md), about 160 B per voxel; half of that surely does not fit
+PEAK_BYTES_PER_VOXEL = 80
 _KEEP = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 _KEEP_FOLD = ("checkpoint_final.pth", "box_stats.json")
 
@@ -125,6 +130,8 @@ class OARPredictor:
         self.networks = {}
         dev = torch.device(device)
         for organ in self.organs:
+            for f in folds or available[organ]["folds"]:
+                check_checkpoint(models / available[organ]["results_folder"] / f"fold_{f}" / "checkpoint_final.pth")
             p = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
                                 perform_everything_on_device=dev.type != "cpu", device=dev, verbose=False,
                                 allow_tqdm=False)
@@ -228,6 +235,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
         raise InputError(f"{inputs}: RTSTRUCT and DICOM SEG reference the CT's DICOM slices; give a DICOM series "
                          "folder (or convert a label map with `nnunet_oar export --ct DICOM_FOLDER`)")
     _refuse_overwriting_inputs(sources, Path(output))
+    check_writable(output)
     predictor = OARPredictor(models, folds, device, organs, tta, step_size)
     output = Path(output)
     errors = {}
@@ -247,6 +255,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
                     sitk.WriteImage(ct, str(image_file))
                     seg, boxes = predictor.predict_image(ct, image_file, case, given)
             else:
+                check_memory(path, PEAK_BYTES_PER_VOXEL, "CT")
                 ct = read_image(path, "CT")
                 seg, boxes = predictor.predict_image(ct, path, case, given)
         except InputError as e:

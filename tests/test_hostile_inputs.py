@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from nnunet_oar import cli
 from nnunet_oar.io import InputError, read_image, read_json
@@ -100,3 +101,97 @@ def test_a_programming_error_keeps_its_traceback(monkeypatch):
     args.func = broken
     with pytest.raises(KeyError, match="a bug"):
         cli.main([])
+
+
+def test_checkpoints_that_carry_code_or_are_truncated_are_refused_by_name(tmp_path):
+    from nnunet_oar.safe_load import check_checkpoint
+    good = tmp_path / "good.pth"
+    # what nnU-Net stores: tensors, plain containers, numpy scalars in the log
+    torch.save({"network_weights": {"w": torch.zeros(3)}, "logging": {"dice": [np.float64(0.5), np.float32(1)]},
+                "init_args": {"device": torch.device("cpu")}, "current_epoch": 3}, good)
+    check_checkpoint(good)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(InputError, match="truncated or damaged") as e:
+        check_checkpoint(cut)
+    assert str(cut) in str(e.value)
+    evil = tmp_path / "evil.pth"
+    torch.save({"network_weights": {}, "payload": _Payload(tmp_path / "pwned")}, evil)
+    with pytest.raises(InputError, match="refused") as e:
+        check_checkpoint(evil)
+    assert str(evil) in str(e.value) and not (tmp_path / "pwned").exists()
+
+
+def test_pickles_beside_probabilities_are_read_without_running_code(tmp_path):
+    import pickle
+    from nnunet_oar.safe_load import load_pickle
+    plain = tmp_path / "case.pkl"
+    props = {"sitk_stuff": {"spacing": (1.0, 1.0, 2.0), "origin": (0.0, 0.0, 0.0), "direction": (1.0,) * 9},
+             "shape": np.int64(4), "bbox": np.array([[0, 4]])}
+    plain.write_bytes(pickle.dumps(props))
+    assert load_pickle(plain)["sitk_stuff"]["spacing"] == (1.0, 1.0, 2.0)
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(_Payload(tmp_path / "pwned")))
+    pickle.loads(evil.read_bytes())                     # the plain unpickler runs the payload ...
+    assert (tmp_path / "pwned").exists()
+    (tmp_path / "pwned").unlink()                       # ... ours must not
+    with pytest.raises(InputError, match="refused") as e:
+        load_pickle(evil)
+    assert str(evil) in str(e.value) and not (tmp_path / "pwned").exists()
+
+
+class _Payload:
+    """Unpickling this would run a shell command that creates ``marker``."""
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_a_gpu_is_refused_before_models_load(tmp_path):
+    from nnunet_oar.localization.localize import Localizer
+    (tmp_path / "fold_0").mkdir(parents=True)
+    (tmp_path / "fold_0" / "checkpoint_final.pth").write_bytes(b"not read")
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        Localizer(tmp_path, device="cuda")
+
+
+def test_unwritable_output_and_impossible_sizes_are_refused_before_work_starts(tmp_path):
+    from nnunet_oar.io import check_memory, check_writable
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match="not writable") as e:
+        check_writable(blocker / "out")
+    assert str(blocker / "out") in str(e.value)
+    ct = ct_file(tmp_path / "ct.nii.gz")
+    check_memory(ct, 80)                                   # 160 k voxels: fine
+    with pytest.raises(InputError, match="GB to process") as e:
+        check_memory(ct, 1e12)                             # the header alone says it cannot fit
+    assert str(ct) in str(e.value)
+    r = nnunet_oar("predict", "-i", ct, "-o", blocker / "out", "-m", tmp_path / "no_models")
+    assert r.returncode == 2 and "not writable" in r.stderr
+
+
+def _openkbp_patient(ct_rows, roi_text):
+    ct = ",data\n" + "".join(f"{i},{v}\n" for i, v in ct_rows)
+    return {"ct.csv": ct.encode(), "voxel_dimensions.csv": b"3.9\n3.9\n2.5\n", "Brainstem.csv": roi_text.encode()}
+
+
+def test_openkbp_values_beyond_int16_are_clipped_and_counted_not_wrapped():
+    from nnunet_oar.conversion.openkbp import patient_to_images
+    with pytest.warns(UserWarning, match="1 voxel values outside") as w:
+        ct, _ = patient_to_images(_openkbp_patient([(0, 1024), (1, 99999)], ",data\n5,\n"), "pt_9")
+    assert "pt_9/ct.csv" in str(w[0].message)
+    hu = sitk.GetArrayFromImage(ct).transpose(1, 2, 0).ravel()     # back to OpenKBP's flat order
+    assert hu[0] == 0 and hu[1] == np.iinfo(np.int16).max           # clipped high, not wrapped to -32097 HU
+
+
+def test_an_roi_csv_without_header_keeps_its_first_row():
+    from nnunet_oar.conversion.openkbp import patient_to_images
+    with pytest.warns(UserWarning, match="no header line"):
+        _, masks = patient_to_images(_openkbp_patient([(0, 1024)], "7,\n"), "pt_9")
+    assert masks["brainstem"].sum() == 1                          # one-row contour: present, not lost
+    _, masks = patient_to_images(_openkbp_patient([(0, 1024)], ",data\n7,\n8,\n"), "pt_9")
+    assert masks["brainstem"].sum() == 2

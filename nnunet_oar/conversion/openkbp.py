@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
@@ -32,12 +33,26 @@ HU_OFFSET = 1024
 _PATIENT = re.compile(r"^pt_\d+$")
 
 
+def _has_header(data: bytes) -> bool:
+    """OpenKBP's files start with a header line (``,data``); one that starts with a number has none, and
+    skipping its first line would drop a voxel or a whole one-row contour."""
+    first = data.split(b"\n", 1)[0].split(b",", 1)[0].strip()
+    try:
+        float(first)
+    except ValueError:
+        return True
+    return False
+
+
 def _read_csv(data: bytes, source: str, with_values: bool) -> np.ndarray:
+    skip = 1 if _has_header(data) else 0
+    if not skip:
+        warnings.warn(f"{source}: no header line; its first line is read as data")
     try:
         if with_values:
-            rows = np.loadtxt(io.BytesIO(data), delimiter=",", skiprows=1, ndmin=2)
+            rows = np.loadtxt(io.BytesIO(data), delimiter=",", skiprows=skip, ndmin=2)
         else:
-            rows = np.loadtxt(io.BytesIO(data), delimiter=",", skiprows=1, usecols=0, ndmin=1)
+            rows = np.loadtxt(io.BytesIO(data), delimiter=",", skiprows=skip, usecols=0, ndmin=1)
     except ValueError as e:
         raise InputError(f"{source}: not an OpenKBP sparse CSV ({e})") from None
     if rows.size and not np.isfinite(rows).all():
@@ -67,8 +82,14 @@ def patient_to_images(files: Dict[str, bytes], source: str) -> Tuple[sitk.Image,
     rows = _read_csv(files["ct.csv"], f"{source}/ct.csv", with_values=True)
     if rows.shape[0] == 0:
         raise InputError(f"{source}/ct.csv: empty CT (no non-zero voxels)")
-    flat = np.zeros(np.prod(GRID), dtype=np.int16)
-    flat[rows[:, 0].astype(np.int64)] = rows[:, 1]
+    # HU = value - 1024 is stored as int16: values beyond its range would wrap (99999 -> -32097 HU)
+    lo, hi = np.iinfo(np.int16).min + HU_OFFSET, np.iinfo(np.int16).max + HU_OFFSET
+    out_of_range = int(((rows[:, 1] < lo) | (rows[:, 1] > hi)).sum())
+    if out_of_range:
+        warnings.warn(f"{source}/ct.csv: {out_of_range} voxel values outside [{lo}, {hi}] (HU + {HU_OFFSET}) "
+                      "clipped to that range")
+    flat = np.zeros(np.prod(GRID), dtype=np.int32)
+    flat[rows[:, 0].astype(np.int64)] = np.clip(rows[:, 1], lo, hi)
     ct_zyx = np.ascontiguousarray((flat.reshape(GRID) - HU_OFFSET).transpose(2, 0, 1))
     spacing_xyz = (spacing[1], spacing[0], spacing[2])
     ct = sitk.GetImageFromArray(ct_zyx.astype(np.int16))

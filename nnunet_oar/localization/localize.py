@@ -15,11 +15,13 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from nnunet_oar.io import InputError, atomic_path, geometry, image_from_geometry, read_image, read_json, write_json
+from nnunet_oar.io import (InputError, atomic_path, check_writable, geometry, image_from_geometry, read_image,
+                           read_json, write_json)
 from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, heatmap_region,
                                           organ_box)
 from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry
 from nnunet_oar.paths import ensure_trainer_path
+from nnunet_oar.safe_load import check_checkpoint
 
 BOX_STATS = "box_stats.json"
 Margins = Union[float, Dict[str, float]]
@@ -149,6 +151,10 @@ class Localizer:
         if not self.folds:
             raise FileNotFoundError(f"{self.model_folder}: no fold with {checkpoint}")
         device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA GPU is visible to torch here; use --device cpu")
+        for f in self.folds:
+            check_checkpoint(self.model_folder / f"fold_{f}" / checkpoint)
         self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                          perform_everything_on_device=device.type != "cpu", device=device,
                                          verbose=False, allow_tqdm=False)
@@ -240,6 +246,7 @@ def localize(inputs: Path, output: Path, model_folder: Path, folds: Optional[Seq
         ``{case: error message}`` for the inputs that failed (the others are written).
     """
     images = list_images(inputs)
+    check_writable(output)
     localizer = Localizer(model_folder, folds, device, margin_mm, tau, checkpoint, readout)
     errors = {}
     for f in tqdm(images, desc="localize"):

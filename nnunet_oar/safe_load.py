@@ -1,0 +1,70 @@
+"""Loading files that could carry code: nnU-Net checkpoints and pickles.
+
+A pickle runs whatever its author put in it, and nnU-Net's predictor loads checkpoints with
+``torch.load(weights_only=False)``. Before nnU-Net's own loader sees a checkpoint, it is therefore read
+once with ``weights_only=True`` and an allow-list of the few types nnU-Net stores (numpy scalars and
+dtypes); a file that holds anything else, or is truncated, is refused naming the file. Pickles that
+nnU-Net writes beside its probabilities are read with an unpickler that only builds plain containers
+and numpy values. The trust model is in README ("Models are code").
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnunet_oar.io import InputError
+
+# what nnU-Net's checkpoints hold besides tensors and plain containers: numpy scalars in the training log
+_CHECKPOINT_GLOBALS = [np._core.multiarray.scalar, np.dtype,
+                       *{type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)}]
+
+_PICKLE_GLOBALS = {("builtins", n) for n in ("tuple", "list", "dict", "set", "frozenset", "slice", "complex")} | {
+    ("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    *(("numpy.dtypes", type(np.dtype(t)).__name__) for t in (np.float16, np.float32, np.float64, np.int8, np.int16,
+                                                              np.int32, np.int64, np.uint8, np.uint16, np.bool_))}
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint that is not a plain nnU-Net checkpoint (code, unknown types) or is damaged.
+
+    Raises:
+        InputError: naming ``path`` and what is wrong.
+    """
+    try:
+        with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: checkpoint does not exist") from None
+    except pickle.UnpicklingError as e:
+        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), str(e)[:200])
+        raise InputError(f"{path}: refused, it holds more than an nnU-Net checkpoint may ({reason}); load it "
+                         "only if you trust its source (README, 'Models are code')") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise InputError(f"{path}: checkpoint is truncated or damaged ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(content, dict) or "network_weights" not in content:
+        raise InputError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+        return super().find_class(module, name)
+
+
+def load_pickle(path: Path) -> Any:
+    """Read a pickle of plain containers and numpy values (nnU-Net's properties files); anything that
+    would import other code is refused, naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            return _PlainUnpickler(fh).load()
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+        raise InputError(f"{path}: refused or damaged pickle ({e})") from None
