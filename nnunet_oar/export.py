@@ -103,6 +103,8 @@ def write_outputs(ct: sitk.Image, seg: sitk.Image, labels: Dict[str, int], case:
         raise InputError(f"{case}: label map grid {geometry(seg)} differs from the CT's {geometry(ct)}")
     if (rtstruct or dicom_seg) and series is None:
         raise InputError(f"{case}: RTSTRUCT and DICOM SEG reference the CT's DICOM slices; give a DICOM series")
+    if rtstruct or dicom_seg:
+        series.require_uids("RTSTRUCT" if rtstruct else "DICOM SEG")     # before any file is written
     output = Path(output)
     label_zyx, ct_zyx = sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(ct)
     stats = organ_stats(label_zyx, ct_zyx, geometry(ct), labels, boxes)

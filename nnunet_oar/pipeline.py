@@ -262,8 +262,17 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
             errors[case] = str(e)
             tqdm.write(f"skipped: {e}")
             continue
+        clinical = rtstruct or dicom_seg
+        if clinical:
+            try:
+                series.require_uids("RTSTRUCT/SEG")
+            except InputError as e:          # the label map and statistics are still written
+                errors[case] = str(e)
+                tqdm.write(f"warning: {e}")
+                clinical = False
         write_image(seg, output / f"{case}.nii.gz")
         write_json({"labels": predictor.labels, "image": geometry(ct)}, output / f"{case}.json")
         write_json(boxes, output / f"{case}_boxes.json")
-        write_outputs(ct, seg, predictor.labels, case, output, boxes, series, rtstruct, dicom_seg, preview)
+        write_outputs(ct, seg, predictor.labels, case, output, boxes, series, rtstruct and clinical,
+                      dicom_seg and clinical, preview)
     return errors

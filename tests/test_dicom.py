@@ -214,3 +214,44 @@ def test_an_rtstruct_beside_the_ct_series_is_not_a_second_series(tmp_path):
     write_rtstruct(sitk.GetArrayFromImage(lab), LABELS, series, tmp_path / "dcm" / "rtstruct.dcm")
     image, series = read_ct_series(tmp_path / "dcm")
     assert series.series_uid == uids["series"] and len(series.files) == ct.GetSize()[2]
+
+
+def test_one_slice_of_another_modality_and_a_truncated_slice_are_named(tmp_path):
+    files = _series(tmp_path)
+    ds = pydicom.dcmread(files[5])
+    ds.Modality = "MR"
+    ds.save_as(files[5])
+    with pytest.raises(InputError, match="mixes modalities") as e:
+        read_ct_series(tmp_path / "dcm")
+    assert str(files[5]) in str(e.value)
+    files = _series(tmp_path / "b")
+    files[7].write_bytes(files[7].read_bytes()[:-500])
+    with pytest.raises(InputError, match="truncated or damaged") as e:
+        read_ct_series(tmp_path / "b" / "dcm")
+    assert str(files[7]) in str(e.value)
+
+
+def test_blank_uids_refuse_rtstruct_and_seg_but_not_the_label_map(tmp_path):
+    """An anonymiser blanked the UIDs in the data sets; the file meta keeps each SOP Instance UID."""
+    ct, lab = make_case(**GRIDS["axial"])
+    write_ct_series(ct, tmp_path / "dcm", seed=2)
+    for f in (tmp_path / "dcm").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ""
+        ds.save_as(f)
+    image, series = read_ct_series(tmp_path / "dcm")
+    assert all(h.SOPInstanceUID == h.file_meta.MediaStorageSOPInstanceUID for h in series.headers)
+    series.require_uids("RTSTRUCT")                                   # recovered from the file meta
+    for f in (tmp_path / "dcm").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = ""
+        ds.save_as(f)
+    sitk.WriteImage(lab, str(tmp_path / "case.nii.gz"))
+    (tmp_path / "case.json").write_text(json.dumps({"labels": LABELS}))
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="StudyInstanceUID is empty"):
+        read_ct_series(tmp_path / "dcm")[1].require_uids("RTSTRUCT")
+    assert main(["export", "-i", str(tmp_path / "case.nii.gz"), "--ct", str(tmp_path / "dcm"), "-o", str(out),
+                 "--rtstruct", "--dicom-seg"]) == 2
+    assert not out.exists() or not any(out.iterdir())                 # nothing half-written
+    assert main(["export", "-i", str(tmp_path / "case.nii.gz"), "--ct", str(tmp_path / "dcm"), "-o", str(out)]) == 0

@@ -213,3 +213,23 @@ def test_predict_never_overwrites_its_input(tmp_path):
         assert r.returncode == 2 and str(ct) in r.stderr and "overwrite" in r.stderr, r.stderr
     assert hashlib.sha256(ct.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in folder.iterdir()) == ["ct.nii.gz"]
+
+
+@pytest.mark.slow
+def test_predict_on_a_series_with_blank_uids_writes_the_labels_and_refuses_rtstruct(pipeline, tmp_path):
+    import pydicom
+    from tests.dicom_helpers import write_ct_series
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    dcm = tmp_path / "anon"
+    write_ct_series(sitk.ReadImage(str(image)), dcm)
+    for f in dcm.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = ""
+        ds.save_as(f)
+    out = tmp_path / "out"
+    r = subprocess.run(["nnunet_oar", "predict", "-i", str(dcm), "-o", str(out), "-m", str(pipeline["models"]),
+                        "--disable-tta", "--rtstruct", "--dicom-seg"], env=pipeline["env"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "SeriesInstanceUID is empty" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["anon.json", "anon.nii.gz", "anon_boxes.json",
+                                                      "anon_stats.csv", "anon_stats.json"]

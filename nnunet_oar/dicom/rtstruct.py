@@ -19,7 +19,7 @@ import numpy as np
 
 from nnunet_oar import organs as catalogue
 from nnunet_oar.dicom.series import DicomSeries
-from nnunet_oar.io import atomic_path
+from nnunet_oar.io import InputError, atomic_path
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 

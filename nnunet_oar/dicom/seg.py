@@ -15,7 +15,7 @@ import numpy as np
 
 from nnunet_oar import organs as catalogue
 from nnunet_oar.dicom.series import DicomSeries
-from nnunet_oar.io import atomic_path
+from nnunet_oar.io import InputError, atomic_path
 
 
 def _software_version() -> str:

@@ -7,8 +7,10 @@ name. Slice k of the returned image (numpy axis 0, SimpleITK index z) is ``serie
 
 Refused with an :class:`~nnunet_oar.io.InputError` naming the folder (and files): no DICOM, several
 CT series without ``series_uid`` (other objects such as an RTSTRUCT beside a single CT series
-are ignored), a modality other than CT, differing orientations or matrix sizes, two
-slices at one position, missing slices, non-uniform spacing, and gantry tilt (a sheared stack).
+are ignored), a modality other than CT (in any slice), unreadable pixel data, differing orientations
+or matrix sizes, two slices at one position, missing slices, non-uniform spacing, and gantry tilt (a
+sheared stack). Blank UIDs are no reason to refuse the image, but RTSTRUCT and SEG output
+(:meth:`DicomSeries.require_uids`).
 """
 from __future__ import annotations
 
@@ -38,6 +40,20 @@ class DicomSeries:
     series_uid: str
     files: List[Path]
     headers: list
+
+    def require_uids(self, what: str) -> None:
+        """Refuse to write ``what`` (RTSTRUCT, DICOM SEG) for a series whose references would be empty:
+        they are Type 1, and a reader would attach the contours to nothing (or to every slice).
+
+        Raises:
+            InputError: naming the missing attribute and the files.
+        """
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID"):
+            blank = [f for f, h in zip(self.files, self.headers) if not str(getattr(h, key, "") or "").strip()]
+            if blank:
+                raise InputError(f"{self.folder}: cannot write {what}: {key} is empty in {len(blank)} of "
+                                 f"{len(self.files)} files ({', '.join(f.name for f in blank[:3])}"
+                                 f"{', ...' if len(blank) > 3 else ''}); the label map is not affected")
 
 
 def _scan(folder: Path) -> Dict[str, List[Tuple[Path, object]]]:
@@ -159,16 +175,38 @@ def read_ct_series(folder: Path, series_uid: Optional[str] = None) -> Tuple[sitk
     modality = getattr(items[0][1], "Modality", "?")
     if modality != "CT":
         raise InputError(f"{folder}: series {series_uid} is {modality}, not CT")
+    other = [(f, getattr(ds, "Modality", "?")) for f, ds in items if getattr(ds, "Modality", "?") != "CT"]
+    if other:
+        raise InputError(f"{folder}: series {series_uid} mixes modalities: {other[0][0]} is {other[0][1]}"
+                         + (f" (and {len(other) - 1} more)" if len(other) > 1 else ""))
     headers = [ds for _, ds in items]
     for f, ds in items:
         ds.filename = str(f)
+        # anonymisers may blank the instance UID in the data set but keep it in the file meta header
+        meta_uid = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPInstanceUID", "") or "")
+        if not str(getattr(ds, "SOPInstanceUID", "") or "").strip() and meta_uid.strip():
+            ds.SOPInstanceUID = meta_uid
     order, direction, spacing = slice_geometry(headers, str(folder))
     files = [items[i][0] for i in order]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
-    image = reader.Execute()        # applies RescaleSlope / RescaleIntercept
+    try:
+        image = reader.Execute()        # applies RescaleSlope / RescaleIntercept
+    except RuntimeError:
+        bad = [str(f) for f in files if not _readable(f)]
+        named = ", ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
+        raise InputError(f"{folder}: cannot read the pixel data of {named or 'the series'} "
+                         "(truncated or damaged?)") from None
     # the geometry is ours (from every slice's header), not what the reader derived from two slices
     image.SetOrigin([float(v) for v in headers[order[0]].ImagePositionPatient])
     image.SetDirection(direction.flatten().tolist())
     image.SetSpacing(spacing.tolist())
     return image, DicomSeries(folder, series_uid, files, [headers[i] for i in order])
+
+
+def _readable(f: Path) -> bool:
+    try:
+        sitk.ReadImage(str(f))
+    except RuntimeError:
+        return False
+    return True
