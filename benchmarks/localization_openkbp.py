@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -167,12 +168,28 @@ def score(test: Path, boxes_dir: Path, model: Path, fold: str, margins_file: Pat
     annotations = json.loads((test / "annotations.json").read_text())
     box_stats = load_box_stats(model, [int(fold) if fold.isdigit() else fold])
     margins = read_margins(margins_file)
-    per_case, per_case_guess = {}, {}
+    per_case, per_case_guess, beyond = {}, {}, {}
     for case, organs in sorted(annotations.items()):
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(test / "labelsTr" / f"{case}.nii.gz")))
+        ct = sitk.GetArrayFromImage(sitk.ReadImage(str(test / "imagesTr" / f"{case}_0000.nii.gz")))
         boxes = json.loads((boxes_dir / f"{case}_boxes.json").read_text())
         per_case[case], per_case_guess[case] = score_case(boxes, label, labels, organs, box_stats, margins)
-    return summarize(per_case, per_case_guess)
+        beyond[case] = contour_beyond_ct(label, ct, {o: labels[o] for o in organs})
+    return {**summarize(per_case, per_case_guess), "contour_beyond_ct": beyond}
+
+
+def contour_beyond_ct(label_zyx, ct_zyx, labels: dict) -> dict:
+    """Per organ, the fraction of its contoured slices that hold no CT data. OpenKBP's CTs hold anatomy
+    on a slab of slices (the rest is -1024) while some contours run on beyond it; there the image cannot
+    tell where the organ ends. A slice holds data when 1 % of its voxels are above -500 HU."""
+    import numpy as np
+    has_data = (ct_zyx > -500).mean(axis=(1, 2)) >= 0.01
+    out = {}
+    for organ, value in labels.items():
+        slices = (label_zyx == value).any(axis=(1, 2))
+        if slices.any():
+            out[organ] = float((slices & ~has_data).sum() / slices.sum())
+    return out
 
 
 def markdown(result: dict, json_name: str) -> str:
@@ -214,6 +231,21 @@ def markdown(result: dict, json_name: str) -> str:
         c = s.get("containment", {})
         lines.append(f"| {organ} | " + " | ".join(f"{v:.1f}" for v in xyz)
                      + f" | {c.get('min', float('nan')):.3f} ({c.get('min_case', '-')}) |")
+    lines += ["", "## Contours beyond the CT data", "",
+              "In some OpenKBP patients the CT holds anatomy on a slab of slices only (the rest is -1024) while a "
+              "contour runs on beyond it, so the image cannot tell where the organ ends and the contour's "
+              "centroid is partly unobservable. Patients with more than 5 % of an organ's contoured slices "
+              "outside the CT data, and the median centroid error with and without them:", "",
+              "| organ | patients beyond the CT data | median error mm, these | median error mm, the others |",
+              "|---|---|---|---|"]
+    beyond = main_summary["contour_beyond_ct"]
+    for organ in main_summary["per_organ"]:
+        err = {case: m[organ]["centroid_error_mm"] for case, m in main_summary["per_case"].items()
+               if "centroid_error_mm" in m.get(organ, {})}
+        out = [c for c in err if beyond[c].get(organ, 0) > 0.05]
+        med = [statistics.median([err[c] for c in group]) if group else float("nan")
+               for group in (out, [c for c in err if c not in out])]
+        lines.append(f"| {organ} | {len(out)} / {len(err)} | {med[0]:.1f} | {med[1]:.1f} |")
     return "\n".join(lines) + "\n"
 
 
