@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_oar.export import check_case_set
 from nnunet_oar.io import InputError, atomic_path, geometry, read_image, read_json, same_geometry, write_json
 from nnunet_oar.metrics import localization_metrics, organ_metrics, summarize_localization
 
@@ -87,6 +88,7 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, annotations: Optional[Dict[s
     skipped: Dict[str, Dict[str, str]] = {}
     for case, ref_file in tqdm(_cases(ref_dir).items(), desc="evaluate", disable=not progress):
         pred_file = _prediction_file(pred_dir, case)
+        check_case_set(pred_dir, case)
         case_json = pred_dir / f"{case}.json"
         pred_labels = read_json(case_json)["labels"] if case_json.is_file() else pred_default
         if pred_labels is None:

@@ -8,9 +8,11 @@ Used by ``nnunet_oar predict`` (flags ``--rtstruct``, ``--dicom-seg``, ``--previ
 from __future__ import annotations
 
 import csv
+import datetime
+import hashlib
 import io
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -65,7 +67,60 @@ def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: D
 
 # every file `predict` may write for one case: ``{case}{suffix}`` in the output folder
 CASE_OUTPUT_SUFFIXES = (".nii.gz", ".json", "_boxes.json", "_stats.json", "_stats.csv", "_rtstruct.dcm", "_seg.dcm",
-                        "_preview.png")
+                        "_preview.png", "_manifest.json")
+MANIFEST_SUFFIX = "_manifest.json"
+
+
+def begin_case_set(output: Path, case: str) -> None:
+    """Before a case's files are (re)written: drop its manifest, so that until the new one is written
+    last, the set reads as incomplete (an interrupted run leaves no set that looks whole)."""
+    (Path(output) / f"{case}{MANIFEST_SUFFIX}").unlink(missing_ok=True)
+
+
+def finish_case_set(output: Path, case: str, files: Sequence[Path]) -> Path:
+    """Write ``{case}_manifest.json`` naming the run and the sha256 of each of its files; files of an
+    earlier run of this case that this run did not write are removed (they would be taken for its own)."""
+    output = Path(output)
+    names = {Path(f).name for f in files}
+    for suffix in CASE_OUTPUT_SUFFIXES:
+        old = output / f"{case}{suffix}"
+        if suffix != MANIFEST_SUFFIX and old.name not in names and old.is_file():
+            old.unlink()
+    manifest = output / f"{case}{MANIFEST_SUFFIX}"
+    write_json({"case": case, "written": datetime.datetime.now().isoformat(timespec="seconds"),
+                "files": {name: _sha256(output / name) for name in sorted(names)}}, manifest)
+    return manifest
+
+
+def check_case_set(folder: Path, case: str) -> None:
+    """Refuse a case whose output set is incomplete (no manifest beside ``predict``'s files: the run was
+    interrupted) or was changed after it was written (a checksum differs). nnU-Net's own prediction
+    folders, which have none of our side files, pass.
+
+    Raises:
+        InputError: naming the file and what is wrong.
+    """
+    folder = Path(folder)
+    manifest = folder / f"{case}{MANIFEST_SUFFIX}"
+    if not manifest.is_file():
+        side = [folder / f"{case}{s}" for s in ("_boxes.json", "_stats.json") if (folder / f"{case}{s}").is_file()]
+        if side:
+            raise InputError(f"{manifest}: missing beside {side[0].name}: the output set of {case} is incomplete "
+                             "(an interrupted run?); run predict again")
+        return
+    for name, digest in read_json(manifest, "output manifest").get("files", {}).items():
+        if not (folder / name).is_file():
+            raise InputError(f"{folder / name}: listed in {manifest.name} but missing")
+        if _sha256(folder / name) != digest:
+            raise InputError(f"{folder / name}: changed since the run that wrote {manifest.name}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def stats_csv(stats: Dict[str, dict]) -> str:
@@ -147,6 +202,7 @@ def export_label_map(labels_file: Path, ct_input: Path, output: Path, series_uid
     from nnunet_oar.localization.localize import case_id
     labels_file = Path(labels_file)
     case = case_id(labels_file)
+    check_case_set(labels_file.parent, case)
     if label_names is None:
         names_file = labels_file.with_name(f"{case}.json")
         if not names_file.is_file():

@@ -6,8 +6,9 @@ to the manifest, so the folder can be copied to another machine); ``export_model
 
 Outputs per case, all on exactly the input's grid and written atomically:
 ``{case}.nii.gz`` (multi-label map), ``{case}.json`` (label names), ``{case}_boxes.json``,
-``{case}_stats.json`` / ``.csv`` (per organ: status, volume in mL, mean HU, centroid and box in mm) and,
-on request, RTSTRUCT, DICOM SEG and a preview (:mod:`nnunet_oar.export`).
+``{case}_stats.json`` / ``.csv`` (per organ: status, volume in mL, mean HU, centroid and box in mm),
+on request RTSTRUCT, DICOM SEG and a preview (:mod:`nnunet_oar.export`), and last
+``{case}_manifest.json`` (the sha256 of each file of the set; readers refuse a set without it).
 """
 from __future__ import annotations
 
@@ -229,7 +230,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
         ``{case: error}`` for inputs that could not be processed; the other cases are written.
     """
     from nnunet_oar.dicom.series import read_ct_series
-    from nnunet_oar.export import write_outputs
+    from nnunet_oar.export import begin_case_set, finish_case_set, write_outputs
     sources = _inputs(inputs)
     if (rtstruct or dicom_seg) and not any(p.is_dir() for _, p in sources):
         raise InputError(f"{inputs}: RTSTRUCT and DICOM SEG reference the CT's DICOM slices; give a DICOM series "
@@ -270,9 +271,13 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
                 errors[case] = str(e)
                 tqdm.write(f"warning: {e}")
                 clinical = False
-        write_image(seg, output / f"{case}.nii.gz")
-        write_json({"labels": predictor.labels, "image": geometry(ct)}, output / f"{case}.json")
-        write_json(boxes, output / f"{case}_boxes.json")
-        write_outputs(ct, seg, predictor.labels, case, output, boxes, series, rtstruct and clinical,
-                      dicom_seg and clinical, preview)
+        # the case's files form one set: its manifest goes first and comes back last
+        begin_case_set(output, case)
+        files = [output / f"{case}.nii.gz", output / f"{case}.json", output / f"{case}_boxes.json"]
+        write_image(seg, files[0])
+        write_json({"labels": predictor.labels, "image": geometry(ct)}, files[1])
+        write_json(boxes, files[2])
+        written = write_outputs(ct, seg, predictor.labels, case, output, boxes, series, rtstruct and clinical,
+                                dicom_seg and clinical, preview)
+        finish_case_set(output, case, files + list(written.values()))
     return errors

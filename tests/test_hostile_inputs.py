@@ -195,3 +195,33 @@ def test_an_roi_csv_without_header_keeps_its_first_row():
     assert masks["brainstem"].sum() == 1                          # one-row contour: present, not lost
     _, masks = patient_to_images(_openkbp_patient([(0, 1024)], ",data\n7,\n8,\n"), "pt_9")
     assert masks["brainstem"].sum() == 2
+
+
+def test_an_interrupted_or_edited_output_set_is_refused_by_its_readers(tmp_path):
+    from nnunet_oar.export import begin_case_set, check_case_set, finish_case_set
+    out = tmp_path / "out"
+    out.mkdir()
+    lab = np.zeros((8, 8, 8), np.uint8)
+    lab[2:5, 2:5, 2:5] = 1
+    files = [out / "c1.nii.gz", out / "c1.json", out / "c1_boxes.json", out / "c1_stats.json"]
+    sitk.WriteImage(sitk.GetImageFromArray(lab), str(files[0]))
+    files[1].write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    files[2].write_text(json.dumps({"organs": {}}))
+    files[3].write_text("{}")
+    (out / "c1_rtstruct.dcm").write_bytes(b"an earlier run's")
+    finish_case_set(out, "c1", files)
+    check_case_set(out, "c1")
+    assert not (out / "c1_rtstruct.dcm").exists()           # not this run's: it would pass for one of its files
+    (tmp_path / "ref").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(lab), str(tmp_path / "ref" / "c1.nii.gz"))
+    (tmp_path / "ref" / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    assert nnunet_oar("evaluate", "-r", tmp_path / "ref", "-p", out, "-o", tmp_path / "m.json").returncode == 0
+    # a rerun interrupted after its label map: the new map sits beside the old side files
+    begin_case_set(out, "c1")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros_like(lab)), str(files[0]))
+    r = nnunet_oar("evaluate", "-r", tmp_path / "ref", "-p", out, "-o", tmp_path / "m.json")
+    assert r.returncode == 2 and "incomplete" in r.stderr and "c1_manifest.json" in r.stderr
+    finish_case_set(out, "c1", files)
+    files[3].write_text('{"edited": true}')
+    with pytest.raises(InputError, match="changed since"):
+        check_case_set(out, "c1")
