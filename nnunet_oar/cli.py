@@ -103,7 +103,7 @@ def _export_models(a):
 def _predict(a):
     from nnunet_oar.pipeline import predict
     errors = predict(Path(a.input), Path(a.output), Path(a.models), a.folds, a.device, a.organs, not a.disable_tta,
-                     a.step_size, a.series_uid, a.rtstruct, a.dicom_seg, a.preview, a.boxes)
+                     a.step_size, a.series_uid, a.rtstruct, a.dicom_seg, a.preview, a.boxes, a.roi_names)
     if errors:
         raise InputError(f"{len(errors)} input(s) failed: " + "; ".join(errors.values()))
 
@@ -127,7 +127,7 @@ def _export(a):
     from nnunet_oar.export import export_label_map
     names = _labels(a.labels) if a.labels else None
     written = export_label_map(Path(a.input), Path(a.ct), Path(a.output), a.series_uid, names, a.rtstruct,
-                               a.dicom_seg, a.preview)
+                               a.dicom_seg, a.preview, a.roi_names)
     print("wrote " + ", ".join(str(p) for p in written.values()))
 
 
@@ -350,6 +350,9 @@ def add_clinical_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--rtstruct", action="store_true", help="write {case}_rtstruct.dcm (DICOM input)")
     s.add_argument("--dicom-seg", action="store_true", help="write {case}_seg.dcm (DICOM input)")
     s.add_argument("--preview", action="store_true", help="write {case}_preview.png (three planes per found organ)")
+    s.add_argument("--roi-names", choices=("tg263", "catalogue"), default="tg263",
+                   help="ROI and segment names in RTSTRUCT / SEG: TG-263 (Kidney_L, the default) or the catalogue's "
+                        "(kidney_left)")
 
 
 def add_visceral_args(s: argparse.ArgumentParser) -> None:

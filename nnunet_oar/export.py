@@ -138,7 +138,7 @@ def stats_csv(stats: Dict[str, dict]) -> str:
 
 def write_outputs(ct: sitk.Image, seg: sitk.Image, labels: Dict[str, int], case: str, output: Path,
                   boxes: Optional[dict] = None, series=None, rtstruct: bool = False, dicom_seg: bool = False,
-                  preview: bool = False) -> Dict[str, Path]:
+                  preview: bool = False, roi_names: str = "tg263") -> Dict[str, Path]:
     """Write the statistics and the requested clinical files for one case.
 
     Args:
@@ -150,6 +150,7 @@ def write_outputs(ct: sitk.Image, seg: sitk.Image, labels: Dict[str, int], case:
         boxes: localizer boxes, if any (drawn in the preview, status in the statistics).
         series: the :class:`~nnunet_oar.dicom.series.DicomSeries` ``ct`` was read from; needed for
             ``rtstruct`` and ``dicom_seg``, which reference its slices.
+        roi_names: ROI / segment names in RTSTRUCT and SEG: ``"tg263"`` or ``"catalogue"``.
 
     Returns:
         ``{kind: path}`` of the files written.
@@ -171,11 +172,11 @@ def write_outputs(ct: sitk.Image, seg: sitk.Image, labels: Dict[str, int], case:
     if rtstruct:
         from nnunet_oar.dicom.rtstruct import write_rtstruct
         written["rtstruct"] = output / f"{case}_rtstruct.dcm"
-        write_rtstruct(label_zyx, labels, series, written["rtstruct"])
+        write_rtstruct(label_zyx, labels, series, written["rtstruct"], roi_names=roi_names)
     if dicom_seg and any(s["status"] == "found" for s in stats.values()):
         from nnunet_oar.dicom.seg import write_dicom_seg
         written["dicom_seg"] = output / f"{case}_seg.dcm"
-        write_dicom_seg(label_zyx, labels, series, written["dicom_seg"])
+        write_dicom_seg(label_zyx, labels, series, written["dicom_seg"], roi_names)
     if preview:
         from nnunet_oar.report import organ_montage_png
         written["preview"] = output / f"{case}_preview.png"
@@ -185,7 +186,7 @@ def write_outputs(ct: sitk.Image, seg: sitk.Image, labels: Dict[str, int], case:
 
 def export_label_map(labels_file: Path, ct_input: Path, output: Path, series_uid: Optional[str] = None,
                      label_names: Optional[Dict[str, int]] = None, rtstruct: bool = False, dicom_seg: bool = False,
-                     preview: bool = False) -> Dict[str, Path]:
+                     preview: bool = False, roi_names: str = "tg263") -> Dict[str, Path]:
     """``nnunet_oar export``: clinical files for an existing label map.
 
     Args:
@@ -219,4 +220,5 @@ def export_label_map(labels_file: Path, ct_input: Path, output: Path, series_uid
             raise InputError(f"{labels_file}: not on the grid of the CT {ct_input}")
     boxes_file = labels_file.with_name(f"{case}_boxes.json")
     boxes = read_json(boxes_file) if boxes_file.is_file() else None
-    return write_outputs(ct, seg, label_names, case, Path(output), boxes, series, rtstruct, dicom_seg, preview)
+    return write_outputs(ct, seg, label_names, case, Path(output), boxes, series, rtstruct, dicom_seg, preview,
+                         roi_names)

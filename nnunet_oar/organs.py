@@ -29,6 +29,8 @@ class Organ:
         hu: typical CT number in Hounsfield units (used by the synthetic phantoms).
         sct: keyword of the SNOMED CT concept in pydicom's code dictionary (``codes.SCT.<sct>``), used to
             code DICOM SEG segments (laterality comes from :attr:`side`); ``None`` where the dictionary has none.
+        tg263: the AAPM TG-263 structure name (``Kidney_L``), the default ROI name in RTSTRUCT and SEG; the
+            psoas and rectus abdominis are not in TG-263's table and are named by its rules.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Organ:
     partner: Optional[str] = None
     hu: float = 40.0
     sct: Optional[str] = None
+    tg263: Optional[str] = None
 
     @property
     def side(self) -> Optional[str]:
@@ -49,34 +52,34 @@ class Organ:
 
 _ORGANS: List[Organ] = [
     # VISCERAL Anatomy 3 structures (RadLex id -> name), in the order of their RadLex ids.
-    Organ("liver", "visceral", radlex=58, hu=60, sct="Liver"),
-    Organ("spleen", "visceral", radlex=86, hu=50, sct="Spleen"),
-    Organ("pancreas", "visceral", radlex=170, hu=45, sct="Pancreas"),
-    Organ("gallbladder", "visceral", radlex=187, hu=10, sct="Gallbladder"),
-    Organ("urinary_bladder", "visceral", radlex=237, hu=15, sct="Bladder"),
-    Organ("aorta", "visceral", radlex=480, hu=180, sct="Aorta"),
-    Organ("trachea", "visceral", radlex=1247, hu=-900, sct="Trachea"),
-    Organ("lung_right", "visceral", radlex=1302, partner="lung_left", hu=-820, sct="Lung"),
-    Organ("lung_left", "visceral", radlex=1326, partner="lung_right", hu=-820, sct="Lung"),
-    Organ("sternum", "visceral", radlex=2473, hu=400, sct="Sternum"),
-    Organ("thyroid_gland", "visceral", radlex=7578, hu=90, sct="Thyroid"),
-    Organ("vertebra_L1", "visceral", radlex=29193, hu=450, sct="L1Vertebra"),
-    Organ("kidney_right", "visceral", radlex=29662, partner="kidney_left", hu=150, sct="Kidney"),
-    Organ("kidney_left", "visceral", radlex=29663, partner="kidney_right", hu=150, sct="Kidney"),
-    Organ("adrenal_gland_right", "visceral", radlex=30324, partner="adrenal_gland_left", hu=30, sct="AdrenalGland"),
-    Organ("adrenal_gland_left", "visceral", radlex=30325, partner="adrenal_gland_right", hu=30, sct="AdrenalGland"),
-    Organ("psoas_major_right", "visceral", radlex=32248, partner="psoas_major_left", hu=55),
-    Organ("psoas_major_left", "visceral", radlex=32249, partner="psoas_major_right", hu=55),
-    Organ("rectus_abdominis_right", "visceral", radlex=40357, partner="rectus_abdominis_left", hu=50),
-    Organ("rectus_abdominis_left", "visceral", radlex=40358, partner="rectus_abdominis_right", hu=50),
+    Organ("liver", "visceral", radlex=58, hu=60, sct="Liver", tg263="Liver"),
+    Organ("spleen", "visceral", radlex=86, hu=50, sct="Spleen", tg263="Spleen"),
+    Organ("pancreas", "visceral", radlex=170, hu=45, sct="Pancreas", tg263="Pancreas"),
+    Organ("gallbladder", "visceral", radlex=187, hu=10, sct="Gallbladder", tg263="Gallbladder"),
+    Organ("urinary_bladder", "visceral", radlex=237, hu=15, sct="Bladder", tg263="Bladder"),
+    Organ("aorta", "visceral", radlex=480, hu=180, sct="Aorta", tg263="A_Aorta"),
+    Organ("trachea", "visceral", radlex=1247, hu=-900, sct="Trachea", tg263="Trachea"),
+    Organ("lung_right", "visceral", radlex=1302, partner="lung_left", hu=-820, sct="Lung", tg263="Lung_R"),
+    Organ("lung_left", "visceral", radlex=1326, partner="lung_right", hu=-820, sct="Lung", tg263="Lung_L"),
+    Organ("sternum", "visceral", radlex=2473, hu=400, sct="Sternum", tg263="Sternum"),
+    Organ("thyroid_gland", "visceral", radlex=7578, hu=90, sct="Thyroid", tg263="Glnd_Thyroid"),
+    Organ("vertebra_L1", "visceral", radlex=29193, hu=450, sct="L1Vertebra", tg263="VB_L1"),
+    Organ("kidney_right", "visceral", radlex=29662, partner="kidney_left", hu=150, sct="Kidney", tg263="Kidney_R"),
+    Organ("kidney_left", "visceral", radlex=29663, partner="kidney_right", hu=150, sct="Kidney", tg263="Kidney_L"),
+    Organ("adrenal_gland_right", "visceral", radlex=30324, partner="adrenal_gland_left", hu=30, sct="AdrenalGland", tg263="Glnd_Adrenal_R"),
+    Organ("adrenal_gland_left", "visceral", radlex=30325, partner="adrenal_gland_right", hu=30, sct="AdrenalGland", tg263="Glnd_Adrenal_L"),
+    Organ("psoas_major_right", "visceral", radlex=32248, partner="psoas_major_left", hu=55, tg263="Musc_Psoas_R"),
+    Organ("psoas_major_left", "visceral", radlex=32249, partner="psoas_major_right", hu=55, tg263="Musc_Psoas_L"),
+    Organ("rectus_abdominis_right", "visceral", radlex=40357, partner="rectus_abdominis_left", hu=50, tg263="Musc_RectusAbdominis_R"),
+    Organ("rectus_abdominis_left", "visceral", radlex=40358, partner="rectus_abdominis_right", hu=50, tg263="Musc_RectusAbdominis_L"),
     # OpenKBP head-and-neck OARs (ROI file stem -> name).
-    Organ("brainstem", "openkbp", openkbp_roi="Brainstem", hu=35, sct="BrainStem"),
-    Organ("spinal_cord", "openkbp", openkbp_roi="SpinalCord", hu=35, sct="SpinalCord"),
-    Organ("parotid_right", "openkbp", openkbp_roi="RightParotid", partner="parotid_left", hu=10, sct="ParotidGland"),
-    Organ("parotid_left", "openkbp", openkbp_roi="LeftParotid", partner="parotid_right", hu=10, sct="ParotidGland"),
-    Organ("esophagus", "openkbp", openkbp_roi="Esophagus", hu=40, sct="Esophagus"),
-    Organ("larynx", "openkbp", openkbp_roi="Larynx", hu=30, sct="Larynx"),
-    Organ("mandible", "openkbp", openkbp_roi="Mandible", hu=900, sct="Mandible"),
+    Organ("brainstem", "openkbp", openkbp_roi="Brainstem", hu=35, sct="BrainStem", tg263="Brainstem"),
+    Organ("spinal_cord", "openkbp", openkbp_roi="SpinalCord", hu=35, sct="SpinalCord", tg263="SpinalCord"),
+    Organ("parotid_right", "openkbp", openkbp_roi="RightParotid", partner="parotid_left", hu=10, sct="ParotidGland", tg263="Parotid_R"),
+    Organ("parotid_left", "openkbp", openkbp_roi="LeftParotid", partner="parotid_right", hu=10, sct="ParotidGland", tg263="Parotid_L"),
+    Organ("esophagus", "openkbp", openkbp_roi="Esophagus", hu=40, sct="Esophagus", tg263="Esophagus"),
+    Organ("larynx", "openkbp", openkbp_roi="Larynx", hu=30, sct="Larynx", tg263="Larynx"),
+    Organ("mandible", "openkbp", openkbp_roi="Mandible", hu=900, sct="Mandible", tg263="Bone_Mandible"),
 ]
 
 ORGANS: Dict[str, Organ] = {o.name: o for o in _ORGANS}
@@ -126,11 +129,25 @@ def labels_for(names: Iterable[str]) -> Dict[str, int]:
 
 
 # 20 colours that stay distinct from each other and from the grey of CT (Trubetskoy's list without grey,
-# dark blue swapped for sky blue), so an organ has one colour in every picture and in RTSTRUCT / SEG
+# dark blue swapped for sky blue, and its beige, mint and white, which vanish on the white background of
+# a planning system's structure list, swapped for violet-red, slate blue and dark green), so an organ has
+# one colour in every picture and in RTSTRUCT / SEG
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-            (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-            (0, 191, 255), (255, 255, 255)]
+            (170, 110, 40), (199, 21, 133), (128, 0, 0), (106, 90, 205), (128, 128, 0), (255, 215, 180),
+            (0, 191, 255), (0, 100, 0)]
+
+
+def roi_name(name: str, style: str = "tg263") -> str:
+    """The name an organ gets in RTSTRUCT and SEG: ``"tg263"`` (``Kidney_L``, the default; the catalogue
+    name where it has none) or ``"catalogue"`` (``kidney_left``). Names outside the catalogue stay."""
+    if style not in ROI_NAME_STYLES:
+        raise InputError(f"ROI name style must be one of {ROI_NAME_STYLES}, got {style!r}")
+    organ = ORGANS.get(name)
+    return organ.tg263 if style == "tg263" and organ is not None and organ.tg263 else name
+
+
+ROI_NAME_STYLES = ("tg263", "catalogue")
 
 
 def colour(name: str) -> Tuple[int, int, int]:

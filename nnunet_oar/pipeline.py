@@ -214,7 +214,7 @@ def _refuse_overwriting_inputs(sources: List[Tuple[str, Path]], output: Path) ->
 def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
             organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
             series_uid: Optional[str] = None, rtstruct: bool = False, dicom_seg: bool = False,
-            preview: bool = False, boxes_dir: Optional[Path] = None) -> Dict[str, str]:
+            preview: bool = False, boxes_dir: Optional[Path] = None, roi_names: str = "tg263") -> Dict[str, str]:
     """Segment every CT in ``inputs`` into ``output``.
 
     Args:
@@ -225,6 +225,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
         preview: also write ``{case}_preview.png`` (one row of planes per found organ).
         boxes_dir: take each case's boxes from ``{boxes_dir}/{case}_boxes.json`` instead of the localizer
             (e.g. ``nnunet_oar reference-boxes``: the organ stage alone).
+        roi_names: ROI / segment names in RTSTRUCT and SEG: ``"tg263"`` (``Kidney_L``) or ``"catalogue"``.
 
     Returns:
         ``{case: error}`` for inputs that could not be processed; the other cases are written.
@@ -278,6 +279,6 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
         write_json({"labels": predictor.labels, "image": geometry(ct)}, files[1])
         write_json(boxes, files[2])
         written = write_outputs(ct, seg, predictor.labels, case, output, boxes, series, rtstruct and clinical,
-                                dicom_seg and clinical, preview)
+                                dicom_seg and clinical, preview, roi_names)
         finish_case_set(output, case, files + list(written.values()))
     return errors

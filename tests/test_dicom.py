@@ -17,6 +17,8 @@ from tests.dicom_helpers import rasterize_rtstruct, write_ct_series
 
 ORGANS = ["liver", "spleen", "kidney_right", "kidney_left", "adrenal_gland_right"]
 LABELS = catalogue.labels_for(ORGANS)
+TG263 = {"Liver": "liver", "Spleen": "spleen", "Kidney_R": "kidney_right", "Kidney_L": "kidney_left",
+         "Glnd_Adrenal_R": "adrenal_gland_right"}           # the default ROI names in RTSTRUCT and SEG
 GRIDS = {
     "axial": dict(spacing=(0.9, 0.9, 2.5), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)),
     "flipped": dict(spacing=(1.0, 1.2, 2.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)),
@@ -97,7 +99,8 @@ def test_export_round_trips_through_rtstruct_and_seg(grid, tmp_path):
     # RTSTRUCT: read with pydicom, rasterised on the CT grid
     rt = pydicom.dcmread(out / "case_rtstruct.dcm")
     masks = rasterize_rtstruct(out / "case_rtstruct.dcm", image)
-    assert set(masks) == set(ORGANS)
+    assert set(masks) == set(TG263)
+    masks = {TG263[name]: m for name, m in masks.items()}
     for organ in ORGANS:
         ref = expected == LABELS[organ]
         d = 2 * (masks[organ] & ref).sum() / (masks[organ].sum() + ref.sum())
@@ -126,7 +129,8 @@ def test_export_round_trips_through_rtstruct_and_seg(grid, tmp_path):
     seg = hd.seg.segread(out / "case_seg.dcm")
     assert seg.StudyInstanceUID == uids["study"] and seg.FrameOfReferenceUID == uids["frame"]
     numbers = {seg.get_segment_description(n).SegmentLabel: n for n in seg.get_segment_numbers()}
-    assert set(numbers) == set(ORGANS)
+    assert set(numbers) == set(TG263)
+    numbers = {TG263[name]: n for name, n in numbers.items()}
     back = seg.get_pixels_by_source_instance([h.SOPInstanceUID for h in series.headers], combine_segments=True,
                                              skip_overlap_checks=True)
     want = np.zeros_like(back)
@@ -135,8 +139,8 @@ def test_export_round_trips_through_rtstruct_and_seg(grid, tmp_path):
     assert np.array_equal(back, want)
     liver_desc = seg.get_segment_description(numbers["liver"])
     assert liver_desc.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
-    kidney = seg.get_segment_description(numbers["kidney_left"])
-    assert kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
+    kidney = seg.get_segment_description(numbers["kidney_left"]).SegmentedPropertyTypeCodeSequence[0]
+    assert kidney.CodeMeaning == "Kidney" and kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
 
     # statistics and preview
     stats = json.loads((out / "case_stats.json").read_text())["organs"]
@@ -255,3 +259,59 @@ def test_blank_uids_refuse_rtstruct_and_seg_but_not_the_label_map(tmp_path):
                  "--rtstruct", "--dicom-seg"]) == 2
     assert not out.exists() or not any(out.iterdir())                 # nothing half-written
     assert main(["export", "-i", str(tmp_path / "case.nii.gz"), "--ct", str(tmp_path / "dcm"), "-o", str(out)]) == 0
+
+
+def test_roi_names_follow_tg263_by_default_and_the_catalogue_on_request(tmp_path):
+    ct, lab = make_case(**GRIDS["axial"])
+    write_ct_series(ct, tmp_path / "dcm", seed=2)
+    sitk.WriteImage(lab, str(tmp_path / "case.nii.gz"))
+    (tmp_path / "case.json").write_text(json.dumps({"labels": LABELS}))
+    assert main(["export", "-i", str(tmp_path / "case.nii.gz"), "--ct", str(tmp_path / "dcm"), "-o",
+                 str(tmp_path / "out"), "--rtstruct", "--roi-names", "catalogue"]) == 0
+    rt = pydicom.dcmread(tmp_path / "out" / "case_rtstruct.dcm")
+    assert sorted(r.ROIName for r in rt.StructureSetROISequence) == sorted(ORGANS)
+    assert all(catalogue.ORGANS[o].tg263 for o in catalogue.ORGANS)    # every catalogue organ has one
+
+
+def _luminance(rgb):
+    c = np.asarray(rgb) / 255.0
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(lin @ [0.2126, 0.7152, 0.0722])
+
+
+def test_no_organ_colour_vanishes_on_a_white_structure_list():
+    assert max(_luminance(catalogue.colour(o)) for o in catalogue.ORGANS) < 0.8
+
+
+def _dciodvfy():
+    """dicom3tools' IOD verifier; installed here if missing and possible, else the test says why it skips."""
+    import shutil
+    import subprocess
+    if shutil.which("dciodvfy") is None and shutil.which("apt-get") is not None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "dicom3tools"], capture_output=True, timeout=300)
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed and could not be installed here")
+    return shutil.which("dciodvfy")
+
+
+def test_rtstruct_and_seg_pass_the_dicom3tools_verifier(tmp_path):
+    """Zero errors and warnings from dciodvfy, for a multi-organ case whose patient name is not ASCII
+    (the CT itself has its own findings, which are not ours)."""
+    import subprocess
+    verifier = _dciodvfy()
+    ct, lab = make_case(**GRIDS["axial"])
+    write_ct_series(ct, tmp_path / "dcm", seed=2)
+    for f in (tmp_path / "dcm").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 100", "M\u00fcller^J\u00fcrgen"
+        ds.save_as(f)
+    sitk.WriteImage(lab, str(tmp_path / "case.nii.gz"))
+    (tmp_path / "case.json").write_text(json.dumps({"labels": LABELS}))
+    out = tmp_path / "out"
+    assert main(["export", "-i", str(tmp_path / "case.nii.gz"), "--ct", str(tmp_path / "dcm"), "-o", str(out),
+                 "--rtstruct", "--dicom-seg"]) == 0
+    for name in ("case_rtstruct.dcm", "case_seg.dcm"):
+        r = subprocess.run([verifier, str(out / name)], capture_output=True, text=True, errors="replace")
+        findings = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith(("Error", "Warning"))]
+        assert findings == [], (name, findings)
+    assert str(pydicom.dcmread(out / "case_rtstruct.dcm").PatientName) == "M\u00fcller^J\u00fcrgen"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nnunet_oar import organs as catalogue
 from tests.nnunet_helpers import LOC_TRAINER, run
 
 ORGANS = ["liver", "kidney_left"]
@@ -188,7 +189,8 @@ def test_predict_from_a_dicom_series_writes_clinical_files(pipeline, tmp_path):
     found = [o for o in ORGANS if stats[o]["status"] == "found"]
     import pydicom
     rt = pydicom.dcmread(out / "CT_series_rtstruct.dcm")
-    assert sorted(r.ROIName for r in getattr(rt, "StructureSetROISequence", [])) == sorted(found)
+    names = sorted(r.ROIName for r in getattr(rt, "StructureSetROISequence", []))
+    assert names == sorted(catalogue.roi_name(o) for o in found)                  # TG-263: Liver, Kidney_L
     ref = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
     assert ref.SeriesInstanceUID == uids["series"] and rt.FrameOfReferenceUID == uids["frame"]
     assert (out / "CT_series_seg.dcm").is_file() == bool(found)

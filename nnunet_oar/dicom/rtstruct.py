@@ -50,7 +50,7 @@ def _copy(dst, src, keywords) -> None:
 
 
 def write_rtstruct(label_zyx: np.ndarray, labels: Dict[str, int], series: DicomSeries, dst: Path,
-                   label: str = "nnunet_oar") -> List[str]:
+                   label: str = "nnunet_oar", roi_names: str = "tg263") -> List[str]:
     """Write an RTSTRUCT for ``series`` with one ROI per organ present in ``label_zyx``.
 
     Args:
@@ -59,6 +59,8 @@ def write_rtstruct(label_zyx: np.ndarray, labels: Dict[str, int], series: DicomS
         series: the sorted CT series (from :func:`nnunet_oar.dicom.series.read_ct_series`).
         dst: file to write (atomically).
         label: StructureSetLabel.
+        roi_names: ``"tg263"`` (``Kidney_L``) or ``"catalogue"`` (``kidney_left``), see
+            :func:`nnunet_oar.organs.roi_name`.
 
     Returns:
         The ROI names written, in ROI number order.
@@ -79,16 +81,17 @@ def write_rtstruct(label_zyx: np.ndarray, labels: Dict[str, int], series: DicomS
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    _copy(ds, first, ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+    # the CT's character set travels with the names copied from it (a non-ASCII name is invalid without)
+    _copy(ds, first, ["SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                       "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
                       "FrameOfReferenceUID", "PositionReferenceIndicator"])
     ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "RTSTRUCT", generate_uid(), 9901, 1
     ds.SeriesDescription = "nnunet_oar organs at risk (automatic)"
     ds.Manufacturer, ds.ManufacturerModelName = "nnunet_oar", "nnunet_oar"
+    ds.OperatorsName = ""                                             # Type 2 in the RT Series module
     ds.StructureSetLabel = label
     ds.StructureSetDate, ds.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ds.ContentDate, ds.ContentTime = ds.StructureSetDate, ds.StructureSetTime
     ds.ApprovalStatus = "UNAPPROVED"
 
     contour_images = []
@@ -132,7 +135,7 @@ def write_rtstruct(label_zyx: np.ndarray, labels: Dict[str, int], series: DicomS
                 contours.append(item)
         roi = Dataset()
         roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, first.FrameOfReferenceUID
-        roi.ROIName, roi.ROIGenerationAlgorithm = organ, "AUTOMATIC"
+        roi.ROIName, roi.ROIGenerationAlgorithm = catalogue.roi_name(organ, roi_names), "AUTOMATIC"
         rois.append(roi)
         rc = Dataset()
         rc.ROIDisplayColor = list(catalogue.colour(organ)) if organ in catalogue.ORGANS else [255, 0, 0]
@@ -143,7 +146,7 @@ def write_rtstruct(label_zyx: np.ndarray, labels: Dict[str, int], series: DicomS
         obs.ObservationNumber, obs.ReferencedROINumber = number, number
         obs.RTROIInterpretedType, obs.ROIInterpreter = "ORGAN", ""
         observations.append(obs)
-        names.append(organ)
+        names.append(roi.ROIName)
     ds.StructureSetROISequence = Sequence(rois)
     ds.ROIContourSequence = Sequence(roi_contours)
     ds.RTROIObservationsSequence = Sequence(observations)

@@ -25,8 +25,9 @@ def _software_version() -> str:
         return "unknown"
 
 
-def segment_description(number: int, organ: str):
-    """highdicom SegmentDescription of one organ (SNOMED CT type and laterality where known)."""
+def segment_description(number: int, organ: str, roi_names: str = "tg263"):
+    """highdicom SegmentDescription of one organ (SNOMED CT type and laterality where known), labelled
+    by :func:`nnunet_oar.organs.roi_name`."""
     import highdicom as hd
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
@@ -35,19 +36,22 @@ def segment_description(number: int, organ: str):
     prop = getattr(codes.SCT, entry.sct) if entry is not None and entry.sct else codes.cid7150.AnatomicalStructure
     r, g, b = catalogue.colour(organ) if entry is not None else (255, 0, 0)
     desc = hd.seg.SegmentDescription(
-        segment_number=number, segment_label=organ, segmented_property_category=codes.cid7150.AnatomicalStructure,
-        segmented_property_type=prop, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        segment_number=number, segment_label=catalogue.roi_name(organ, roi_names),
+        segmented_property_category=codes.cid7150.AnatomicalStructure, segmented_property_type=prop, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name="nnunet_oar", family=codes.cid7162.ArtificialIntelligence, version=_software_version()),
         display_color=hd.color.CIELabColor.from_rgb(r, g, b))
     if entry is not None and entry.sct and entry.side:
+        # the modifier belongs inside the property type item, so that a reader sees "Kidney, left"
         side = hd.sr.CodedConcept.from_code(codes.SCT.Right if entry.side == "right" else codes.SCT.Left)
-        desc.SegmentedPropertyTypeModifierCodeSequence = Sequence([Dataset()])
-        desc.SegmentedPropertyTypeModifierCodeSequence[0].update(side)
+        modifier = Dataset()
+        modifier.update(side)
+        desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = Sequence([modifier])
     return desc
 
 
-def write_dicom_seg(label_zyx: np.ndarray, labels: Dict[str, int], series: DicomSeries, dst: Path) -> List[str]:
+def write_dicom_seg(label_zyx: np.ndarray, labels: Dict[str, int], series: DicomSeries, dst: Path,
+                    roi_names: str = "tg263") -> List[str]:
     """Write a DICOM SEG for ``series`` with one segment per organ present in ``label_zyx``.
 
     Args:
@@ -55,6 +59,7 @@ def write_dicom_seg(label_zyx: np.ndarray, labels: Dict[str, int], series: Dicom
         labels: ``{organ: label value}``.
         series: the sorted CT series.
         dst: file to write (atomically).
+        roi_names: segment labels, ``"tg263"`` or ``"catalogue"``.
 
     Returns:
         The segment labels, segment number i + 1 for entry i.
@@ -70,10 +75,10 @@ def write_dicom_seg(label_zyx: np.ndarray, labels: Dict[str, int], series: Dicom
     sources = [pydicom.dcmread(f) for f in series.files]
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=segments, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment_description(n, o) for n, (o, _) in enumerate(present, start=1)],
+        segment_descriptions=[segment_description(n, o, roi_names) for n, (o, _) in enumerate(present, 1)],
         series_instance_uid=hd.UID(), series_number=9902, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="nnunet_oar", manufacturer_model_name="nnunet_oar", software_versions=_software_version(),
         device_serial_number="none", series_description="nnunet_oar organs at risk (automatic)")
     with atomic_path(dst) as tmp:
         seg.save_as(tmp)
-    return [o for o, _ in present]
+    return [catalogue.roi_name(o, roi_names) for o, _ in present]
