@@ -22,7 +22,7 @@ from nnunet_oar.io import InputError, atomic_path, geometry, read_image, read_js
 
 STATS_COLUMNS = ["organ", "status", "localizer", "volume_ml", "mean_hu", "centroid_x_mm", "centroid_y_mm",
                  "centroid_z_mm", "box_min_x_mm", "box_min_y_mm", "box_min_z_mm", "box_max_x_mm", "box_max_y_mm",
-                 "box_max_z_mm", "cut_by_box"]
+                 "box_max_z_mm", "cut_by_box", "implausible", "flags"]
 
 
 def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: Dict[str, int],
@@ -36,8 +36,9 @@ def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: D
         labels: ``{organ: label value}`` of the label map.
         boxes: the localizer's ``{case}_boxes.json`` (adds its status per organ), if any.
 
-    Status: ``found`` (voxels present), ``absent`` (none: not found by the localizer, or no voxel won
-    the merge) or ``not_requested``. ``cut_by_box`` (from the boxes) lists the box faces inside the image
+    Status: ``found`` (voxels present), ``absent`` (none: not found by the localizer, no voxel won
+    the merge, or removed as ``implausible``, with the reason) or ``not_requested``; ``flags`` lists
+    doubts that did not remove the organ (:mod:`nnunet_oar.plausibility`). ``cut_by_box`` (from the boxes) lists the box faces inside the image
     that the organ's prediction touches: it may go on outside its box. ``box_mm`` is the world extent of the organ's voxels, cells included
     (``min``/``max``, x, y, z in mm).
     """
@@ -55,8 +56,9 @@ def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: D
         rec = {"status": "found" if n else "absent", "volume_ml": n * voxel_ml}
         if loc is not None:
             rec["localizer"] = loc
-        if "cut_by_box" in entries.get(organ, {}):
-            rec["cut_by_box"] = entries[organ]["cut_by_box"]
+        for key in ("cut_by_box", "implausible", "flags"):     # the predictor's findings (plausibility)
+            if key in entries.get(organ, {}):
+                rec[key] = entries[organ][key]
         if n:
             lo, hi = index_box_to_world(geom, *mask_bbox_xyz(mask))
             rec.update(mean_hu=float(ct_zyx[mask].mean()), centroid_mm=centroid_mm(geom, mask).tolist(),
@@ -132,7 +134,8 @@ def stats_csv(stats: Dict[str, dict]) -> str:
         c = s.get("centroid_mm") or [None] * 3
         b = s.get("box_mm") or {"min": [None] * 3, "max": [None] * 3}
         w.writerow([organ, s["status"], s.get("localizer"), s.get("volume_ml"), s.get("mean_hu"), *c, *b["min"],
-                    *b["max"], " ".join(s.get("cut_by_box", []))])
+                    *b["max"], " ".join(s.get("cut_by_box", [])), s.get("implausible", ""),
+                    "; ".join(s.get("flags", []))])
     return buf.getvalue()
 
 
@@ -166,7 +169,7 @@ def write_outputs(ct: sitk.Image, seg: sitk.Image, labels: Dict[str, int], case:
     stats = organ_stats(label_zyx, ct_zyx, geometry(ct), labels, boxes)
     written = {"stats": output / f"{case}_stats.json", "stats_csv": output / f"{case}_stats.csv"}
     write_json({"case": case, "units": {"volume": "mL", "positions": "world mm (x, y, z)", "mean_hu": "HU"},
-                "organs": stats}, written["stats"])
+                "input_warnings": (boxes or {}).get("input_warnings", []), "organs": stats}, written["stats"])
     with atomic_path(written["stats_csv"]) as tmp:
         tmp.write_text(stats_csv(stats))
     if rtstruct:

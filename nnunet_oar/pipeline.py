@@ -30,7 +30,8 @@ from nnunet_oar.io import (InputError, check_memory, check_writable, geometry, r
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, cut_faces
 from nnunet_oar.localization.localize import Localizer, available_folds, case_id, list_images
 from nnunet_oar.merge import THRESHOLD, MaxProbabilityMerger
-from nnunet_oar.paths import ensure_trainer_path, find_dataset, results_root
+from nnunet_oar.paths import ensure_trainer_path, find_dataset, raw_root, results_root
+from nnunet_oar.plausibility import input_warnings, organ_check
 from nnunet_oar.safe_load import check_checkpoint
 
 MANIFEST = "models.json"
@@ -92,9 +93,31 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
                 raise FileNotFoundError(f"{src}: no trained fold")
             _copy_results(src, tmp / "organs" / organ, folds)
             manifest["organs"][organ] = {"results_folder": f"organs/{organ}", "configuration": "3d_fullres",
-                                         "trainer": organ_trainer, "folds": folds}
+                                         "trainer": organ_trainer, "folds": folds,
+                                         "volume_ml": _trained_volume_range(dataset_id)}
         write_json(manifest, tmp / MANIFEST)
     return Path(output)
+
+
+def _trained_volume_range(dataset_id: int) -> Optional[List[float]]:
+    """[min, max] organ volume (mL) over an organ data set's training crops (``crops.json``), or ``None``
+    when the raw data set is not on this machine or predates the record."""
+    raw = find_dataset(raw_root(), dataset_id)
+    if raw is None or not (raw / "crops.json").is_file():
+        return None
+    volumes = [c["organ_volume_ml"] for c in read_json(raw / "crops.json").values() if c.get("organ_volume_ml")]
+    return [min(volumes), max(volumes)] if volumes else None
+
+
+def _expected(models: Path, organ: str, entry: dict, box_stats: Dict[str, dict]) -> dict:
+    """What an organ looked like in training (see :mod:`nnunet_oar.plausibility`)."""
+    fingerprint = models / entry["results_folder"] / "dataset_fingerprint.json"
+    hu = None
+    if fingerprint.is_file():
+        p = read_json(fingerprint)["foreground_intensity_properties_per_channel"]["0"]
+        hu = [p["percentile_00_5"], p["percentile_99_5"]]
+    return {"mean_hu": hu, "volume_ml": entry.get("volume_ml"),
+            "size_mm": box_stats.get(organ, {}).get("mean_size_mm")}
 
 
 class OARPredictor:
@@ -139,6 +162,7 @@ class OARPredictor:
             p.initialize_from_trained_model_folder(str(models / available[organ]["results_folder"]),
                                                    folds or available[organ]["folds"])
             self.networks[organ] = p
+        self.expected = {o: _expected(models, o, available[o], self.localizer.box_stats) for o in self.organs}
 
     def predict_image(self, ct: sitk.Image, image_file: Path, case: str, boxes: Optional[dict] = None):
         """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict).
@@ -165,9 +189,31 @@ class OARPredictor:
                 tqdm.write(f"warning: {case}: {organ} reaches the {'/'.join(entry['cut_by_box'])} face(s) of its box "
                            "inside the image; it may be cut (cut_by_box in the boxes and stats)")
             merger.add(self.labels[organ], prob_zyx, box["start"])
-        seg = sitk.GetImageFromArray(merger.labels)
+        labels = self._plausible(merger.labels, sitk.GetArrayViewFromImage(ct), ct.GetSpacing(), boxes, case)
+        seg = sitk.GetImageFromArray(labels)
         seg.CopyInformation(ct)
         return seg, boxes
+
+    def _plausible(self, labels_zyx: np.ndarray, ct_zyx: np.ndarray, spacing_xyz, boxes: dict, case: str):
+        """Remove organs that cannot be what their network was trained on, flag doubtful ones; the reasons
+        go into the case's boxes (and from there into the statistics)."""
+        boxes["input_warnings"] = input_warnings(ct_zyx.shape[::-1], spacing_xyz, ct_zyx)
+        for w in boxes["input_warnings"]:
+            tqdm.write(f"warning: {case}: {w}")
+        for organ in self.organs:
+            entry = boxes["organs"].get(organ)
+            mask = labels_zyx == self.labels[organ]
+            if entry is None or not mask.any():
+                continue
+            check = organ_check(mask, ct_zyx, spacing_xyz, self.expected[organ])
+            if check["implausible"]:
+                labels_zyx[mask] = 0
+                entry["implausible"] = check["implausible"]
+                tqdm.write(f"warning: {case}: {organ} removed: {check['implausible']}")
+            if check["flags"]:
+                entry["flags"] = check["flags"]
+                tqdm.write(f"warning: {case}: {organ}: " + "; ".join(check["flags"]))
+        return labels_zyx
 
 
 def write_reference_boxes(reference: Path, labels: Dict[str, int], models: Path, output: Path,

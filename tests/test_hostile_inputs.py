@@ -225,3 +225,30 @@ def test_an_interrupted_or_edited_output_set_is_refused_by_its_readers(tmp_path)
     files[3].write_text('{"edited": true}')
     with pytest.raises(InputError, match="changed since"):
         check_case_set(out, "c1")
+
+
+def test_inputs_that_are_not_ct_are_named():
+    from nnunet_oar.plausibility import input_warnings
+    rng = np.random.default_rng(0)
+    ct = np.full((40, 64, 64), -1024.0)
+    ct[:, 10:50, 10:50] = rng.normal(40, 20, (40, 40, 40))           # a body
+    assert input_warnings((64, 64, 40), (1, 1, 2.5), ct) == []
+    assert "soft tissue" in " ".join(input_warnings((64, 64, 40), (1, 1, 2.5), np.full((40, 64, 64), -1000.0)))
+    assert "no air" in " ".join(input_warnings((64, 64, 40), (1, 1, 2.5), rng.uniform(0, 1000, (40, 64, 64))))
+    few = input_warnings((30, 30, 1), (20, 20, 20), ct[:1, :30, :30])
+    assert any("1 voxels along one axis" in w for w in few) and any("20.0 mm" in w for w in few)
+
+
+def test_organs_that_cannot_be_what_their_network_learned_are_removed_or_flagged():
+    from nnunet_oar.plausibility import organ_check
+    expected = {"mean_hu": [-20.0, 150.0], "volume_ml": [900.0, 2000.0], "size_mm": [180.0, 150.0, 160.0]}
+    ct = np.full((60, 100, 100), 60.0)
+    mask = np.zeros(ct.shape, bool)
+    mask[10:50, 20:80, 20:80] = True                                 # 144 mL at 1 x 1 x 1 mm
+    c = organ_check(mask, ct, (1, 1, 1), expected)
+    assert c["implausible"] is None and any("volume 144.0 mL" in f for f in c["flags"])
+    c = organ_check(mask, np.full(ct.shape, -1000.0), (2, 2, 2), expected)          # air: an impossible liver
+    assert "mean -1000 HU" in c["implausible"]
+    small = organ_check(mask[10:15, 20:40, 20:40], ct[10:15, 20:40, 20:40], (1, 1, 1), expected)
+    assert any("field of view" in f for f in small["flags"])
+    assert organ_check(mask, ct, (2.5, 2.5, 2.5), expected) == {"implausible": None, "flags": []}   # 2250 mL

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from nnunet_oar.phantom import write_phantoms
 from tests.nnunet_helpers import nnunet_environment, run
@@ -78,3 +79,22 @@ def test_readme_recipe_learns_on_phantoms(tmp_path):
                 extent = np.subtract(entry["box_mm"]["max"], entry["box_mm"]["min"])
                 voxel = max(boxes["image"]["spacing_xyz"]) + 0.01
                 assert any(np.allclose(extent, t, atol=voxel) for t in train_mm), (organ, extent, train_mm[:3])
+
+    # impossible inputs with trained models: absence is a result, and the reason is in the statistics
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    ref = sitk.ReadImage(str(next((test_raw / "imagesTr").iterdir())))
+    air = sitk.Image(ref.GetSize(), sitk.sitkInt16) - 1000
+    air.CopyInformation(ref)
+    sitk.WriteImage(air, str(odd / "air.nii.gz"))
+    coarse = sitk.Image([30, 30, 30], sitk.sitkInt16) + 40
+    coarse.SetSpacing([20.0, 20.0, 20.0])
+    sitk.WriteImage(coarse, str(odd / "coarse.nii.gz"))
+    run(["nnunet_oar", "predict", "-i", str(odd), "-o", str(tmp_path / "odd_out"), "-m", str(models),
+         "--device", "cpu", "--disable-tta"], env)
+    for case in ("air", "coarse"):
+        stats = json.loads((tmp_path / "odd_out" / f"{case}_stats.json").read_text())
+        assert stats["input_warnings"], case
+        for organ in ORGANS:
+            s = stats["organs"][organ]
+            assert s["status"] == "absent" or s.get("flags"), (case, organ, s)

@@ -123,9 +123,11 @@ def crop_rois(source_id: int, first_id: int, boxes_dir: Optional[Path] = None, o
                     ct = read_image(raw / "imagesTr" / f"{case}_0000{dataset['file_ending']}", "CT")
                 builders[organ].add_case(case, crop_image(ct, box["start"], box["stop"]),
                                          {organ: crop_zyx(mask, box["start"], box["stop"]).copy()})
+                # the organ's whole volume: export-models keeps the range, predict flags what falls outside
                 crops[organ][case] = {"source_case": case, "organ": organ,
                                       "box_index_xyz": {"start": box["start"], "stop": box["stop"]},
-                                      "clipped": box["clipped"], "source_image": geom}
+                                      "clipped": box["clipped"], "source_image": geom,
+                                      "organ_volume_ml": n_organ * float(np.prod(geom["spacing_xyz"])) / 1000}
                 report["cases"] += 1
         for organ, builder in builders.items():
             if not crops[organ]:
