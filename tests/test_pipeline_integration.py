@@ -234,4 +234,4 @@ def test_predict_on_a_series_with_blank_uids_writes_the_labels_and_refuses_rtstr
                        text=True)
     assert r.returncode == 2 and "SeriesInstanceUID is empty" in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["anon.json", "anon.nii.gz", "anon_boxes.json",
-                                                      "anon_stats.csv", "anon_stats.json"]
+                                                      "anon_manifest.json", "anon_stats.csv", "anon_stats.json"]
