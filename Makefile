@@ -13,7 +13,7 @@ export nnUNet_compile ?= f
 .PHONY: venv demo test test-fast
 venv: $(BIN)/nnunet_oar
 
-$(BIN)/nnunet_oar: setup.py
+$(BIN)/nnunet_oar: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH) nnunetv2==2.8.1 pytest
 	$(BIN)/pip install -q -e .

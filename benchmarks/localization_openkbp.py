@@ -182,7 +182,6 @@ def contour_beyond_ct(label_zyx, ct_zyx, labels: dict) -> dict:
     """Per organ, the fraction of its contoured slices that hold no CT data. OpenKBP's CTs hold anatomy
     on a slab of slices (the rest is -1024) while some contours run on beyond it; there the image cannot
     tell where the organ ends. A slice holds data when 1 % of its voxels are above -500 HU."""
-    import numpy as np
     has_data = (ct_zyx > -500).mean(axis=(1, 2)) >= 0.01
     out = {}
     for organ, value in labels.items():

@@ -33,7 +33,9 @@ from typing import Dict, List, Optional
 from nnunet_oar.io import InputError, atomic_path, read_json, write_json
 from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root, use_nnunet_folders
 
-SHARED_OPENKBP = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp"
+# the project workspace keeps the data beside the checkout; an installed package has no such default
+_SHARED_OPENKBP = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp"
+DEFAULT_OPENKBP = str(_SHARED_OPENKBP) if _SHARED_OPENKBP.is_dir() else None
 PHANTOM_ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
 
 # trainer class names: (localizer, baseline and organ networks)
@@ -66,7 +68,7 @@ class Settings:
     organ_boxes: str = "oof"
     loc_folds: int = 5
     phantoms: Dict[str, float] = field(default_factory=dict)
-    openkbp: str = str(SHARED_OPENKBP)  # folder with openkbp-{train,validation}.tar.xz (or such folders)
+    openkbp: Optional[str] = DEFAULT_OPENKBP  # folder with openkbp-{train,validation}.tar.xz (or such folders)
 
     @property
     def baseline_id(self) -> int:
@@ -99,6 +101,10 @@ def _settings_for(dataset: str, budget: str) -> Settings:
                         margin_mm=20.0 if small else 10.0, baseline_patch=[64, 64, 64] if small else None)
     train_id = int(dataset)
     return Settings(dataset, budget, train_id, train_id + 1)
+
+
+class StageFailed(InputError):
+    """A stage's command failed; the message names its log and ends with the log's last lines."""
 
 
 class _Runner:
@@ -135,7 +141,9 @@ class _Runner:
                 p.returncode = os.waitstatus_to_exitcode(status)
             peak = max(peak, usage.ru_maxrss)         # kB on Linux
             if p.returncode:
-                raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}); see {log}:\n" + log.read_text()[-3000:])
+                # the command's own message (a bad input, a missing file) is at the end of its log
+                raise StageFailed(f"{log}: stage {name} failed: {' '.join(cmd)} exited with {p.returncode}:\n"
+                                  + log.read_text()[-3000:])
         rec = {"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak / 1024 ** 2,
                "commands": [" ".join(c) for c in commands]}
         if jobs > 1:
@@ -173,6 +181,9 @@ def _prepare_data(s: Settings, work: Path, run: _Runner) -> None:
                        work / "stages" / "data.json")
     elif s.dataset == "openkbp":
         # the tarballs as distributed, or folders of pt_* of the same names (e.g. a subset)
+        if not s.openkbp:
+            raise InputError("--dataset openkbp needs --openkbp DIR: a folder with openkbp-train.tar.xz and "
+                             "openkbp-validation.tar.xz (or folders of those names)")
         src = [Path(s.openkbp) / f"openkbp-{part}.tar.xz" for part in ("train", "validation")]
         src = [f if f.exists() else f.with_name(f.name[:-len(".tar.xz")]) for f in src]
         run.stage("data", [["nnunet_oar", "convert-openkbp", "-i", str(src[0]), "-d", str(s.train_id)],

@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of training and held-out phantoms (default 30 3)")
     s.add_argument("--organs", nargs="+", help="organs to train and score (default: the data set's)")
     s.add_argument("--openkbp", help="folder with openkbp-train.tar.xz and openkbp-validation.tar.xz "
-                                     "(default ../shared/data/openkbp beside the repository)")
+                                     "(needed, except in the project's workspace checkout)")
     s.add_argument("--organ-boxes", choices=["oof", "reference"],
                    help="the organ networks' training crops: out-of-fold localizer boxes with calibrated margins "
                         "(oof, the paper's; default) or shifted reference boxes (reference)")

@@ -38,9 +38,9 @@ def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: D
 
     Status: ``found`` (voxels present), ``absent`` (none: not found by the localizer, no voxel won
     the merge, or removed as ``implausible``, with the reason) or ``not_requested``; ``flags`` lists
-    doubts that did not remove the organ (:mod:`nnunet_oar.plausibility`). ``cut_by_box`` (from the boxes) lists the box faces inside the image
-    that the organ's prediction touches: it may go on outside its box. ``box_mm`` is the world extent of the organ's voxels, cells included
-    (``min``/``max``, x, y, z in mm).
+    doubts that did not remove the organ (:mod:`nnunet_oar.plausibility`). ``cut_by_box`` (from the boxes)
+    lists the box faces inside the image that the organ's prediction touches: it may go on outside its box.
+    ``box_mm`` is the world extent of the organ's voxels, cells included (``min``/``max``, x, y, z in mm).
     """
     voxel_ml = float(np.prod(geom["spacing_xyz"])) / 1000.0
     entries = (boxes or {}).get("organs", {})

@@ -57,14 +57,13 @@ def merge_folders(organ_folders: Sequence, output) -> list:
     """Merge nnU-Net predictions on organ crops into full-image label maps (``nnunet_oar merge``).
 
     Each folder holds one organ's ``nnUNetv2_predict --save_probabilities`` output on crops
-    (``{crop}.npz`` with ``probabilities`` (2, z, y, x) and ``{crop}.pkl``) and a ``crops.json`` mapping each crop to its
-    source case, box and source geometry (the format ``crop_rois`` writes). Organs are streamed one at a
+    (``{crop}.npz`` with ``probabilities`` (2, z, y, x) and ``{crop}.pkl``) and a ``crops.json`` mapping each
+    crop to its source case, box and source geometry (the format ``crop_rois`` writes). Organs are streamed one at a
     time per case. Writes ``{case}.nii.gz`` and ``{case}.json`` (label names) into ``output``.
 
     Returns:
         The case ids written.
     """
-    import json
     from pathlib import Path
 
     from tqdm import tqdm

@@ -6,7 +6,7 @@ exclusive) of the image the label map lives on.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -32,8 +32,9 @@ def localization_metrics(mask_zyx: np.ndarray, geom: dict, entry: Optional[dict]
     Returns:
         ``detection`` (``tp`` found and present, ``fn`` missed, ``fp`` found but absent, ``tn``) and,
         for a ``tp``: ``centroid_error_mm``, ``centroid_error_xyz_mm`` (absolute error along world x, y, z:
-        for a patient in standard orientation, left-right, front-back, head-foot), ``wall_distance_mm`` (mean absolute distance of the six box
-        walls), ``iou`` (box IoU) and ``containment`` (fraction of reference voxels inside the box).
+        for a patient in standard orientation, left-right, front-back, head-foot), ``wall_distance_mm``
+        (mean absolute distance of the six box walls), ``iou`` (box IoU) and ``containment`` (fraction of
+        reference voxels inside the box).
     """
     present = bool(mask_zyx.any())
     found = entry is not None and entry.get("status") == "found"

@@ -11,7 +11,7 @@ order and is renumbered consecutively. :func:`labels_for` is the only function t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from nnunet_oar.io import InputError
 
@@ -66,17 +66,23 @@ _ORGANS: List[Organ] = [
     Organ("vertebra_L1", "visceral", radlex=29193, hu=450, sct="L1Vertebra", tg263="VB_L1"),
     Organ("kidney_right", "visceral", radlex=29662, partner="kidney_left", hu=150, sct="Kidney", tg263="Kidney_R"),
     Organ("kidney_left", "visceral", radlex=29663, partner="kidney_right", hu=150, sct="Kidney", tg263="Kidney_L"),
-    Organ("adrenal_gland_right", "visceral", radlex=30324, partner="adrenal_gland_left", hu=30, sct="AdrenalGland", tg263="Glnd_Adrenal_R"),
-    Organ("adrenal_gland_left", "visceral", radlex=30325, partner="adrenal_gland_right", hu=30, sct="AdrenalGland", tg263="Glnd_Adrenal_L"),
+    Organ("adrenal_gland_right", "visceral", radlex=30324, partner="adrenal_gland_left", hu=30, sct="AdrenalGland",
+          tg263="Glnd_Adrenal_R"),
+    Organ("adrenal_gland_left", "visceral", radlex=30325, partner="adrenal_gland_right", hu=30, sct="AdrenalGland",
+          tg263="Glnd_Adrenal_L"),
     Organ("psoas_major_right", "visceral", radlex=32248, partner="psoas_major_left", hu=55, tg263="Musc_Psoas_R"),
     Organ("psoas_major_left", "visceral", radlex=32249, partner="psoas_major_right", hu=55, tg263="Musc_Psoas_L"),
-    Organ("rectus_abdominis_right", "visceral", radlex=40357, partner="rectus_abdominis_left", hu=50, tg263="Musc_RectusAbdominis_R"),
-    Organ("rectus_abdominis_left", "visceral", radlex=40358, partner="rectus_abdominis_right", hu=50, tg263="Musc_RectusAbdominis_L"),
+    Organ("rectus_abdominis_right", "visceral", radlex=40357, partner="rectus_abdominis_left", hu=50,
+          tg263="Musc_RectusAbdominis_R"),
+    Organ("rectus_abdominis_left", "visceral", radlex=40358, partner="rectus_abdominis_right", hu=50,
+          tg263="Musc_RectusAbdominis_L"),
     # OpenKBP head-and-neck OARs (ROI file stem -> name).
     Organ("brainstem", "openkbp", openkbp_roi="Brainstem", hu=35, sct="BrainStem", tg263="Brainstem"),
     Organ("spinal_cord", "openkbp", openkbp_roi="SpinalCord", hu=35, sct="SpinalCord", tg263="SpinalCord"),
-    Organ("parotid_right", "openkbp", openkbp_roi="RightParotid", partner="parotid_left", hu=10, sct="ParotidGland", tg263="Parotid_R"),
-    Organ("parotid_left", "openkbp", openkbp_roi="LeftParotid", partner="parotid_right", hu=10, sct="ParotidGland", tg263="Parotid_L"),
+    Organ("parotid_right", "openkbp", openkbp_roi="RightParotid", partner="parotid_left", hu=10, sct="ParotidGland",
+          tg263="Parotid_R"),
+    Organ("parotid_left", "openkbp", openkbp_roi="LeftParotid", partner="parotid_right", hu=10, sct="ParotidGland",
+          tg263="Parotid_L"),
     Organ("esophagus", "openkbp", openkbp_roi="Esophagus", hu=40, sct="Esophagus", tg263="Esophagus"),
     Organ("larynx", "openkbp", openkbp_roi="Larynx", hu=30, sct="Larynx", tg263="Larynx"),
     Organ("mandible", "openkbp", openkbp_roi="Mandible", hu=900, sct="Mandible", tg263="Bone_Mandible"),
@@ -159,17 +165,3 @@ def colour(name: str) -> Tuple[int, int, int]:
 def organs_from_labels(labels: Dict[str, int]) -> Dict[int, str]:
     """Invert a dataset.json ``labels`` dict: ``{label value: organ name}`` without background."""
     return {int(v): k for k, v in labels.items() if k != "background" and int(v) != 0}
-
-
-def mirrored_channel_order(names: Sequence[str]) -> List[int]:
-    """Channel permutation that swaps left/right partners.
-
-    Args:
-        names: organ names in channel order.
-
-    Returns:
-        ``perm`` such that ``x[perm]`` is what ``x`` becomes when the image is mirrored left-right:
-        a paired organ's channel takes its partner's, provided the partner is present in ``names``.
-    """
-    index = {n: i for i, n in enumerate(names)}
-    return [index.get(get(n).partner, i) if get(n).partner else i for i, n in enumerate(names)]

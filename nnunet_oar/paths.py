@@ -36,7 +36,7 @@ def find_dataset(root: Path, dataset_id: int) -> Optional[Path]:
     """The folder ``Dataset{ID:03d}_*`` under ``root``, or ``None``; two such folders are an error."""
     hits = sorted(root.glob(f"Dataset{dataset_id:03d}_*")) if root.is_dir() else []
     if len(hits) > 1:
-        raise RuntimeError(f"{root}: several folders for dataset id {dataset_id}: {[h.name for h in hits]}")
+        raise InputError(f"{root}: several folders for dataset id {dataset_id}: {[h.name for h in hits]}")
     return hits[0] if hits else None
 
 

@@ -78,23 +78,6 @@ def _legend_and_save(fig, organs: Dict[str, int], counts: Dict[str, int], spacin
         fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
 
 
-def preview_png(ct: sitk.Image, labels: sitk.Image, names: Dict[str, int], boxes: Optional[dict], dst: Path,
-                title: str = "") -> None:
-    """One row of three planes through the centroid of the largest predicted organ (the image centre if
-    none), with every organ's contour, its localization box where the plane cuts it, and a legend."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ct, hu, lab, organs, counts = _prepare(ct, labels, names)
-    biggest = max(counts, key=counts.get) if counts and max(counts.values()) else None
-    centre = (np.argwhere(lab == organs[biggest]).mean(0).round().astype(int) if biggest
-              else np.array(lab.shape) // 2)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.5))
-    _draw_row(axes, hu, lab, ct.GetSpacing(), geometry(ct), organs, boxes, centre, None)
-    _legend_and_save(fig, organs, counts, ct.GetSpacing(), title, dst)
-    plt.close(fig)
-
-
 def organ_montage_png(ct: sitk.Image, labels: sitk.Image, names: Dict[str, int], boxes: Optional[dict], dst: Path,
                       title: str = "", context_mm: float = 40.0) -> List[str]:
     """QA montage: one row per found organ, three planes through that organ's centroid, zoomed to its

@@ -1,9 +1,11 @@
 """Helpers of our nnU-Net trainers that live in the package, so that the trainer folder holds trainer
-classes only: seeding, the heat-map output layer's start, the localizer's centroid-error curve."""
+classes only: seeding, short schedules, the heat-map output layer's start, the localizer's centroid-error
+curve."""
 from __future__ import annotations
 
+import os
 import random
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +18,33 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class ShortSchedule:
+    """Mixin for nnU-Net trainers (before the trainer class in the bases): a seeded run whose schedule is a
+    class attribute, so a budget variant is three lines, like nnU-Net's ``nnUNetTrainer_Xepochs``.
+
+    ``budget`` = (epochs, iterations per epoch, validation iterations), ``None`` for nnU-Net's schedule;
+    a budget also saves a checkpoint every epoch, so an interrupted short run resumes (``--c``) where it
+    stopped. ``seed`` seeds this process (``$nnUNet_oar_seed`` overrides). Fold ``all`` skips nnU-Net's
+    final validation, which would only re-predict the training cases.
+    """
+
+    budget: Optional[Tuple[int, int, int]] = None
+    seed = 0
+
+    # the explicit signature matters: nnU-Net records its trainer's __init__ arguments by name
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        seed_everything(int(os.environ.get("nnUNet_oar_seed", self.seed)))
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.budget is not None:
+            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.budget
+            self.save_every = 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.fold != "all":
+            super().perform_actual_validation(save_probabilities)
 
 
 def init_output_layer(network: torch.nn.Module, std: float) -> None:

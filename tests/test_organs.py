@@ -33,8 +33,3 @@ def test_labels_are_consecutive_in_catalogue_order_whatever_the_input_order():
         organs.labels_for(["liver", "liver"])
     with pytest.raises(KeyError, match="unknown organ"):
         organs.labels_for(["livre"])
-
-
-def test_mirrored_channel_order_swaps_present_partners_only():
-    names = ["liver", "kidney_right", "kidney_left", "lung_right"]
-    assert organs.mirrored_channel_order(names) == [0, 2, 1, 3]

@@ -82,9 +82,9 @@ def write_rtstruct(label_zyx: np.ndarray, labels: Dict[str, int], series: DicomS
     ds = Dataset()
     ds.file_meta = meta
     # the CT's character set travels with the names copied from it (a non-ASCII name is invalid without)
-    _copy(ds, first, ["SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                      "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
-                      "FrameOfReferenceUID", "PositionReferenceIndicator"])
+    _copy(ds, first, ["SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                      "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+                      "ReferringPhysicianName", "StudyDescription", "FrameOfReferenceUID", "PositionReferenceIndicator"])
     ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "RTSTRUCT", generate_uid(), 9901, 1
     ds.SeriesDescription = "nnunet_oar organs at risk (automatic)"

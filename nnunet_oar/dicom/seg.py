@@ -37,7 +37,8 @@ def segment_description(number: int, organ: str, roi_names: str = "tg263"):
     r, g, b = catalogue.colour(organ) if entry is not None else (255, 0, 0)
     desc = hd.seg.SegmentDescription(
         segment_number=number, segment_label=catalogue.roi_name(organ, roi_names),
-        segmented_property_category=codes.cid7150.AnatomicalStructure, segmented_property_type=prop, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        segmented_property_category=codes.cid7150.AnatomicalStructure, segmented_property_type=prop,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name="nnunet_oar", family=codes.cid7162.ArtificialIntelligence, version=_software_version()),
         display_color=hd.color.CIELabColor.from_rgb(r, g, b))

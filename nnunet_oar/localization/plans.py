@@ -13,7 +13,6 @@ every localization report compares with).
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Tuple

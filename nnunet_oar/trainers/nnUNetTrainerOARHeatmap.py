@@ -12,7 +12,6 @@ To subclass it from a trainer folder of your own, import it through the package
 (``from nnunet_oar.trainers.nnUNetTrainerOARHeatmap import nnUNetTrainerOARHeatmap``): nnU-Net puts a
 trainer folder on ``sys.path`` only while it scans that folder.
 """
-import json
 import os
 from os.path import join
 from typing import List
@@ -26,15 +25,15 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 
-from nnunet_oar.io import geometry, write_json
+from nnunet_oar.io import geometry, read_json, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_TAU, heatmap_region, mean_box_sizes
 from nnunet_oar.localization.heatmaps import DEFAULT_SIGMA2_MM2, HeatmapLoss, heatmap_targets, label_centroids
-from nnunet_oar.training import init_output_layer, plot_centroid_errors, seed_everything
 from nnunet_oar.localization.localize import BOX_STATS, boxes_for_case
 from nnunet_oar.localization.report import markdown_table, score_case, summarize
+from nnunet_oar.training import ShortSchedule, init_output_layer, plot_centroid_errors
 
 
-class nnUNetTrainerOARHeatmap(nnUNetTrainer):
+class nnUNetTrainerOARHeatmap(ShortSchedule, nnUNetTrainer):
     """Regresses one Gaussian heat map per organ (sigma^2 from the plans, 150 mm^2 by default) with an
     L2 loss that ignores organs not annotated in a case (``annotations.json``).
 
@@ -50,26 +49,21 @@ class nnUNetTrainerOARHeatmap(nnUNetTrainer):
     amsgrad = False             # nnU-Net's nnUNetTrainerAdam uses True
     adam_weight_decay = 0.0     # nnU-Net's default is 3e-5
     output_init_std = 1e-4      # None: nnU-Net's initialisation of the output layer
-    seed = 0                    # torch / numpy / random in the main process; $nnUNet_oar_seed overrides
-    budget = None               # (epochs, iterations per epoch, validation iterations); None: nnU-Net's
+    # seed and budget (epochs, iterations, validation iterations): see ShortSchedule
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        seed_everything(int(os.environ.get("nnUNet_oar_seed", self.seed)))
         super().__init__(plans, configuration, fold, dataset_json, device)
         # Deep supervision off: the 3d_loc patch is the whole volume at 3 mm, so the coarse decoder outputs
         # are 6-48 mm grids on which a sigma = 12 mm blob is one or two voxels (docs/localization.md).
         self.enable_deep_supervision = False
         self.initial_lr = 1e-3
         self.weight_decay = self.adam_weight_decay
-        if self.budget is not None:
-            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.budget
-            self.save_every = 1        # short schedules: an interrupted run resumes (--c) from its last epoch
         self.sigma2_mm2 = float(self.configuration_manager.configuration.get("heatmap_sigma2_mm2", DEFAULT_SIGMA2_MM2))
         labels = dataset_json["labels"]
         self.organ_names = [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
         path = join(self.preprocessed_dataset_folder_base, "annotations.json")
-        self.annotations = json.load(open(path)) if os.path.isfile(path) else None
+        self.annotations = read_json(path) if os.path.isfile(path) else None
         # per-organ median centroid error on the validation patches, one entry per epoch (log and PNG)
         self.logger.local_logger.my_fantastic_logging.setdefault("centroid_error_mm", [])
 
@@ -163,25 +157,23 @@ class nnUNetTrainerOARHeatmap(nnUNetTrainer):
         # the box size of each organ is the mean over this fold's training cases only
         tr_keys, _ = self.do_split()
         base = self.preprocessed_dataset_folder_base
-        with open(join(base, "box_sizes.json")) as fh:
-            sizes = json.load(fh)
+        sizes = read_json(join(base, "box_sizes.json"))
         offsets = None
         if os.path.isfile(join(base, "centroid_offsets.json")):     # plans older than the constant guess lack it
-            with open(join(base, "centroid_offsets.json")) as fh:
-                offsets = json.load(fh)
+            offsets = read_json(join(base, "centroid_offsets.json"))
         write_json(mean_box_sizes(sizes, tr_keys, offsets), join(self.output_folder, BOX_STATS))
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         """Heat maps, boxes and ``localization_summary.json`` for the validation cases."""
         if self.fold == "all":
-            return          # there are no held-out cases; it would only re-localize the training cases
+            return          # there are no held-out cases (ShortSchedule's rule, for every schedule here)
         self.network.eval()
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                     perform_everything_on_device=self.device.type != "cpu", device=self.device,
                                     verbose=False, allow_tqdm=False)
         predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.__class__.__name__, None)
-        box_stats = json.load(open(join(self.output_folder, BOX_STATS)))
+        box_stats = read_json(join(self.output_folder, BOX_STATS))
         out_dir = join(self.output_folder, "validation")
         os.makedirs(out_dir, exist_ok=True)
         _, val_keys = self.do_split()
