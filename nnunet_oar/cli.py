@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="benchmark on phantoms: two-stage vs one network, trained briefly on CPU")
     s.add_argument("-o", "--output", required=True)
-    s.add_argument("--train", type=int, default=30, help="training phantoms (default 30)")
+    s.add_argument("--train", type=int, default=20, help="training phantoms (default 20)")
     s.add_argument("--test", type=int, default=3, help="held-out phantoms (default 3)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_demo)

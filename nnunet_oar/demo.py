@@ -1,13 +1,13 @@
 """``nnunet_oar demo``: the paper's comparison on synthetic phantoms, small enough for 2 CPU cores.
 
-It is ``nnunet_oar benchmark --dataset phantoms --budget demo``: 30 training and 3 held-out phantoms,
-the localizer and one organ network per organ (liver, spleen, kidneys) against one multi-organ
-``3d_fullres`` network, all trained briefly with the stock ``nnUNetv2_train``, predicted, scored
-(Dice, HD95, NSD, localization) and reported in ``report.md``; plus ``preview.png``, the QA montage of
-a held-out case. Everything lives under the output folder (its own nnU-Net folders), so the user's
-nnU-Net folders are untouched. The CPU shortcuts are listed in the report's settings (4 mm localizer
-grid with a foreground-weighted L2, 2 mm organ grid, organ crops from reference boxes with random
-shifts, the localizer trained on all training cases).
+It is ``nnunet_oar benchmark --dataset phantoms --budget demo``: 20 training and 3 held-out phantoms,
+the localizer (two cross-validation folds, whose out-of-fold boxes crop the organs) and one organ
+network per organ (liver, spleen, kidneys) against one multi-organ ``3d_fullres`` network, all trained
+briefly with the stock ``nnUNetv2_train``, predicted, scored (Dice, HD95, NSD, localization) and
+reported in ``report.md``; plus ``preview.png``, the QA montage of a held-out case. Everything lives
+under the output folder (its own nnU-Net folders), so the user's nnU-Net folders are untouched. The CPU
+shortcuts are listed in the report's settings (4 mm localizer grid with a foreground-weighted L2,
+2.5 mm organ grid, the baseline's patch capped at 48^3 voxels).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from nnunet_oar.paths import find_dataset, raw_root
 from nnunet_oar.report import organ_montage_png
 
 
-def run_demo(output: Path, n_train: int = 30, n_test: int = 3, seed: int = 0) -> dict:
+def run_demo(output: Path, n_train: int = 20, n_test: int = 3, seed: int = 0) -> dict:
     """Run the demo into ``output``; returns the benchmark report (also ``report.json``)."""
     s = settings_for("phantoms", "demo")
     s.phantoms.update(train=n_train, test=n_test, seed=seed)
