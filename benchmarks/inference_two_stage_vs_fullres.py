@@ -68,7 +68,7 @@ def prepare(work: Path) -> None:
     from nnunet_oar.geometry import crop_image, index_box_to_world, mask_bbox_xyz, world_box_to_index
     from nnunet_oar.io import geometry, write_image, write_json
     from nnunet_oar.localization.plans import plan_localizer
-    from nnunet_oar.pipeline import export_models
+    from nnunet_oar.models import export_models
 
     ct3 = sitk.ReadImage(str(SHARED / "example_ct.nii.gz"))
     seg3 = sitk.ReadImage(str(SHARED / "example_seg.nii.gz"))
@@ -163,7 +163,7 @@ def run_method(work: Path, method: str) -> dict:
         t_start = time.perf_counter()
         loc.localize_file(work / "ct_clinical.nii.gz", "ct")
     else:
-        from nnunet_oar.pipeline import OARPredictor
+        from nnunet_oar.segmentation.predict import OARPredictor
         p = OARPredictor(work / "models", device="cpu", tta=False, step_size=1.0 if method.endswith("step1") else 0.5)
         timer.attach(p.localizer.predictor.network)
         for net in p.networks.values():

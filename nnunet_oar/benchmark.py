@@ -276,7 +276,7 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     plans["organs: crops + plan + preprocess"] = run.stage("organ_plan", [
         ["nnunet_oar", "crop-rois", "-d", T, "--first-id", O, *crop, *organs],
         ["nnunet_oar", "plan-organs", "--first-id", O, "--spacing", str(s.organ_spacing_mm), "-np", n_proc]])
-    from nnunet_oar.segmentation.organs import organ_dataset_ids_from
+    from nnunet_oar.segmentation.planning import organ_dataset_ids_from
     organ_ids = organ_dataset_ids_from(s.first_organ_id)
     organ_train = {}
     if run.done("organ_train"):          # a run recorded before organ networks got one stage each
@@ -329,7 +329,7 @@ def _localization_floor_and_cuts(models: Path, test_raw: Path, predictions: Path
     import SimpleITK as sitk
     from nnunet_oar.localization.localize import load_box_stats
     from nnunet_oar.localization.report import score_case, summarize
-    from nnunet_oar.pipeline import MANIFEST
+    from nnunet_oar.models import MANIFEST
     loc = read_json(models / MANIFEST)["localizer"]
     box_stats = load_box_stats(models / loc["results_folder"], loc["folds"])
     labels = read_json(test_raw / "dataset.json")["labels"]

@@ -80,19 +80,19 @@ def _crop_rois(a):
 
 
 def _plan_organs(a):
-    from nnunet_oar.segmentation.organs import plan_organs
+    from nnunet_oar.segmentation.planning import plan_organs
     ids = plan_organs(a.first_id, None if a.spacing <= 0 else a.spacing, a.num_processes)
     print("planned and preprocessed 3d_fullres for data sets " + ", ".join(map(str, ids)))
 
 
 def _merge(a):
-    from nnunet_oar.merge import merge_folders
+    from nnunet_oar.segmentation.merge import merge_folders
     print(f"merged {len(merge_folders(a.input, Path(a.output)))} cases into {a.output}")
 
 
 def _export_models(a):
-    from nnunet_oar.pipeline import export_models
-    from nnunet_oar.segmentation.organs import organ_dataset_ids_from
+    from nnunet_oar.models import export_models
+    from nnunet_oar.segmentation.planning import organ_dataset_ids_from
     margin = _margins(a)
     ids = a.organ_ids or organ_dataset_ids_from(a.first_id)
     out = export_models(Path(a.output), a.localizer_id, ids, a.localizer_trainer, a.organ_trainer, margins=margin,

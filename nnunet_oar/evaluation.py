@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_oar.export import check_case_set
-from nnunet_oar.io import InputError, atomic_path, geometry, read_image, read_json, same_geometry, write_json
+from nnunet_oar.io import IMAGE_SUFFIXES, InputError, atomic_path, geometry, read_image, read_json, same_geometry, write_json
 from nnunet_oar.metrics import localization_metrics, organ_metrics, summarize_localization
 
 METRICS = ("dice", "hd95_mm", "nsd", "volume_diff_ml")
@@ -36,7 +36,7 @@ def _labels_near(folder: Path) -> Optional[Dict[str, int]]:
     return None
 
 
-ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+ENDINGS = IMAGE_SUFFIXES
 
 
 def _cases(ref_dir: Path) -> Dict[str, Path]:

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_oar.geometry import centroid_mm, index_box_to_world, mask_bbox_xyz
-from nnunet_oar.io import InputError, atomic_path, geometry, read_image, read_json, same_geometry, write_json
+from nnunet_oar.io import InputError, atomic_path, case_id, geometry, read_image, read_json, same_geometry, write_json
 
 STATS_COLUMNS = ["organ", "status", "localizer", "volume_ml", "mean_hu", "centroid_x_mm", "centroid_y_mm",
                  "centroid_z_mm", "box_min_x_mm", "box_min_y_mm", "box_min_z_mm", "box_max_x_mm", "box_max_y_mm",
@@ -203,7 +203,6 @@ def export_label_map(labels_file: Path, ct_input: Path, output: Path, series_uid
     to the CT's, which is exact; any other grid is an error.
     """
     from nnunet_oar.dicom.series import is_dicom_folder, read_ct_series
-    from nnunet_oar.localization.localize import case_id
     labels_file = Path(labels_file)
     case = case_id(labels_file)
     check_case_set(labels_file.parent, case)

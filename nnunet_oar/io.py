@@ -14,12 +14,16 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Dict, Iterator, Union
+from typing import Any, Dict, Iterator, List, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 PathLike = Union[str, os.PathLike]
+
+
+# image files every command reads (a folder of them, or one)
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 
 
 class InputError(ValueError):
@@ -79,6 +83,29 @@ def atomic_dir(dst: PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def case_id(image_file: PathLike) -> str:
+    """Case id of an image file: its name without ``.nii.gz`` and without nnU-Net's ``_0000`` channel suffix."""
+    name = Path(image_file).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name[:-5] if len(name) > 5 and name[-5:-4] == "_" and name[-4:].isdigit() else name
+
+
+def list_images(path: PathLike) -> List[Path]:
+    """One image file, or the images of a folder (``*.nii.gz``, ``*.nii``, ``*.mha``, ``*.nrrd``)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{path}: no such file or folder")
+    files = sorted(f for f in path.iterdir() if f.name.endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise InputError(f"{path}: no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)})")
+    return files
 
 
 def write_json(obj: Any, dst: PathLike) -> None:

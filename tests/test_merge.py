@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_oar.geometry import crop_image, crop_zyx, paste_zyx
-from nnunet_oar.merge import MaxProbabilityMerger, merge_arrays
+from nnunet_oar.segmentation.merge import MaxProbabilityMerger, merge_arrays
 
 
 def test_highest_probability_above_half_wins_else_background():

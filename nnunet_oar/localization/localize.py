@@ -15,8 +15,8 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from nnunet_oar.io import (InputError, atomic_path, check_writable, geometry, image_from_geometry, read_image,
-                           read_json, write_json)
+from nnunet_oar.io import (InputError, atomic_path, case_id, check_writable, geometry, image_from_geometry,
+                           list_images, read_image, read_json, write_json)
 from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, heatmap_region,
                                           organ_box)
 from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry
@@ -203,29 +203,6 @@ class Localizer:
             full = heatmaps_on_original_grid(heat, properties, self.predictor.plans_manager,
                                              self.predictor.configuration_manager, orientation)
         return self.boxes(heat, properties, geometry(image), case, requested), full
-
-
-def case_id(image_file: Path) -> str:
-    """Case id of an image file: its name without ``.nii.gz`` and without nnU-Net's ``_0000`` channel suffix."""
-    name = image_file.name
-    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return name[:-5] if len(name) > 5 and name[-5:-4] == "_" and name[-4:].isdigit() else name
-
-
-def list_images(path: Path) -> List[Path]:
-    """One image file, or the images of a folder (``*.nii.gz``, ``*.nii``, ``*.mha``, ``*.nrrd``)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise InputError(f"{path}: no such file or folder")
-    files = sorted(f for f in path.iterdir() if f.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd")))
-    if not files:
-        raise InputError(f"{path}: no images (*.nii.gz, *.nii, *.mha, *.nrrd)")
-    return files
 
 
 def write_heatmaps(heat_zyx: np.ndarray, organ_names: Sequence[str], geom: dict, dst: Path) -> None:

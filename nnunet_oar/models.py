@@ -1,0 +1,96 @@
+"""The models folder: one self-contained, portable folder per trained method.
+
+``models.json`` (the manifest, :data:`MANIFEST`) names the localizer's and each organ's nnU-Net results
+folder, relative to itself, so the folder can be copied to another machine; with them the localizer's
+margins, threshold and read-out, each organ's folds and the volume range of its training organs (for
+the plausibility checks). :func:`export_models` writes it from nnU-Net's results; :func:`read_manifest`
+reads it back.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+from nnunet_oar.io import InputError, atomic_dir, read_json, write_json
+from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU
+from nnunet_oar.localization.localize import available_folds
+from nnunet_oar.paths import find_dataset, raw_root, results_root
+
+MANIFEST = "models.json"
+_KEEP = ("plans.json", "dataset.json", "dataset_fingerprint.json")
+_KEEP_FOLD = ("checkpoint_final.pth", "box_stats.json")
+
+
+def read_manifest(models: Path) -> dict:
+    """``models.json`` of a models folder (:class:`InputError` naming it when there is none)."""
+    path = Path(models) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{path}: no models manifest (write one with `nnunet_oar export-models`)")
+    return read_json(path, "models manifest")
+
+
+def _copy_results(src: Path, dst: Path, folds: Sequence) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in _KEEP:
+        shutil.copy2(src / name, dst / name)
+    for f in folds:
+        (dst / f"fold_{f}").mkdir(exist_ok=True)
+        for name in _KEEP_FOLD:
+            if (src / f"fold_{f}" / name).is_file():
+                shutil.copy2(src / f"fold_{f}" / name, dst / f"fold_{f}" / name)
+
+
+def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
+                  localizer_trainer: str = "nnUNetTrainerOARHeatmap", organ_trainer: str = "nnUNetTrainer",
+                  plans: str = "nnUNetPlans", margins: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM,
+                  tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT) -> Path:
+    """Copy trained results into a self-contained models folder with a ``models.json`` manifest.
+
+    Args:
+        output: models folder to write (replaced atomically).
+        localizer_id: data set id of the localizer.
+        organ_ids: data set ids of the organ networks (each a cropped data set with one organ).
+        localizer_trainer, organ_trainer, plans: names in the nnU-Net results folders.
+        margins: margin v in mm, one for all organs or per organ (e.g. calibrated ones).
+        tau: the localizer's detection threshold.
+        readout: the localizer's centroid read-out (``midpoint`` or ``weighted``).
+    """
+    loc_name = find_dataset(results_root(), localizer_id)
+    if loc_name is None:
+        raise FileNotFoundError(f"{results_root()}: no results for data set {localizer_id}")
+    loc_src = loc_name / f"{localizer_trainer}__{plans}__3d_loc"
+    loc_folds = available_folds(loc_src)
+    if not loc_folds:
+        raise FileNotFoundError(f"{loc_src}: no trained fold")
+    manifest = {"localizer": {"results_folder": "localizer", "configuration": "3d_loc", "trainer": localizer_trainer,
+                              "folds": loc_folds, "margin_mm": margins, "tau": tau, "readout": readout},
+                "organs": {}}
+    with atomic_dir(output) as tmp:
+        _copy_results(loc_src, tmp / "localizer", loc_folds)
+        for dataset_id in organ_ids:
+            folder = find_dataset(results_root(), dataset_id)
+            if folder is None:
+                raise FileNotFoundError(f"{results_root()}: no results for organ data set {dataset_id}")
+            src = folder / f"{organ_trainer}__{plans}__3d_fullres"
+            labels = read_json(src / "dataset.json")["labels"]
+            organ = next(n for n in labels if n != "background")
+            folds = available_folds(src)
+            if not folds:
+                raise FileNotFoundError(f"{src}: no trained fold")
+            _copy_results(src, tmp / "organs" / organ, folds)
+            manifest["organs"][organ] = {"results_folder": f"organs/{organ}", "configuration": "3d_fullres",
+                                         "trainer": organ_trainer, "folds": folds,
+                                         "volume_ml": _trained_volume_range(dataset_id)}
+        write_json(manifest, tmp / MANIFEST)
+    return Path(output)
+
+
+def _trained_volume_range(dataset_id: int) -> Optional[List[float]]:
+    """[min, max] organ volume (mL) over an organ data set's training crops (``crops.json``), or ``None``
+    when the raw data set is not on this machine or predates the record."""
+    raw = find_dataset(raw_root(), dataset_id)
+    if raw is None or not (raw / "crops.json").is_file():
+        return None
+    volumes = [c["organ_volume_ml"] for c in read_json(raw / "crops.json").values() if c.get("organ_volume_ml")]
+    return [min(volumes), max(volumes)] if volumes else None

@@ -1,0 +1,132 @@
+"""Stage 2 at inference: each organ network on its organ's crop, pasted back by the max-probability
+merge, after the localizer's boxes (stage 1); then the plausibility checks.
+
+:class:`OARPredictor` holds the loaded networks of a models folder (:mod:`nnunet_oar.models`) and turns
+one CT into a label map on exactly its grid; :func:`nnunet_oar.pipeline.predict` does the file handling
+around it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from tqdm import tqdm
+
+from nnunet_oar import organs as catalogue
+from nnunet_oar.conversion.dataset import NETWORK_ORIENTATION
+from nnunet_oar.geometry import crop_image
+from nnunet_oar.io import InputError, read_json
+from nnunet_oar.localization.boxes import DEFAULT_READOUT, DEFAULT_TAU, cut_faces
+from nnunet_oar.localization.localize import Localizer
+from nnunet_oar.models import read_manifest
+from nnunet_oar.paths import ensure_trainer_path
+from nnunet_oar.plausibility import input_warnings, organ_check
+from nnunet_oar.safe_load import check_checkpoint
+from nnunet_oar.segmentation.merge import THRESHOLD, MaxProbabilityMerger
+
+
+def _expected(models: Path, organ: str, entry: dict, box_stats: Dict[str, dict]) -> dict:
+    """What an organ looked like in training (see :mod:`nnunet_oar.plausibility`)."""
+    fingerprint = models / entry["results_folder"] / "dataset_fingerprint.json"
+    hu = None
+    if fingerprint.is_file():
+        p = read_json(fingerprint)["foreground_intensity_properties_per_channel"]["0"]
+        hu = [p["percentile_00_5"], p["percentile_99_5"]]
+    return {"mean_hu": hu, "volume_ml": entry.get("volume_ml"),
+            "size_mm": box_stats.get(organ, {}).get("mean_size_mm")}
+
+
+class OARPredictor:
+    """Loaded models for :func:`predict`.
+
+    Args:
+        models: models folder with ``models.json``.
+        folds: folds to ensemble for every network (default: those in the manifest).
+        device: ``cpu`` or ``cuda``.
+        organs: organs to segment (default: all in the manifest).
+        tta: nnU-Net's test-time mirroring for the organ networks.
+        step_size: nnU-Net's sliding-window step (fraction of the patch) for the organ networks; 0.5 is
+            nnU-Net's default, 1.0 halves the tiles of crops larger than the patch.
+    """
+
+    def __init__(self, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
+                 organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        ensure_trainer_path()
+        models = Path(models)
+        manifest = read_manifest(models)
+        loc = manifest["localizer"]
+        self.localizer = Localizer(models / loc["results_folder"], folds or loc["folds"], device, loc["margin_mm"],
+                                   loc.get("tau", DEFAULT_TAU), readout=loc.get("readout", DEFAULT_READOUT))
+        available = manifest["organs"]
+        self.organs = list(organs) if organs else list(available)
+        for o in self.organs:
+            if o not in available:
+                raise InputError(f"no model for {o}; the models folder has {', '.join(available)}")
+        self.labels = catalogue.labels_for(self.organs)
+        self.networks = {}
+        dev = torch.device(device)
+        for organ in self.organs:
+            for f in folds or available[organ]["folds"]:
+                check_checkpoint(models / available[organ]["results_folder"] / f"fold_{f}" / "checkpoint_final.pth")
+            p = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
+                                perform_everything_on_device=dev.type != "cpu", device=dev, verbose=False,
+                                allow_tqdm=False)
+            p.initialize_from_trained_model_folder(str(models / available[organ]["results_folder"]),
+                                                   folds or available[organ]["folds"])
+            self.networks[organ] = p
+        self.expected = {o: _expected(models, o, available[o], self.localizer.box_stats) for o in self.organs}
+
+    def predict_image(self, ct: sitk.Image, image_file: Path, case: str, boxes: Optional[dict] = None):
+        """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict).
+        ``boxes`` (a ``{case}_boxes.json``) replaces the localizer, e.g. reference boxes."""
+        if boxes is None:
+            boxes, _ = self.localizer.localize_file(image_file, case, requested=self.organs)
+        merger = MaxProbabilityMerger(ct.GetSize()[::-1])
+        orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(ct.GetDirection())
+        for organ in self.organs:
+            entry = boxes["organs"].get(organ, {})
+            if entry.get("status") != "found":
+                continue
+            box = entry["box_index_xyz"]
+            # the organ networks were trained on RAS-reoriented arrays (SimpleITKIOWithReorient)
+            crop = sitk.DICOMOrient(crop_image(ct, box["start"], box["stop"]), NETWORK_ORIENTATION)
+            data = sitk.GetArrayFromImage(crop)[None].astype(np.float32)
+            _, prob = self.networks[organ].predict_single_npy_array(
+                data, {"spacing": list(crop.GetSpacing())[::-1]}, None, None, True)
+            prob_img = sitk.GetImageFromArray(np.asarray(prob[1], dtype=np.float32))
+            prob_img.CopyInformation(crop)
+            prob_zyx = sitk.GetArrayFromImage(sitk.DICOMOrient(prob_img, orientation))
+            entry["cut_by_box"] = cut_faces(prob_zyx > THRESHOLD, box["start"], box["stop"], ct.GetSize())
+            if entry["cut_by_box"]:
+                tqdm.write(f"warning: {case}: {organ} reaches the {'/'.join(entry['cut_by_box'])} face(s) of its box "
+                           "inside the image; it may be cut (cut_by_box in the boxes and stats)")
+            merger.add(self.labels[organ], prob_zyx, box["start"])
+        labels = self._plausible(merger.labels, sitk.GetArrayViewFromImage(ct), ct.GetSpacing(), boxes, case)
+        seg = sitk.GetImageFromArray(labels)
+        seg.CopyInformation(ct)
+        return seg, boxes
+
+    def _plausible(self, labels_zyx: np.ndarray, ct_zyx: np.ndarray, spacing_xyz, boxes: dict, case: str):
+        """Remove organs that cannot be what their network was trained on, flag doubtful ones; the reasons
+        go into the case's boxes (and from there into the statistics)."""
+        boxes["input_warnings"] = input_warnings(ct_zyx.shape[::-1], spacing_xyz, ct_zyx)
+        for w in boxes["input_warnings"]:
+            tqdm.write(f"warning: {case}: {w}")
+        for organ in self.organs:
+            entry = boxes["organs"].get(organ)
+            mask = labels_zyx == self.labels[organ]
+            if entry is None or not mask.any():
+                continue
+            check = organ_check(mask, ct_zyx, spacing_xyz, self.expected[organ])
+            if check["implausible"]:
+                labels_zyx[mask] = 0
+                entry["implausible"] = check["implausible"]
+                tqdm.write(f"warning: {case}: {organ} removed: {check['implausible']}")
+            if check["flags"]:
+                entry["flags"] = check["flags"]
+                tqdm.write(f"warning: {case}: {organ}: " + "; ".join(check["flags"]))
+        return labels_zyx
