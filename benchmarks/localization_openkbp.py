@@ -163,18 +163,14 @@ def score(test: Path, boxes_dir: Path, model: Path, fold: str, margins_file: Pat
     """The held-out patients' boxes against their contours, beside the constant guess of the trained fold."""
     import SimpleITK as sitk
     from nnunet_oar.localization.localize import load_box_stats, read_margins
-    from nnunet_oar.localization.report import score_case, summarize
+    from nnunet_oar.localization.report import score_folder, summarize
     labels = json.loads((test / "dataset.json").read_text())["labels"]
-    annotations = json.loads((test / "annotations.json").read_text())
     box_stats = load_box_stats(model, [int(fold) if fold.isdigit() else fold])
-    margins = read_margins(margins_file)
     per_case, per_case_guess, beyond = {}, {}, {}
-    for case, organs in sorted(annotations.items()):
-        label = sitk.GetArrayFromImage(sitk.ReadImage(str(test / "labelsTr" / f"{case}.nii.gz")))
+    for case, boxes, label, per_case[case], per_case_guess[case] in score_folder(test, boxes_dir, box_stats,
+                                                                                 read_margins(margins_file)):
         ct = sitk.GetArrayFromImage(sitk.ReadImage(str(test / "imagesTr" / f"{case}_0000.nii.gz")))
-        boxes = json.loads((boxes_dir / f"{case}_boxes.json").read_text())
-        per_case[case], per_case_guess[case] = score_case(boxes, label, labels, organs, box_stats, margins)
-        beyond[case] = contour_beyond_ct(label, ct, {o: labels[o] for o in organs})
+        beyond[case] = contour_beyond_ct(label, ct, {o: labels[o] for o in per_case[case]})
     return {**summarize(per_case, per_case_guess), "contour_beyond_ct": beyond}
 
 

@@ -323,22 +323,17 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     return report
 
 
-def _localization_floor_and_cuts(models: Path, test_raw: Path, predictions: Path, annotations: dict):
+def _localization_floor_and_cuts(models: Path, test_raw: Path, predictions: Path):
     """The constant guess's localization metrics on the held-out cases (the models' box sizes, offsets and
     margins), and per organ the number of held-out cases whose prediction was cut by its box."""
-    import SimpleITK as sitk
     from nnunet_oar.localization.localize import load_box_stats
-    from nnunet_oar.localization.report import score_case, summarize
-    from nnunet_oar.models import MANIFEST
-    loc = read_json(models / MANIFEST)["localizer"]
+    from nnunet_oar.localization.report import score_folder, summarize
+    from nnunet_oar.models import read_manifest
+    loc = read_manifest(models)["localizer"]
     box_stats = load_box_stats(models / loc["results_folder"], loc["folds"])
-    labels = read_json(test_raw / "dataset.json")["labels"]
-    ending = read_json(test_raw / "dataset.json")["file_ending"]
     per_case, per_case_guess, cuts = {}, {}, {}
-    for case, organs in annotations.items():
-        boxes = read_json(predictions / f"{case}_boxes.json")
-        label = sitk.GetArrayFromImage(sitk.ReadImage(str(test_raw / "labelsTr" / f"{case}{ending}")))
-        per_case[case], per_case_guess[case] = score_case(boxes, label, labels, organs, box_stats, loc["margin_mm"])
+    for case, boxes, _, per_case[case], per_case_guess[case] in score_folder(test_raw, predictions, box_stats,
+                                                                             loc["margin_mm"]):
         for organ, entry in boxes["organs"].items():
             cuts[organ] = cuts.get(organ, 0) + bool(entry.get("cut_by_box"))
     return summarize(per_case, per_case_guess)["constant_guess"], cuts
@@ -376,7 +371,7 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
               "localization": results.get("two_stage", {}).get("localization"), "stages": stages}
     if "two_stage" in methods:
         report["constant_guess"], report["cut_by_box"] = _localization_floor_and_cuts(
-            work / "models", test_raw, methods["two_stage"], annotations)
+            work / "models", test_raw, methods["two_stage"])
     write_json(report, work / "report.json")
     lines = [f"# Baseline vs two-stage on `{settings['dataset']}` (budget `{settings['budget']}`)", "",
              f"Machine: {report['machine']}. Held-out cases: {len(annotations)} (raw data set {test_raw.name}); "

@@ -7,10 +7,13 @@ whatever its loss says; every localization summary therefore carries both.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import SimpleITK as sitk
 
+from nnunet_oar.io import read_image, read_json
 from nnunet_oar.localization.boxes import constant_guess_boxes
 from nnunet_oar.metrics import localization_metrics, summarize_localization
 
@@ -40,6 +43,27 @@ def score_case(boxes: dict, label_zyx: np.ndarray, labels: Dict[str, int], organ
         if organ in guess:
             ref[organ] = localization_metrics(mask, geom, guess[organ])
     return loc, ref
+
+
+def score_folder(raw: Path, boxes_dir: Path, box_stats: Dict[str, dict],
+                 margin_mm: Union[float, Dict[str, float]]) -> Iterator[Tuple[str, dict, np.ndarray, dict, dict]]:
+    """Score the ``{case}_boxes.json`` in ``boxes_dir`` against a raw nnU-Net data set's reference labels,
+    case by case (only the organs ``annotations.json`` lists, when the data set has one).
+
+    Yields:
+        ``(case, boxes, label_zyx, localizer metrics, constant-guess metrics)`` (see :func:`score_case`).
+    """
+    raw, boxes_dir = Path(raw), Path(boxes_dir)
+    dataset = read_json(raw / "dataset.json")
+    labels = {k: v for k, v in dataset["labels"].items() if k not in ("background", "ignore")}
+    annotations = read_json(raw / "annotations.json") if (raw / "annotations.json").is_file() else None
+    for label_file in sorted((raw / "labelsTr").glob(f"*{dataset['file_ending']}")):
+        case = label_file.name[:-len(dataset["file_ending"])]
+        organs = annotations[case] if annotations is not None else list(labels)
+        boxes = read_json(boxes_dir / f"{case}_boxes.json", "localization boxes")
+        label_zyx = sitk.GetArrayFromImage(read_image(label_file, "reference label map"))
+        loc, guess = score_case(boxes, label_zyx, labels, organs, box_stats, margin_mm)
+        yield case, boxes, label_zyx, loc, guess
 
 
 def summarize(per_case: Dict[str, dict], per_case_guess: Dict[str, dict]) -> dict:
