@@ -2,13 +2,10 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch/torchvision pinned together: torch 2.13's torchvision fails to import, which breaks nnU-Net's trainer lookup
+# the pins of pyproject.toml, installed first; torch/torchvision pinned together:
+# torch 2.13's torchvision fails to import, which breaks nnU-Net's trainer lookup
 TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo_output
-
-export nnUNet_def_n_proc ?= 2
-export nnUNet_n_proc_DA ?= 1
-export nnUNet_compile ?= f
 
 .PHONY: venv demo test test-fast
 venv: $(BIN)/nnunet_oar

@@ -60,12 +60,17 @@ def ensure_trainer_path() -> None:
         os.environ["nnUNet_extTrainer"] = os.pathsep.join(parts + [str(trainer_path())])
 
 
+# nnU-Net settings for a small CPU machine (2 processes, one augmentation worker, no torch.compile); the
+# benchmark, the demo and the tests use them unless the environment says otherwise
+CPU_DEFAULTS = {"nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "1", "nnUNet_compile": "f"}
+
+
 def use_nnunet_folders(root: Path) -> None:
     """Point nnU-Net's three folders at ``root/nnUNet_*`` (created) in this process, add our trainers, and
     set the CPU-friendly defaults where the user has not chosen otherwise."""
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (Path(root) / name).mkdir(parents=True, exist_ok=True)
         os.environ[name] = str(Path(root) / name)
-    for name, value in (("nnUNet_def_n_proc", "2"), ("nnUNet_n_proc_DA", "1"), ("nnUNet_compile", "f")):
+    for name, value in CPU_DEFAULTS.items():
         os.environ.setdefault(name, value)
     ensure_trainer_path()

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from nnunet_oar.paths import CPU_DEFAULTS
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -20,9 +22,8 @@ def nnunet_env(tmp_path, monkeypatch):
     for k, v in env.items():
         v.mkdir()
         monkeypatch.setenv(k, str(v))
-    monkeypatch.setenv("nnUNet_def_n_proc", "2")
-    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
-    monkeypatch.setenv("nnUNet_compile", "f")
+    for k, v in CPU_DEFAULTS.items():
+        monkeypatch.setenv(k, v)
     return env
 
 

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+from nnunet_oar.paths import CPU_DEFAULTS
+
 BIN = Path(sys.executable).parent
 LOC_ORGANS = ["liver", "kidney_right", "kidney_left"]
 LOC_TRAINER = "nnUNetTrainerOARHeatmap_tiny"
@@ -17,8 +19,7 @@ def nnunet_environment(root: Path) -> Dict[str, str]:
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (root / k).mkdir(parents=True, exist_ok=True)
         env[k] = str(root / k)
-    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1", nnUNet_compile="f",
-               PATH=str(BIN) + os.pathsep + env.get("PATH", ""))
+    env.update(CPU_DEFAULTS, PATH=str(BIN) + os.pathsep + env.get("PATH", ""))
     env["nnUNet_extTrainer"] = run(["nnunet_oar", "trainer-path"], env).strip()
     return env
 

@@ -1,6 +1,7 @@
 """A non-editable install (a wheel built from pyproject.toml) can train and predict: the trainer modules
 travel with it, the CLI runs, and nothing points back into the source checkout."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,7 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory):
     """The wheel, installed without dependencies into its own folder (the venv provides torch & co.)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+    # built from a copy of the tracked sources, so that setuptools' build/ and egg-info stay out of the checkout
+    src = tmp / "src"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, src / name)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                         "-w", str(tmp / "dist"), "-q"], capture_output=True, text=True)
     if r.returncode != 0 and "setuptools" in r.stderr and "No module named" in r.stderr:
         pytest.skip("setuptools is not in this environment (pip wheel --no-build-isolation needs it)")

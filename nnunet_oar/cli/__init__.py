@@ -1,0 +1,44 @@
+"""``nnunet_oar``: one command with subcommands, like git, grouped as the method runs: conversion,
+localization, segmentation (crops, organ networks, merge), prediction (models folder, predict, clinical
+files) and evaluation. Each group module registers its subcommands; each subcommand passes keyword
+arguments to one library function. Errors in the user's input are printed as one line naming the file;
+anything else is a bug and keeps its traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from nnunet_oar.cli import conversion, evaluation, localization, prediction, segmentation
+from nnunet_oar.io import InputError
+
+GROUPS = (conversion, localization, segmentation, prediction, evaluation)
+
+
+def _trainer_path(a) -> None:
+    from nnunet_oar.paths import trainer_path
+    print(trainer_path())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnunet_oar", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    sub.add_parser("trainer-path", help="print the folder to put in nnUNet_extTrainer").set_defaults(
+        func=_trainer_path)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, OSError) as e:         # anything else is a bug: its traceback shows
+        print(f"nnunet_oar {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Conversion: phantoms, VISCERAL and OpenKBP to nnU-Net raw data sets, and the ignore-label copy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _phantom(a) -> None:
+    from nnunet_oar.phantom import write_phantoms
+    stems = write_phantoms(Path(a.output), a.num, seed=a.seed, scale=a.scale, organs=a.organs)
+    print(f"wrote {len(stems)} phantoms to {a.output}")
+
+
+def _convert_visceral(a) -> None:
+    from nnunet_oar.conversion.visceral import convert_visceral
+    out = convert_visceral(Path(a.input), a.dataset_id, modality=a.modality, organs=a.organs,
+                           resample_masks=a.resample_masks)
+    print(f"wrote {out}")
+
+
+def _convert_openkbp(a) -> None:
+    from nnunet_oar.conversion.openkbp import convert_openkbp
+    print(f"wrote {convert_openkbp(Path(a.input), a.dataset_id, organs=a.organs)}")
+
+
+def _ignore_label(a) -> None:
+    from nnunet_oar.conversion.ignore import with_ignore_label
+    print(f"wrote {with_ignore_label(a.dataset_id, a.target_id, body_hu=a.body_hu)}")
+
+
+def register(sub) -> None:
+    s = sub.add_parser("phantom", help="write synthetic CT phantoms in VISCERAL layout")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-n", "--num", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scale", type=float, default=0.5, help="anatomy size relative to an adult (default 0.5)")
+    s.add_argument("--organs", nargs="+", help="structures to annotate (default: all painted)")
+    s.set_defaults(func=_phantom)
+
+    s = sub.add_parser("convert-visceral", help="VISCERAL folder -> nnU-Net raw data set")
+    s.add_argument("-i", "--input", required=True, help="VISCERAL folder")
+    s.add_argument("-d", "--dataset-id", type=int, required=True)
+    s.add_argument("--modality", default="CTce_ThAb", help="{modality}_{region} to convert (default CTce_ThAb)")
+    s.add_argument("--organs", nargs="+", help="canonical names to keep (default: all found)")
+    s.add_argument("--resample-masks", action="store_true",
+                   help="resample masks whose grid differs from their volume instead of failing")
+    s.set_defaults(func=_convert_visceral)
+
+    s = sub.add_parser("convert-openkbp", help="OpenKBP folder or tarball -> nnU-Net raw data set")
+    s.add_argument("-i", "--input", required=True, help="folder of pt_* folders, or the .tar.xz")
+    s.add_argument("-d", "--dataset-id", type=int, required=True)
+    s.add_argument("--organs", nargs="+", help="canonical names to keep (default: all seven)")
+    s.set_defaults(func=_convert_openkbp)
+
+    s = sub.add_parser("ignore-label", help="partially annotated data set -> copy with nnU-Net's ignore label "
+                                           "(for a single multi-organ network)")
+    s.add_argument("-d", "--dataset-id", type=int, required=True, help="source raw data set (with annotations.json)")
+    s.add_argument("-t", "--target-id", type=int, required=True, help="id of the data set to write")
+    s.add_argument("--body-hu", type=float, default=-500.0,
+                   help="voxels above this HU are body; in-body background of partial cases is ignored (default -500)")
+    s.set_defaults(func=_ignore_label)

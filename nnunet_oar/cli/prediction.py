@@ -1,0 +1,98 @@
+"""Prediction: the portable models folder, image to labels, and clinical files (RTSTRUCT, SEG, preview)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nnunet_oar.cli.common import fail_on_errors, labels_file, margins
+from nnunet_oar.localization.boxes import DEFAULT_READOUT, READOUTS
+
+
+def _export_models(a) -> None:
+    from nnunet_oar.models import export_models
+    from nnunet_oar.segmentation.planning import organ_dataset_ids_from
+    out = export_models(Path(a.output), a.localizer_id, a.organ_ids or organ_dataset_ids_from(a.first_id),
+                        localizer_trainer=a.localizer_trainer, organ_trainer=a.organ_trainer, margins=margins(a),
+                        tau=a.tau, readout=a.readout)
+    print(f"wrote {out}")
+
+
+def _predict(a) -> None:
+    from nnunet_oar.pipeline import predict
+    fail_on_errors(predict(Path(a.input), Path(a.output), Path(a.models), folds=a.folds, device=a.device,
+                           organs=a.organs, tta=not a.disable_tta, step_size=a.step_size, series_uid=a.series_uid,
+                           rtstruct=a.rtstruct, dicom_seg=a.dicom_seg, preview=a.preview,
+                           boxes_dir=Path(a.boxes) if a.boxes else None, roi_names=a.roi_names))
+
+
+def _reference_boxes(a) -> None:
+    from nnunet_oar.pipeline import write_reference_boxes
+    n = write_reference_boxes(Path(a.reference), labels_file(a.labels), Path(a.models), Path(a.output),
+                              margin_mm=a.margin)
+    print(f"wrote {n} reference box files to {a.output}")
+
+
+def _export(a) -> None:
+    from nnunet_oar.export import export_label_map
+    written = export_label_map(Path(a.input), Path(a.ct), Path(a.output), series_uid=a.series_uid,
+                               label_names=labels_file(a.labels) if a.labels else None, rtstruct=a.rtstruct,
+                               dicom_seg=a.dicom_seg, preview=a.preview, roi_names=a.roi_names)
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+
+
+def add_clinical_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--series-uid", help="SeriesInstanceUID, when the DICOM folder holds several series")
+    s.add_argument("--rtstruct", action="store_true", help="write {case}_rtstruct.dcm (DICOM input)")
+    s.add_argument("--dicom-seg", action="store_true", help="write {case}_seg.dcm (DICOM input)")
+    s.add_argument("--preview", action="store_true", help="write {case}_preview.png (three planes per found organ)")
+    s.add_argument("--roi-names", choices=("tg263", "catalogue"), default="tg263",
+                   help="ROI and segment names in RTSTRUCT / SEG: TG-263 (Kidney_L, the default) or the catalogue's "
+                        "(kidney_left)")
+
+
+def register(sub) -> None:
+    s = sub.add_parser("export-models", help="copy trained networks into a models folder with models.json")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--localizer-id", type=int, required=True)
+    s.add_argument("--first-id", type=int, help="first organ data set id (the following ones are found)")
+    s.add_argument("--organ-ids", type=int, nargs="+")
+    s.add_argument("--localizer-trainer", default="nnUNetTrainerOARHeatmap")
+    s.add_argument("--organ-trainer", default="nnUNetTrainer")
+    s.add_argument("--margin", type=float, default=10.0)
+    s.add_argument("--margins", help="per-organ margins.json from localize --cross-validation")
+    s.add_argument("--tau", type=float, default=0.1, help="the localizer's detection threshold (default 0.1)")
+    s.add_argument("--readout", choices=READOUTS, default=DEFAULT_READOUT, help="the localizer's centroid read-out")
+    s.set_defaults(func=_export_models)
+
+    s = sub.add_parser("predict", help="CT file, folder or DICOM series -> organ label maps (localize, crop, "
+                                       "segment, merge)")
+    s.add_argument("-i", "--input", required=True, help="CT image file, folder of images, or DICOM CT series folder")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-m", "--models", required=True, help="models folder (models.json)")
+    s.add_argument("-f", "--folds", nargs="+")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--organs", nargs="+")
+    s.add_argument("--disable-tta", action="store_true", help="no test-time mirroring in the organ networks")
+    s.add_argument("--step-size", type=float, default=0.5,
+                   help="sliding-window step of the organ networks, fraction of the patch (nnU-Net's default 0.5)")
+    s.add_argument("--boxes", help="folder of {case}_boxes.json to use instead of the localizer "
+                                   "(e.g. from `nnunet_oar reference-boxes`)")
+    add_clinical_args(s)
+    s.set_defaults(func=_predict)
+
+    s = sub.add_parser("reference-boxes", help="the method's boxes centred on reference centroids (oracle "
+                                               "localization, to measure the organ stage alone)")
+    s.add_argument("-r", "--reference", required=True, help="folder of reference label maps ({case}.nii.gz)")
+    s.add_argument("--labels", required=True, help="dataset.json naming the reference labels")
+    s.add_argument("-m", "--models", required=True, help="models folder (box sizes and margin of its localizer)")
+    s.add_argument("--margin", type=float, help="margin v in mm (default: the models folder's)")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_reference_boxes)
+
+    s = sub.add_parser("export", help="existing label map -> statistics, RTSTRUCT, DICOM SEG, preview")
+    s.add_argument("-i", "--input", required=True, help="label map ({case}.nii.gz; names from {case}.json beside it)")
+    s.add_argument("--ct", required=True, help="the CT it belongs to: DICOM series folder (for RTSTRUCT/SEG) or image")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--labels", help="dataset.json or {case}.json naming the labels")
+    add_clinical_args(s)
+    s.set_defaults(func=_export)
