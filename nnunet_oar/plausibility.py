@@ -6,7 +6,8 @@ A network always outputs something, so without a check an all-air volume yields 
 its volumes (``crops.json``, recorded in ``models.json`` by ``export-models``). A predicted organ whose
 mean HU lies outside the HU range (widened by :data:`HU_SLACK`) is removed and reported absent with the
 reason; a volume outside the range (widened by :data:`VOLUME_FACTOR`) or a field of view smaller than
-half the organ's mean box is flagged in the statistics, not removed (a partly imaged organ is real).
+half the organ's mean box is flagged in the statistics, not removed (a partly imaged organ is real);
+so is every organ found in an input with :func:`input_warnings` (see ``OARPredictor``).
 """
 from __future__ import annotations
 

@@ -122,6 +122,8 @@ class OARPredictor:
             if entry is None or not mask.any():
                 continue
             check = organ_check(mask, ct_zyx, spacing_xyz, self.expected[organ])
+            if boxes["input_warnings"]:       # whatever is found in an input that is not CT is in doubt
+                check["flags"].append("found in an input that does not look like CT (input_warnings)")
             if check["implausible"]:
                 labels_zyx[mask] = 0
                 entry["implausible"] = check["implausible"]
