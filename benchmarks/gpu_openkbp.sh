@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The OpenKBP benchmark on a lent GPU (device tool: one H100, about 15 minutes in all): the CPU run's
 # settings with a longer schedule (budget "gpu": localizer 2000, baseline and organ networks 1000
-# iterations each; see BUDGETS in nnunet_oar/benchmark.py), four trainings at a time on the one GPU.
+# iterations each; see BUDGETS in nnunet_oar/evaluation/benchmark.py), four trainings at a time on the one GPU.
 #
 # Staging, wheels and the two device calls: benchmarks/gpu_setup.sh.
 # Results come back in $OUT: report.md/.json, the box plots, gpu.txt and results.tgz (stage records and

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from nnunet_oar.benchmark import run_benchmark, settings_for
+from nnunet_oar.evaluation.benchmark import run_benchmark, settings_for
 from nnunet_oar.io import read_json
 from nnunet_oar.paths import find_dataset, raw_root
 from nnunet_oar.report import organ_montage_png

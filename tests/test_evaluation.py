@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_oar.evaluation import evaluate_folders
-from nnunet_oar.metrics import organ_metrics
+from nnunet_oar.evaluation.evaluate import evaluate_folders
+from nnunet_oar.evaluation.metrics import organ_metrics
 
 
 def sphere(shape_zyx, spacing_zyx, centre_mm_zyx, radius_mm):
@@ -182,7 +182,7 @@ def test_evaluate_names_a_prediction_on_another_grid(folders):
 
 def test_localization_error_per_axis_and_the_worst_case_are_named():
     from nnunet_oar.localization.boxes import organ_box
-    from nnunet_oar.metrics import localization_metrics, summarize_localization
+    from nnunet_oar.evaluation.metrics import localization_metrics, summarize_localization
     # 2 x 1 x 1 mm voxels along (x, y, z) and z flipped: world axes differ from array axes
     geom = {"size_xyz": [20, 20, 20], "spacing_xyz": [2.0, 1.0, 1.0], "origin_xyz": [0.0, 0.0, 0.0],
             "direction": [1, 0, 0, 0, 1, 0, 0, 0, -1]}

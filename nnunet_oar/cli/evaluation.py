@@ -9,7 +9,7 @@ from nnunet_oar.io import read_json
 
 
 def _evaluate(a) -> None:
-    from nnunet_oar.evaluation import evaluate_folders, write_metrics
+    from nnunet_oar.evaluation.evaluate import evaluate_folders, write_metrics
     result = evaluate_folders(Path(a.reference), Path(a.prediction),
                               annotations=read_json(a.annotations, "annotations") if a.annotations else None,
                               tolerance_mm=a.tolerance_mm, ref_labels=labels_file(a.labels) if a.labels else None)
@@ -29,7 +29,7 @@ def _print_overall(report: dict) -> None:
 
 
 def _benchmark(a) -> None:
-    from nnunet_oar.benchmark import run_benchmark, settings_for
+    from nnunet_oar.evaluation.benchmark import run_benchmark, settings_for
     s = settings_for(a.dataset, a.budget)
     s.device = a.device
     if a.test_id:

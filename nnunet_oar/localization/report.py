@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from nnunet_oar.io import read_image, read_json
 from nnunet_oar.localization.boxes import constant_guess_boxes
-from nnunet_oar.metrics import localization_metrics, summarize_localization
+from nnunet_oar.evaluation.metrics import localization_metrics, summarize_localization
 
 
 def score_case(boxes: dict, label_zyx: np.ndarray, labels: Dict[str, int], organs: Sequence[str],
@@ -68,7 +68,7 @@ def score_folder(raw: Path, boxes_dir: Path, box_stats: Dict[str, dict],
 
 def summarize(per_case: Dict[str, dict], per_case_guess: Dict[str, dict]) -> dict:
     """``{"per_organ", "constant_guess", "per_case", "per_case_constant_guess"}`` (see
-    :func:`~nnunet_oar.metrics.summarize_localization`)."""
+    :func:`~nnunet_oar.evaluation.metrics.summarize_localization`)."""
     return {"per_organ": summarize_localization(per_case),
             "constant_guess": summarize_localization(per_case_guess),
             "per_case": per_case, "per_case_constant_guess": per_case_guess}

@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from nnunet_oar.io import InputError, atomic_path, read_json, write_json
+from nnunet_oar.evaluation.comparison import write_comparison
+from nnunet_oar.io import InputError, read_json, write_json
 from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root, use_nnunet_folders
 
 # the project workspace keeps the data beside the checkout; an installed package has no such default
@@ -320,107 +321,4 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     methods = {m: pred / m for m in ("baseline", "two_stage", "two_stage_reference_boxes")}
     report = write_comparison(work, test_raw, methods, stages, asdict(s),
                               {"localizer": loc_tr, "networks": seg_tr, "baseline_config": config})
-    return report
-
-
-def _localization_floor_and_cuts(models: Path, test_raw: Path, predictions: Path):
-    """The constant guess's localization metrics on the held-out cases (the models' box sizes, offsets and
-    margins), and per organ the number of held-out cases whose prediction was cut by its box."""
-    from nnunet_oar.localization.localize import load_box_stats
-    from nnunet_oar.localization.report import score_folder, summarize
-    from nnunet_oar.models import read_manifest
-    loc = read_manifest(models)["localizer"]
-    box_stats = load_box_stats(models / loc["results_folder"], loc["folds"])
-    per_case, per_case_guess, cuts = {}, {}, {}
-    for case, boxes, _, per_case[case], per_case_guess[case] in score_folder(test_raw, predictions, box_stats,
-                                                                             loc["margin_mm"]):
-        for organ, entry in boxes["organs"].items():
-            cuts[organ] = cuts.get(organ, 0) + bool(entry.get("cut_by_box"))
-    return summarize(per_case, per_case_guess)["constant_guess"], cuts
-
-
-def _fmt(s: dict, digits: int = 3) -> str:
-    return "n/a" if s.get("mean") is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-
-
-def _machine(device: str) -> str:
-    import torch
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
-    text = f"{os.cpu_count()} CPU cores, {mem_gb:.0f} GB RAM"
-    if device == "cuda" and torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
-
-
-def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stages: Dict[str, dict], settings: dict,
-                     trainers: dict, tolerance_mm: float = 2.0) -> dict:
-    """Score each method's predictions on the held-out cases; write ``metrics_{method}.json/.csv``,
-    ``boxplot_dice.png``, ``boxplot_hd95.png``, ``report.json`` and ``report.md`` into ``work``."""
-    from nnunet_oar.evaluation import box_plots, evaluate_folders, write_metrics
-    annotations = read_json(test_raw / "annotations.json")
-    results = {}
-    for method, folder in methods.items():
-        results[method] = evaluate_folders(test_raw / "labelsTr", folder, annotations, tolerance_mm, progress=False)
-        write_metrics(results[method], work / f"metrics_{method}.json")
-    box_plots(results, work / "boxplot_dice.png", "dice")
-    box_plots(results, work / "boxplot_hd95.png", "hd95_mm")
-    report = {"settings": settings, "trainers": trainers, "machine": _machine(settings["device"]),
-              "test_cases": len(annotations), "tolerance_mm": tolerance_mm,
-              "overall": {m: r["overall"] for m, r in results.items()},
-              "per_organ": {m: r["per_organ"] for m, r in results.items()},
-              "localization": results.get("two_stage", {}).get("localization"), "stages": stages}
-    if "two_stage" in methods:
-        report["constant_guess"], report["cut_by_box"] = _localization_floor_and_cuts(
-            work / "models", test_raw, methods["two_stage"])
-    write_json(report, work / "report.json")
-    lines = [f"# Baseline vs two-stage on `{settings['dataset']}` (budget `{settings['budget']}`)", "",
-             f"Machine: {report['machine']}. Held-out cases: {len(annotations)} (raw data set {test_raw.name}); "
-             f"training cases: the raw data set {settings['train_id']}. Trainers: localizer `{trainers['localizer']}`, "
-             f"baseline and organ networks `{trainers['networks']}`; baseline configuration "
-             f"`{trainers['baseline_config']}`. NSD tolerance {tolerance_mm} mm.", "",
-             "## Table I: mean ± std over scored (case, organ) pairs", "",
-             "| method | Dice | HD95 (mm) | NSD | pairs |", "|---|---|---|---|---|"]
-    for m, r in results.items():
-        o = r["overall"]
-        lines.append(f"| {m} | {_fmt(o['dice'])} | {_fmt(o['hd95_mm'], 1)} | {_fmt(o['nsd'])} | {o['dice']['n']} |")
-    names = list(results)
-    lines += ["", "## Per organ", "",
-              "| organ | " + " | ".join(f"Dice {m}" for m in names) + " | " + " | ".join(f"HD95 {m}" for m in names)
-              + " | " + " | ".join(f"NSD {m}" for m in names) + " | outcomes tp/fn/fp/tn " + " / ".join(names) + " |",
-              "|---" * (3 * len(names) + 2) + "|"]
-    for organ in results[names[0]]["per_organ"]:
-        po = [results[m]["per_organ"].get(organ, {}) for m in names]
-        out = " ; ".join("/".join(str(p.get("outcomes", {}).get(k, 0)) for k in ("tp", "fn", "fp", "tn")) for p in po)
-        lines.append(f"| {organ} | " + " | ".join(_fmt(p.get("dice", {})) for p in po) + " | "
-                     + " | ".join(_fmt(p.get("hd95_mm", {}), 1) for p in po) + " | "
-                     + " | ".join(_fmt(p.get("nsd", {})) for p in po) + f" | {out} |")
-    lines += ["", "![Dice per organ](boxplot_dice.png)", "", "![HD95 per organ](boxplot_hd95.png)", ""]
-    if report["localization"]:
-        lines += ["## Localization (two-stage, held-out cases)", "",
-                  "The constant guess puts each organ at its training-set mean position relative to the image "
-                  "centre, boxed the same way; cut = organs whose prediction touches a face of its box inside "
-                  "the image (`cut_by_box`).", "",
-                  "| organ | n | detection tp/fn/fp/tn | centroid error mm (median) | constant guess mm | "
-                  "box IoU (median) | containment (mean / min) | guess containment (mean / min) | cut |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        nan = float("nan")
-        for organ, s in report["localization"].items():
-            d, c = s["detection"], s.get("containment", {})
-            g = report.get("constant_guess", {}).get(organ, {})
-            gc = g.get("containment", {})
-            lines.append(f"| {organ} | {s['n']} | {d['tp']}/{d['fn']}/{d['fp']}/{d['tn']} | "
-                         f"{s.get('centroid_error_mm', {}).get('median', nan):.1f} | "
-                         f"{g.get('centroid_error_mm', {}).get('median', nan):.1f} | "
-                         f"{s.get('iou', {}).get('median', nan):.2f} | "
-                         f"{c.get('mean', nan):.3f} / {c.get('min', nan):.3f} | "
-                         f"{gc.get('mean', nan):.3f} / {gc.get('min', nan):.3f} | "
-                         f"{report.get('cut_by_box', {}).get(organ, 0)} |")
-        lines.append("")
-    lines += ["## Wall time and peak memory per stage", "", "| stage | wall (s) | peak RSS (GB) |", "|---|---|---|"]
-    lines += [f"| {k} | {v['wall_s']:.0f} | {v.get('peak_rss_gb', float('nan')):.1f} |" for k, v in stages.items()]
-    lines += ["", "## Commands (in order; each stage's record is in `stages/`)", "", "```"]
-    lines += [c for v in stages.values() for c in v["commands"]]
-    lines += ["```", "", "## Settings", "", "```json", json.dumps(settings, indent=2), "```", ""]
-    with atomic_path(work / "report.md") as tmp:
-        tmp.write_text("\n".join(lines))
     return report

@@ -8,7 +8,7 @@ differently: reference names come from the ``dataset.json`` beside or above the 
 Rules: an organ a case does not annotate (``annotations.json``) is skipped, not scored; an organ the
 prediction's model does not know is skipped; absent in both is a true negative (no overlap metric,
 kept out of the means); missed and hallucinated organs score Dice 0, NSD 0 and HD95 = the image
-diagonal (see :func:`nnunet_oar.metrics.organ_metrics`). Means are over the scored (case, organ) pairs.
+diagonal (see :func:`nnunet_oar.evaluation.metrics.organ_metrics`). Means are over the scored (case, organ) pairs.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from nnunet_oar.export import check_case_set
 from nnunet_oar.io import IMAGE_SUFFIXES, InputError, atomic_path, geometry, read_image, read_json, same_geometry, write_json
-from nnunet_oar.metrics import localization_metrics, organ_metrics, summarize_localization
+from nnunet_oar.evaluation.metrics import localization_metrics, organ_metrics, summarize_localization
 
 METRICS = ("dice", "hd95_mm", "nsd", "volume_diff_ml")
 NOT_ORGANS = ("background", "ignore")
