@@ -241,10 +241,11 @@ def test_blank_uids_refuse_rtstruct_and_seg_but_not_the_label_map(tmp_path):
     write_ct_series(ct, tmp_path / "dcm", seed=2)
     for f in (tmp_path / "dcm").iterdir():
         ds = pydicom.dcmread(f)
-        ds.SOPInstanceUID = ""
+        ds.SOPInstanceUID, ds.SOPClassUID = "", ""
         ds.save_as(f)
     image, series = read_ct_series(tmp_path / "dcm")
     assert all(h.SOPInstanceUID == h.file_meta.MediaStorageSOPInstanceUID for h in series.headers)
+    assert all(h.SOPClassUID == h.file_meta.MediaStorageSOPClassUID for h in series.headers)
     series.require_uids("RTSTRUCT")                                   # recovered from the file meta
     for f in (tmp_path / "dcm").iterdir():
         ds = pydicom.dcmread(f)

@@ -48,7 +48,7 @@ class DicomSeries:
         Raises:
             InputError: naming the missing attribute and the files.
         """
-        for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID"):
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID", "SOPClassUID"):
             blank = [f for f, h in zip(self.files, self.headers) if not str(getattr(h, key, "") or "").strip()]
             if blank:
                 raise InputError(f"{self.folder}: cannot write {what}: {key} is empty in {len(blank)} of "
@@ -182,10 +182,12 @@ def read_ct_series(folder: Path, series_uid: Optional[str] = None) -> Tuple[sitk
     headers = [ds for _, ds in items]
     for f, ds in items:
         ds.filename = str(f)
-        # anonymisers may blank the instance UID in the data set but keep it in the file meta header
-        meta_uid = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPInstanceUID", "") or "")
-        if not str(getattr(ds, "SOPInstanceUID", "") or "").strip() and meta_uid.strip():
-            ds.SOPInstanceUID = meta_uid
+        # anonymisers may blank the instance UIDs in the data set but keep them in the file meta header
+        for key, meta_key in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+                              ("SOPClassUID", "MediaStorageSOPClassUID")):
+            meta_uid = str(getattr(getattr(ds, "file_meta", None), meta_key, "") or "")
+            if not str(getattr(ds, key, "") or "").strip() and meta_uid.strip():
+                setattr(ds, key, meta_uid)
     order, direction, spacing = slice_geometry(headers, str(folder))
     files = [items[i][0] for i in order]
     reader = sitk.ImageSeriesReader()
