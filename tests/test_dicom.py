@@ -235,24 +235,32 @@ def test_one_slice_of_another_modality_and_a_truncated_slice_are_named(tmp_path)
     assert str(files[7]) in str(e.value)
 
 
-def test_blank_uids_refuse_rtstruct_and_seg_but_not_the_label_map(tmp_path):
-    """An anonymiser blanked the UIDs in the data sets; the file meta keeps each SOP Instance UID."""
+def _export_case(tmp_path, **attributes):
+    """The axial case as a DICOM series in ``tmp_path/dcm`` (``attributes`` set on every slice) and its
+    label map ``case.nii.gz`` with the names beside it."""
     ct, lab = make_case(**GRIDS["axial"])
     write_ct_series(ct, tmp_path / "dcm", seed=2)
-    for f in (tmp_path / "dcm").iterdir():
+    _set_on_every_slice(tmp_path / "dcm", **attributes)
+    sitk.WriteImage(lab, str(tmp_path / "case.nii.gz"))
+    (tmp_path / "case.json").write_text(json.dumps({"labels": LABELS}))
+
+
+def _set_on_every_slice(folder, **attributes):
+    for f in folder.iterdir():
         ds = pydicom.dcmread(f)
-        ds.SOPInstanceUID, ds.SOPClassUID = "", ""
+        for key, value in attributes.items():
+            setattr(ds, key, value)
         ds.save_as(f)
+
+
+def test_blank_uids_refuse_rtstruct_and_seg_but_not_the_label_map(tmp_path):
+    """An anonymiser blanked the UIDs in the data sets; the file meta keeps each SOP Instance UID."""
+    _export_case(tmp_path, SOPInstanceUID="", SOPClassUID="")
     image, series = read_ct_series(tmp_path / "dcm")
     assert all(h.SOPInstanceUID == h.file_meta.MediaStorageSOPInstanceUID for h in series.headers)
     assert all(h.SOPClassUID == h.file_meta.MediaStorageSOPClassUID for h in series.headers)
     series.require_uids("RTSTRUCT")                                   # recovered from the file meta
-    for f in (tmp_path / "dcm").iterdir():
-        ds = pydicom.dcmread(f)
-        ds.StudyInstanceUID = ""
-        ds.save_as(f)
-    sitk.WriteImage(lab, str(tmp_path / "case.nii.gz"))
-    (tmp_path / "case.json").write_text(json.dumps({"labels": LABELS}))
+    _set_on_every_slice(tmp_path / "dcm", StudyInstanceUID="")
     out = tmp_path / "out"
     with pytest.raises(InputError, match="StudyInstanceUID is empty"):
         read_ct_series(tmp_path / "dcm")[1].require_uids("RTSTRUCT")
@@ -263,10 +271,7 @@ def test_blank_uids_refuse_rtstruct_and_seg_but_not_the_label_map(tmp_path):
 
 
 def test_roi_names_follow_tg263_by_default_and_the_catalogue_on_request(tmp_path):
-    ct, lab = make_case(**GRIDS["axial"])
-    write_ct_series(ct, tmp_path / "dcm", seed=2)
-    sitk.WriteImage(lab, str(tmp_path / "case.nii.gz"))
-    (tmp_path / "case.json").write_text(json.dumps({"labels": LABELS}))
+    _export_case(tmp_path)
     assert main(["export", "-i", str(tmp_path / "case.nii.gz"), "--ct", str(tmp_path / "dcm"), "-o",
                  str(tmp_path / "out"), "--rtstruct", "--roi-names", "catalogue"]) == 0
     rt = pydicom.dcmread(tmp_path / "out" / "case_rtstruct.dcm")
@@ -300,14 +305,7 @@ def test_rtstruct_and_seg_pass_the_dicom3tools_verifier(tmp_path):
     (the CT itself has its own findings, which are not ours)."""
     import subprocess
     verifier = _dciodvfy()
-    ct, lab = make_case(**GRIDS["axial"])
-    write_ct_series(ct, tmp_path / "dcm", seed=2)
-    for f in (tmp_path / "dcm").iterdir():
-        ds = pydicom.dcmread(f)
-        ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 100", "M\u00fcller^J\u00fcrgen"
-        ds.save_as(f)
-    sitk.WriteImage(lab, str(tmp_path / "case.nii.gz"))
-    (tmp_path / "case.json").write_text(json.dumps({"labels": LABELS}))
+    _export_case(tmp_path, SpecificCharacterSet="ISO_IR 100", PatientName="M\u00fcller^J\u00fcrgen")
     out = tmp_path / "out"
     assert main(["export", "-i", str(tmp_path / "case.nii.gz"), "--ct", str(tmp_path / "dcm"), "-o", str(out),
                  "--rtstruct", "--dicom-seg"]) == 0
