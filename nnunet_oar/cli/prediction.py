@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nnunet_oar.cli.common import fail_on_errors, labels_file, margins
 from nnunet_oar.localization.boxes import DEFAULT_READOUT, READOUTS
+from nnunet_oar.organs import ROI_NAME_STYLES
 
 
 def _export_models(a) -> None:
@@ -45,7 +46,7 @@ def add_clinical_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--rtstruct", action="store_true", help="write {case}_rtstruct.dcm (DICOM input)")
     s.add_argument("--dicom-seg", action="store_true", help="write {case}_seg.dcm (DICOM input)")
     s.add_argument("--preview", action="store_true", help="write {case}_preview.png (three planes per found organ)")
-    s.add_argument("--roi-names", choices=("tg263", "catalogue"), default="tg263",
+    s.add_argument("--roi-names", choices=ROI_NAME_STYLES, default=ROI_NAME_STYLES[0],
                    help="ROI and segment names in RTSTRUCT / SEG: TG-263 (Kidney_L, the default) or the catalogue's "
                         "(kidney_left)")
 
