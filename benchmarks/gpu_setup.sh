@@ -27,8 +27,10 @@ ls -d "$DATA"/openkbp-train* "$DATA"/openkbp-validation* || { echo "$DATA: no tr
 t0=$(date +%s)
 if [ "${WHEELS:-1}" = 1 ]; then     # WHEELS=0: a rehearsal in a Python that has everything already
     # pip installs the wheels' commands (nnUNetv2_*) only into a bin/ that it creates itself
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl
-    tar -xJf .whl/simpleitk.tar.xz -C "$SITE"
+    if [ ! -d "$SITE/nnunetv2" ]; then   # a later call on the same warm machine finds them installed
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl
+        tar -xJf .whl/simpleitk.tar.xz -C "$SITE"
+    fi
     # our command, as pip would write it (the guard matters: nnU-Net's workers re-import the main module)
     printf '#!/usr/bin/env python3\nimport sys\nfrom nnunet_oar.cli import main\nif __name__ == "__main__":\n    sys.exit(main())\n' \
         > "$SITE/bin/nnunet_oar"

@@ -89,6 +89,9 @@ def main() -> None:
     ap.add_argument("--max-train-s", type=float, help="stop the training after this many seconds and score its "
                     "last epoch (a time-capped run; the report says so)")
     ap.add_argument("--stop-after-preprocessing", action="store_true")
+    ap.add_argument("--stop-after-training", action="store_true", help="a rerun without it scores the model")
+    ap.add_argument("--readouts", nargs="+", choices=READOUTS, default=list(READOUTS),
+                    help="centroid read-outs to score (default all; the first one leads the report)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-split", default="openkbp-train", help="file stem of the training tarball or folder")
     ap.add_argument("--test-split", default="openkbp-validation", help="file stem of the held-out tarball or folder")
@@ -125,6 +128,8 @@ def main() -> None:
     step(f"train_{tag}", work, times, lambda: None if (fold_dir / "checkpoint_final.pth").is_file() else run(
         ["nnUNetv2_train", "100", a.configuration, a.fold, "-tr", a.trainer, "-device", a.device, *resume], log,
         a.max_train_s))
+    if a.stop_after_training:
+        return
     # a training cut by --max-train-s is scored from its last epoch (and says so)
     checkpoint = "checkpoint_final.pth" if (fold_dir / "checkpoint_final.pth").is_file() else "checkpoint_latest.pth"
     if not (fold_dir / checkpoint).is_file():
@@ -136,12 +141,12 @@ def main() -> None:
     margins = work / tag / "margins.json"
     margins.write_bytes((work / tag / "calibration" / "margins.json").read_bytes())
     test = work / "nnUNet_raw" / "Dataset101_OpenKBP"
-    for readout in READOUTS:        # the paper's read-out (the default) and the weighted one, side by side
+    for readout in a.readouts:        # the paper's read-out and the weighted one (the default), side by side
         step(f"localize_test_{readout}_{tag}", work, times, lambda: run(
             ["nnunet_oar", "localize", "-i", str(test / "imagesTr"), "-o", str(work / tag / f"boxes_{readout}"),
              "-m", str(model), "--margins", str(margins), "--readout", readout, "--device", a.device, *chk], log))
 
-    result = {"summary": {r: score(test, work / tag / f"boxes_{r}", model, a.fold, margins) for r in READOUTS},
+    result = {"summary": {r: score(test, work / tag / f"boxes_{r}", model, a.fold, margins) for r in a.readouts},
               "margins": json.loads(margins.read_text()), "checkpoint": checkpoint,
               "epochs_trained": _epochs(fold_dir / checkpoint)}
     plans = json.loads((model / "plans.json").read_text())["configurations"][a.configuration]
@@ -149,7 +154,7 @@ def main() -> None:
                           "fg_weight": a.fg_weight, "patch_size": plans["patch_size"], "device": a.device,
                           "features_per_stage": plans["architecture"]["arch_kwargs"]["features_per_stage"],
                           "parameters": _parameter_count(fold_dir / checkpoint), "configuration": a.configuration,
-                          "default_readout": DEFAULT_READOUT}
+                          "default_readout": DEFAULT_READOUT if DEFAULT_READOUT in a.readouts else a.readouts[0]}
     result["times_s"] = times
     result["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch device {a.device}"
     result["command"] = "python benchmarks/localization_openkbp.py " + " ".join(sys.argv[1:])
