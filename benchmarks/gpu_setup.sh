@@ -1,8 +1,10 @@
 # Sourced by the GPU scripts (benchmarks/gpu_*.sh): stages the OpenKBP data and installs what the device
 # image lacks. The device takes at most 64 MiB per call and the train tarball alone is 62 MiB, so a run is
-# two calls on one warm machine, the second within its 30 s idle window:
-#   1. `bash benchmarks/gpu_X.sh stage`  tree: shared/openkbp/openkbp-train.tar.xz
-#   2. `bash benchmarks/gpu_X.sh run`    tree: shared/openkbp/openkbp-validation.tar.xz; carry .whl
+# several calls on one warm machine, each within the 30 s idle window of the last (the tree itself is 3.5 MiB):
+#   1. `bash benchmarks/gpu_X.sh stage`  tree: shared/openkbp/openkbp-train.tar.xz.part1of2 (half of it)
+#   2. `bash benchmarks/gpu_X.sh stage`  tree: shared/openkbp/openkbp-train.tar.xz.part2of2 + openkbp-validation.tar.xz
+#   3. `bash benchmarks/gpu_X.sh run`    tree: nothing under shared/; carry .whl
+#   (split -n 2 --numeric-suffixes=1 -a 1 --additional-suffix=of2 openkbp-train.tar.xz openkbp-train.tar.xz.part)
 # The device image has torch, numpy, scipy, scikit-image, pandas and matplotlib but no nnU-Net; prepare
 # the rest here (python 3.12 wheels; SimpleITK's 53 MB wheel travels unpacked as a 28 MB tar.xz):
 #   echo /.whl/ >> .git/info/exclude; echo /shared/ >> .git/info/exclude; mkdir -p .whl
@@ -21,6 +23,16 @@ DATA=${DATA:-/tmp/kbp_data} SITE=${SITE:-/tmp/site}
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$DATA" "$OUT"
 if [ -d shared/openkbp ]; then cp -r shared/openkbp/. "$DATA/"; fi
+# a tarball too large for one call travels in pieces over several stage calls (NAME.partKofN, from
+# `split -n N --numeric-suffixes=1 -a 1 --additional-suffix=ofN NAME NAME.part`): joined once all are there
+for first in "$DATA"/*.part1of*; do
+    [ -e "$first" ] || continue
+    name=${first%.part1of*} n=${first##*of}
+    if [ "$(ls "$name".part*of"$n" | wc -l)" = "$n" ]; then
+        for k in $(seq 1 "$n"); do cat "$name.part${k}of$n"; done > "$name.tmp" && mv "$name.tmp" "$name"
+        rm "$name".part*of"$n"
+    fi
+done
 if [ "${1:-run}" = stage ]; then ls -la "$DATA"; exit 0; fi
 ls -d "$DATA"/openkbp-train* "$DATA"/openkbp-validation* || { echo "$DATA: no train or validation data"; exit 1; }
 
