@@ -78,3 +78,57 @@ def rasterize_rtstruct(rtstruct: Path, reference: sitk.Image) -> Dict[str, np.nd
             mask[k] ^= fill
         out[names[rc.ReferencedROINumber]] = mask
     return out
+
+
+def write_rtstruct_file(path: Path, reference: sitk.Image, uids: Dict[str, object], rois: Dict[str, object],
+                        label: str = "clinic", date: str = "20260101", frame_uid: Optional[str] = None,
+                        series_uid: Optional[str] = None) -> None:
+    """An RTSTRUCT written with pydicom alone, as another vendor's would be (independent of the package).
+
+    ``rois``: ``{ROI name: bool mask (z, y, x) on reference's grid}``, traced per slice at the 0.5 iso-line
+    (closed planar contours, holes as separate contours), or ``{ROI name: [(geometric type, (n, 3) world
+    points mm), ...]}`` for hand-made contours (an empty list: an ROI without contours).
+    ``frame_uid``/``series_uid`` override the references (a wrong frame, a missing series).
+    """
+    from skimage.measure import find_contours
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.481.3", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "RTSTRUCT", generate_uid(), uids["study"]
+    ds.PatientName, ds.PatientID = "Phantom^Test", "P1"
+    ds.StructureSetLabel, ds.StructureSetDate, ds.StructureSetTime = label, date, "120000"
+    frame = Dataset()
+    frame.FrameOfReferenceUID = frame_uid or uids["frame"]
+    study, series = Dataset(), Dataset()
+    series.SeriesInstanceUID = series_uid or uids["series"]
+    study.RTReferencedSeriesSequence = [series]
+    frame.RTReferencedStudySequence = [study]
+    ds.ReferencedFrameOfReferenceSequence = [frame]
+    ds.StructureSetROISequence, ds.ROIContourSequence = [], []
+    for number, (name, content) in enumerate(rois.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = number, name, frame_uid or uids["frame"]
+        ds.StructureSetROISequence.append(roi)
+        contours = []
+        if isinstance(content, np.ndarray):
+            for k in np.flatnonzero(content.any(axis=(1, 2))):
+                for c in find_contours(np.pad(content[k].astype(float), 1), 0.5):
+                    idx = c[:-1, ::-1] - 1.0                     # (row, col) -> (x, y) index
+                    pts = [reference.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(k)))
+                           for x, y in idx]
+                    contours.append(("CLOSED_PLANAR", np.array(pts)))
+        else:
+            contours = content
+        rc = Dataset()
+        rc.ReferencedROINumber, rc.ContourSequence = number, []
+        for kind, pts in contours:
+            item = Dataset()
+            item.ContourGeometricType, item.NumberOfContourPoints = kind, len(pts)
+            item.ContourData = [f"{v:.4f}" for v in np.asarray(pts).ravel()]
+            rc.ContourSequence.append(item)
+        ds.ROIContourSequence.append(rc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)

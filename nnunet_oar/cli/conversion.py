@@ -1,4 +1,5 @@
-"""Conversion: phantoms, VISCERAL and OpenKBP to nnU-Net raw data sets, and the ignore-label copy."""
+"""Conversion: phantoms, VISCERAL, OpenKBP and a clinic's DICOM (CT + RTSTRUCT) to nnU-Net raw data sets,
+and the ignore-label copy."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +21,13 @@ def _convert_visceral(a) -> None:
 def _convert_openkbp(a) -> None:
     from nnunet_oar.conversion.openkbp import convert_openkbp
     print(f"wrote {convert_openkbp(Path(a.input), a.dataset_id, organs=a.organs)}")
+
+
+def _convert_dicom(a) -> None:
+    from nnunet_oar.conversion.dicom_rt import convert_dicom
+    out = convert_dicom(Path(a.input), a.dataset_id, names=Path(a.names) if a.names else None, organs=a.organs,
+                        rtstruct_label=a.rtstruct_label, keep_ids=a.keep_ids, dataset_name=a.name)
+    print(f"wrote {out}")
 
 
 def _ignore_label(a) -> None:
@@ -50,6 +58,22 @@ def register(sub) -> None:
     s.add_argument("-d", "--dataset-id", type=int, required=True)
     s.add_argument("--organs", nargs="+", help="canonical names to keep (default: all seven)")
     s.set_defaults(func=_convert_openkbp)
+
+    s = sub.add_parser("convert-dicom", help="CT series with their RTSTRUCTs (any folder tree) -> nnU-Net raw data set",
+                       description="ROI names map to catalogue organs by TG-263 names and common variants "
+                       "(Parotid_L, L Parotid, PAROTID LT, Lt_Parotid_Gland); planning structures (PRV, +5mm) and "
+                       "names without a side for paired organs stay unmapped and are listed in "
+                       "conversion_report.json. A --names file is consulted first.")
+    s.add_argument("-i", "--input", required=True, help="folder holding the CT series and RTSTRUCTs (searched recursively)")
+    s.add_argument("-d", "--dataset-id", type=int, required=True)
+    s.add_argument("--name", default="Clinic", help="data set name: Dataset{ID}_{NAME} (default Clinic)")
+    s.add_argument("--names", help='JSON {"ROI name or regular expression": "catalogue name" or null (skip)}')
+    s.add_argument("--organs", nargs="+", help="catalogue names to keep (default: every organ found)")
+    s.add_argument("--rtstruct-label", help="StructureSetLabel to take where a CT has several RTSTRUCTs "
+                   "(default: the newest)")
+    s.add_argument("--keep-ids", action="store_true",
+                   help="map case ids back to patient ids, UIDs and folders in conversion_report.json")
+    s.set_defaults(func=_convert_dicom)
 
     s = sub.add_parser("ignore-label", help="partially annotated data set -> copy with nnU-Net's ignore label "
                                            "(for a single multi-organ network)")

@@ -60,6 +60,7 @@ class DatasetBuilder:
         self.annotations: Dict[str, List[str]] = {}
         self.report: Dict[str, dict] = {}
         self.destination: Optional[Path] = None
+        self.extra_report: dict = {}     # a converter's own top-level entries of conversion_report.json
         (folder / "imagesTr").mkdir()
         (folder / "labelsTr").mkdir()
 
@@ -105,7 +106,7 @@ class DatasetBuilder:
                               overwrite_image_reader_writer=READER_WRITER)
         write_json(self.annotations, self.folder / "annotations.json")
         write_json({"overlap_rule": "the structure with fewer voxels wins; ties go to the lower label",
-                    "cases": self.report}, self.folder / "conversion_report.json")
+                    "cases": self.report, **self.extra_report}, self.folder / "conversion_report.json")
 
 
 @contextlib.contextmanager

@@ -56,8 +56,9 @@ class DicomSeries:
                                  f"{', ...' if len(blank) > 3 else ''}); the label map is not affected")
 
 
-def _scan(folder: Path) -> Dict[str, List[Tuple[Path, object]]]:
-    """``{SeriesInstanceUID: [(file, header)]}`` of every DICOM file under ``folder`` (recursive)."""
+def scan_series(folder: Path) -> Dict[str, List[Tuple[Path, object]]]:
+    """``{SeriesInstanceUID: [(file, header)]}`` of every DICOM file under ``folder`` (recursive; pixel
+    data not read). Files that are not DICOM are skipped."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     groups: Dict[str, List[Tuple[Path, object]]] = {}
@@ -158,7 +159,7 @@ def read_ct_series(folder: Path, series_uid: Optional[str] = None) -> Tuple[sitk
         ImageOrientationPatient and the slice normal, spacing in mm) and the sorted :class:`DicomSeries`.
     """
     folder = Path(folder)
-    groups = _scan(folder)
+    groups = scan_series(folder)
     if not groups:
         raise InputError(f"{folder}: no DICOM files")
     if series_uid is None:
@@ -171,7 +172,14 @@ def read_ct_series(folder: Path, series_uid: Optional[str] = None) -> Tuple[sitk
     elif series_uid not in groups:
         listing = "; ".join(_describe(u, items) for u, items in groups.items())
         raise InputError(f"{folder}: no series {series_uid}; found {listing}")
-    items = groups[series_uid]
+    return ct_from_files(groups[series_uid], str(folder))
+
+
+def ct_from_files(items: List[Tuple[Path, object]], where: str) -> Tuple[sitk.Image, DicomSeries]:
+    """Read one CT series from its ``(file, header)`` pairs (one group of :func:`scan_series`), in HU;
+    ``where`` names it in errors. Returns what :func:`read_ct_series` returns."""
+    folder = Path(where)
+    series_uid = str(getattr(items[0][1], "SeriesInstanceUID", ""))
     modality = getattr(items[0][1], "Modality", "?")
     if modality != "CT":
         raise InputError(f"{folder}: series {series_uid} is {modality}, not CT")

@@ -1,0 +1,154 @@
+"""A clinic's DICOM (CT series + RTSTRUCT) -> nnU-Net raw data set (``nnunet_oar convert-dicom``).
+
+The input is any tree of DICOM files. Each RTSTRUCT is tied to its CT series by UIDs (the series its
+``ReferencedFrameOfReferenceSequence`` names), never by file or folder names; several RTSTRUCTs on one CT
+are narrowed to the one labelled ``rtstruct_label``, else the newest (StructureSetDate/Time), and the
+choice is reported. The CT is read by the same reader as ``predict`` (:mod:`nnunet_oar.dicom.series`, with
+its refusals); each ROI is rasterised on it with the even-odd rule (:func:`~nnunet_oar.dicom.rtstruct.rasterize_rois`,
+the reading ``predict --rtstruct`` writes for) and named by :mod:`nnunet_oar.conversion.names`.
+
+What does not convert is reported, not fatal: an ROI (empty, open contours, off-slice or outside the
+image, another frame of reference, an unmapped or ambiguous name, two ROIs naming one organ) is left out
+of its patient, whose other organs convert; a patient (no RTSTRUCT, a CT the reader refuses, an RTSTRUCT
+whose series is missing) is skipped. An organ not contoured for a patient is not annotated for it
+(``annotations.json``), as with OpenKBP. Overlaps: the smaller structure wins, counted.
+
+No patient-identifying field reaches the data set: the case id is a hash of the study and series UIDs
+(stable when patients are added), and ``conversion_report.json`` maps it back to patient id, UIDs and
+folder only with ``keep_ids``.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tqdm import tqdm
+
+from nnunet_oar import organs as catalogue
+from nnunet_oar.conversion.dataset import build_dataset
+from nnunet_oar.conversion.names import NameMap
+from nnunet_oar.dicom.rtstruct import rasterize_rois, referenced_series
+from nnunet_oar.dicom.series import ct_from_files, scan_series
+from nnunet_oar.io import InputError
+
+
+def case_id(study_uid: str, series_uid: str) -> str:
+    """Stable, non-identifying case id of one CT series."""
+    return "ct_" + hashlib.sha256(f"{study_uid}/{series_uid}".encode()).hexdigest()[:12]
+
+
+def _choose(candidates: List[Tuple[Path, object]], label: Optional[str]) -> Tuple[Optional[Tuple[Path, object]], str]:
+    """One RTSTRUCT of those on a CT: the one labelled ``label``, else the newest. Returns it (or None)
+    and what was chosen among what."""
+    def describe(ds) -> str:
+        return (f"'{getattr(ds, 'StructureSetLabel', '')}' of {getattr(ds, 'StructureSetDate', '') or '?'}"
+                f" {getattr(ds, 'StructureSetTime', '') or ''}".rstrip())
+    if label is not None:
+        named = [c for c in candidates if str(getattr(c[1], "StructureSetLabel", "")) == label]
+        if not named:
+            return None, (f"no RTSTRUCT labelled '{label}' (found {', '.join(describe(d) for _, d in candidates)})")
+        candidates = named
+    newest = max(candidates, key=lambda c: (str(getattr(c[1], "StructureSetDate", "") or ""),
+                                            str(getattr(c[1], "StructureSetTime", "") or ""), str(c[0])))
+    how = f"RTSTRUCT {describe(newest[1])}"
+    if len(candidates) > 1:
+        how += f", the {'newest' if label is None else 'newest so labelled'} of {len(candidates)}"
+    return newest, how
+
+
+def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, organs: Optional[Sequence[str]] = None,
+                  rtstruct_label: Optional[str] = None, keep_ids: bool = False, dataset_name: str = "Clinic",
+                  raw: Optional[Path] = None, progress: bool = True) -> Path:
+    """Convert CT series with their RTSTRUCTs to ``$nnUNet_raw/Dataset{ID}_{dataset_name}``.
+
+    Args:
+        source: a folder; every DICOM file under it is considered.
+        dataset_id: nnU-Net data set id.
+        names: a ``NAMES.json`` (see :mod:`nnunet_oar.conversion.names`), consulted before the built-in rules.
+        organs: catalogue names to keep (default: every organ some patient has).
+        rtstruct_label: StructureSetLabel to take where a CT has several RTSTRUCTs.
+        keep_ids: map case ids back to patient id, UIDs and folders in ``conversion_report.json``.
+        raw: nnU-Net raw root (default ``$nnUNet_raw``).
+
+    Returns:
+        The data set folder.
+    """
+    source = Path(source)
+    if not source.is_dir():
+        raise InputError(f"{source}: not a folder")
+    name_map = NameMap.from_file(names)
+    groups = scan_series(source)
+    cts = {u: items for u, items in groups.items() if getattr(items[0][1], "Modality", None) == "CT"}
+    if not cts:
+        raise InputError(f"{source}: no CT series among {len(groups)} DICOM series")
+    skipped: List[dict] = []
+    on_ct: Dict[str, list] = {}
+    for items in groups.values():
+        for f, ds in items:
+            if getattr(ds, "Modality", None) != "RTSTRUCT":
+                continue
+            refs = referenced_series(ds)
+            hit = [u for u in refs if u in cts]
+            if hit:
+                on_ct.setdefault(hit[0], []).append((f, ds))
+            else:
+                skipped.append({"rtstruct": f.name, "reason": f"references series {refs or 'none'}, which is not "
+                                                              "a CT series under the input folder"})
+    patients = []
+    for uid, items in cts.items():
+        header = items[0][1]
+        case = case_id(str(getattr(header, "StudyInstanceUID", "")), uid)
+        ids = {"patient_id": str(getattr(header, "PatientID", "")), "study_uid": str(getattr(header, "StudyInstanceUID", "")),
+               "series_uid": uid, "folder": str(items[0][0].parent)} if keep_ids else {}
+        chosen, how = _choose(on_ct[uid], rtstruct_label) if uid in on_ct else (None, "no RTSTRUCT references it")
+        if chosen is None:
+            skipped.append({"case": case, "reason": how, **ids})
+        else:
+            patients.append((case, items, chosen, how, ids))
+    # the data set's organs, from the names alone (rasterising comes later, one patient at a time)
+    mapped = {name_map(str(r.ROIName))[0] for _, _, (_, ds), _, _ in patients
+              for r in getattr(ds, "StructureSetROISequence", [])}
+    wanted = [o for o in catalogue.ORGANS if o in mapped] if organs is None else list(organs)
+    if not wanted:
+        raise InputError(f"{source}: no ROI name maps to a catalogue organ; see the names in "
+                         "`nnunet_oar convert-dicom --help` and give a --names file")
+    unmapped: Dict[str, int] = {}
+    with build_dataset(dataset_id, dataset_name, wanted, f"CT + RTSTRUCT from {source.name}", raw) as builder:
+        for case, items, (rt_file, rt), how, ids in tqdm(patients, desc="convert DICOM", disable=not progress):
+            where = str(items[0][0].parent)
+            try:
+                ct, series = ct_from_files(items, where)
+                rois, refused, notes = rasterize_rois(rt, ct, str(getattr(series.headers[0], "FrameOfReferenceUID", "")))
+            except InputError as e:
+                skipped.append({"case": case, "reason": str(e).replace(f"{where}: ", ""), **ids})
+                continue
+            masks, named, unmapped_here = {}, {}, {}
+            for roi, mask in rois.items():
+                organ, rule = name_map(roi)
+                if organ is None:
+                    if rule != "skip":
+                        unmapped_here[roi] = rule
+                        unmapped[roi] = unmapped.get(roi, 0) + 1
+                elif organ in wanted:
+                    named.setdefault(organ, []).append(roi)
+                    masks[organ] = mask
+            for organ, rois_of in named.items():
+                if len(rois_of) > 1:             # which one the clinic meant is not ours to guess
+                    del masks[organ]
+                    refused.update({r: f"{len(rois_of)} ROIs name {organ}: {', '.join(rois_of)}" for r in rois_of})
+            if not masks:
+                skipped.append({"case": case, "reason": "no ROI converted: " + "; ".join(
+                    f"{r}: {why}" for r, why in {**refused, **unmapped_here}.items()), **ids})
+                continue
+            builder.add_case(case, ct, masks, {
+                "rtstruct": how, "roi_to_organ": {r[0]: o for o, r in named.items() if o in masks},
+                "refused_rois": refused, "unmapped_rois": unmapped_here, "roi_notes": notes, **ids})
+        builder.extra_report = {"skipped": skipped, "unmapped_names": dict(sorted(unmapped.items())),
+                                "names_file": str(names) if names else None, "keep_ids": keep_ids}
+        for s in skipped:
+            print(f"skipped {s.get('case') or s.get('rtstruct')}: {s['reason']}")
+        if unmapped:
+            print(f"{len(unmapped)} ROI names map to no organ (conversion_report.json lists them; map them with "
+                  "--names): " + ", ".join(f"{n} ({c})" for n, c in sorted(unmapped.items(), key=lambda x: -x[1])[:15]))
+    return builder.destination

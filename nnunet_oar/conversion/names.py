@@ -1,0 +1,119 @@
+"""Clinical ROI names -> catalogue organs ("Parotid_L", "L Parotid", "PAROTID LT", "Lt_Parotid_Gland").
+
+A name is split into words (at spaces, ``_``, ``-``, ``.``, ``+``, brackets and camel case), its side
+read from a word (``L``, ``Lt``, ``Lft``, ``Left``, ``Sin`` / ``R``, ``Rt``, ``Rgt``, ``Right``, ``Dx``),
+and filler words (``gland``, ``glnd``, ``bone``, ``musc``, ``muscle``, TG-263's artery prefix ``A``)
+dropped. It names an organ when the rest, in any word order or written as one word, equals one of that
+organ's names: the catalogue name, its TG-263 name, its OpenKBP ROI, its TotalSegmentator name (organs
+without a side only) and the few synonyms below. Anything else, a planning structure such as
+``Parotid_L_PRV`` or ``SpinalCord+5mm`` included, stays unmapped and is reported, never guessed.
+
+A user file (``--names NAMES.json``: ``{"name or regular expression": "catalogue name" or null}``) is
+consulted first: a key that equals the ROI name (ignoring case and surrounding spaces) or, as a regular
+expression, matches all of it (ignoring case) decides; ``null`` marks a name to skip without a report.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, FrozenSet, Iterable, Optional, Set, Tuple
+
+from nnunet_oar import organs as catalogue
+from nnunet_oar.io import InputError, read_json
+
+SIDES = {"l": "left", "lt": "left", "lft": "left", "left": "left", "sin": "left",
+         "r": "right", "rt": "right", "rgt": "right", "right": "right", "dx": "right"}
+FILLER = {"gland", "glnd", "bone", "musc", "muscle", "a"}
+SYNONYMS = {"esophagus": ["oesophagus"], "urinary_bladder": ["bladder"], "thyroid_gland": ["thyroid"],
+            "spinal_cord": ["cord"], "brainstem": ["brain stem"]}
+
+Key = Tuple[Optional[str], FrozenSet[str]]
+
+
+def _words(name: str) -> list:
+    name = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)            # SpinalCord -> Spinal Cord
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", name)      # LParotid -> L Parotid
+    return [w for w in re.split(r"[\s_\-.,/()+]+", name.lower()) if w]
+
+
+def keys(name: str) -> Set[Key]:
+    """The forms a name can match under: ``(side or None, words)`` with the words as a set and as one
+    word (in either order), after the side and filler words are taken out."""
+    words = _words(name)
+    sides = {SIDES[w] for w in words if w in SIDES}
+    if len(sides) > 1:
+        return set()                                              # "L R Parotid": no side to trust
+    side = next(iter(sides), None)
+    rest = [w for w in words if w not in SIDES and w not in FILLER]
+    if not rest:
+        return set()
+    return {(side, frozenset(rest)), (side, frozenset({"".join(rest)})), (side, frozenset({"".join(rest[::-1])}))}
+
+
+def _catalogue_keys() -> Dict[Key, Set[str]]:
+    out: Dict[Key, Set[str]] = {}
+    for organ in catalogue.ORGANS.values():
+        names = [organ.name, organ.tg263, organ.openkbp_roi, *SYNONYMS.get(organ.name, [])]
+        if organ.partner is None:       # TotalSegmentator's names carry no side ("Lung" is both lungs)
+            names.append(organ.sct)
+        for n in filter(None, names):
+            for k in keys(n):
+                out.setdefault(k, set()).add(organ.name)
+    return out
+
+
+_CATALOGUE = _catalogue_keys()
+
+
+class NameMap:
+    """ROI name -> catalogue organ, with the user's file first.
+
+    Args:
+        user: ``{"name or regular expression": "catalogue name" or None}``.
+        where: what to name in errors (the file).
+    """
+
+    def __init__(self, user: Optional[Dict[str, Optional[str]]] = None, where: str = "names"):
+        self.user = []
+        for pattern, organ in (user or {}).items():
+            if organ is not None:
+                catalogue.get(organ)                    # an unknown target is the user's error, named
+            try:
+                regex = re.compile(pattern, re.IGNORECASE)
+            except re.error as e:
+                raise InputError(f"{where}: {pattern!r} is not a regular expression ({e})") from None
+            self.user.append((pattern.strip().lower(), regex, organ))
+
+    @classmethod
+    def from_file(cls, path: Optional[Path]) -> "NameMap":
+        """Read ``NAMES.json`` (or none: the built-in rules only)."""
+        if path is None:
+            return cls()
+        content = read_json(Path(path))
+        if not isinstance(content, dict) or not all(isinstance(v, (str, type(None))) for v in content.values()):
+            raise InputError(f"{path}: expected {{\"ROI name or regex\": \"catalogue name\" or null}}")
+        return cls(content, str(path))
+
+    def __call__(self, roi_name: str) -> Tuple[Optional[str], str]:
+        """``(organ or None, how)``: ``how`` is ``"user"``, ``"skip"`` (user null), ``"rule"``,
+        ``"ambiguous: a, b"`` or ``"unmapped"``."""
+        name = roi_name.strip()
+        for exact, regex, organ in self.user:
+            if name.lower() == exact or regex.fullmatch(name):
+                return organ, "user" if organ else "skip"
+        found: Set[str] = set()
+        for k in keys(name):
+            found |= _CATALOGUE.get(k, set())
+        if len(found) == 1:
+            return next(iter(found)), "rule"
+        return None, ("ambiguous: " + ", ".join(sorted(found))) if found else "unmapped"
+
+
+def organs_named(names: Iterable[str], name_map: NameMap) -> Dict[str, str]:
+    """``{ROI name: organ}`` for the names that map."""
+    out = {}
+    for n in names:
+        organ, _ = name_map(n)
+        if organ:
+            out[n] = organ
+    return out

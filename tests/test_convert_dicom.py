@@ -1,0 +1,196 @@
+"""convert-dicom: a clinic's CT + RTSTRUCT -> nnU-Net raw data set. Round trips on real anatomy (the
+OpenKBP sample patients written as DICOM by an independent pydicom writer, local ROI names), the name
+rules, and what does not convert (reported per ROI or per patient while the rest converts)."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_oar import organs as catalogue
+from nnunet_oar.cli import main
+from nnunet_oar.conversion.dataset import merge_masks
+from nnunet_oar.conversion.dicom_rt import case_id, convert_dicom
+from nnunet_oar.conversion.names import NameMap
+from nnunet_oar.conversion.openkbp import iter_patients, patient_to_images
+from nnunet_oar.dicom.rtstruct import write_rtstruct
+from nnunet_oar.dicom.series import read_ct_series
+from nnunet_oar.io import InputError
+from tests.conftest import shared_or_skip
+from tests.dicom_helpers import write_ct_series, write_rtstruct_file
+
+LOCAL_NAMES = [  # one clinic's habits per patient: (catalogue organ -> ROI name)
+    {"brainstem": "BrainStem", "spinal_cord": "Spinal Cord", "parotid_right": "Rt Parotid",
+     "parotid_left": "L Parotid", "esophagus": "Oesophagus", "larynx": "LARYNX", "mandible": "Bone_Mandible"},
+    {"brainstem": "Brain Stem", "spinal_cord": "SPINALCORD", "parotid_right": "PAROTID RT",
+     "parotid_left": "Lt_Parotid_Gland", "esophagus": "Esophagus", "larynx": "Larynx", "mandible": "Mandible"},
+]
+
+
+@pytest.mark.parametrize("organ_names", [
+    ("Parotid_L", "parotid_left"), ("L Parotid", "parotid_left"), ("PAROTID LT", "parotid_left"),
+    ("Lt_Parotid_Gland", "parotid_left"), ("RightParotid", "parotid_right"), ("Parotid (R)", "parotid_right"),
+    ("SpinalCord", "spinal_cord"), ("spinal cord", "spinal_cord"), ("Brain Stem", "brainstem"),
+    ("Bone_Mandible", "mandible"), ("Oesophagus", "esophagus"), ("Kidney_R", "kidney_right"),
+    ("Rt Kidney", "kidney_right"), ("Glnd_Thyroid", "thyroid_gland"), ("A_Aorta", "aorta"),
+])
+def test_clinical_names_map_to_the_catalogue(organ_names):
+    assert NameMap()(organ_names[0]) == (organ_names[1], "rule")
+
+
+@pytest.mark.parametrize("name", ["Parotid", "Lung", "Parotid_L_PRV", "SpinalCord+5mm", "PTV70", "External",
+                                  "Parotid L R", "brainstem_prv03"])
+def test_planning_structures_and_sideless_pairs_stay_unmapped(name):
+    assert NameMap()(name)[0] is None
+
+
+def test_user_names_come_first_and_are_checked(tmp_path):
+    m = NameMap({"Stammhirn": "brainstem", r"parotis\s*li(nks)?": "parotid_left", "Cord": None})
+    assert m("stammhirn ") == ("brainstem", "user")
+    assert m("Parotis links") == ("parotid_left", "user")
+    assert m("Cord") == (None, "skip")                    # the built-in rule would have taken it
+    with pytest.raises(InputError, match="unknown organ 'brain'"):
+        NameMap({"x": "brain"})
+    bad = tmp_path / "names.json"
+    bad.write_text('{"x": 3}')
+    with pytest.raises(InputError, match="names.json"):
+        NameMap.from_file(bad)
+
+
+def _dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def test_openkbp_patients_round_trip_through_dicom(tmp_path, nnunet_env):
+    """Three real patients as CT series + RTSTRUCT (two by an independent writer with local names, one
+    by our own RTSTRUCT writer), shuffled file names, a planning structure beside the organs: every organ
+    of 1 mL or more comes back with Dice >= 0.99 on the original grid, and nothing else is annotated."""
+    sample = shared_or_skip("openkbp", "sample")
+    originals = {}
+    for k, (patient, files, where) in enumerate(iter_patients(sample)):
+        ct, masks = patient_to_images(files, where)
+        folder = tmp_path / "dicom" / f"P{k}"
+        uids = write_ct_series(ct, folder / "ct", seed=k)
+        originals[case_id(uids["study"], uids["series"])] = (ct, masks, None)
+        if k < len(LOCAL_NAMES):
+            ptv = np.zeros_like(next(iter(masks.values())))
+            ptv[60:70, 50:70, 50:70] = True
+            rois = {LOCAL_NAMES[k][o]: m for o, m in masks.items() if m.any()}
+            write_rtstruct_file(folder / "rs.dcm", ct, uids, {**rois, "PTV70": ptv})
+        else:       # our own writer, from the label map on the DICOM grid (slices may run the other way)
+            labels = catalogue.labels_for(masks)
+            label_map, _ = merge_masks(masks, labels)
+            dicom_ct, series = read_ct_series(folder / "ct")
+            on_dicom = sitk.Resample(_image(label_map, ct), dicom_ct, sitk.Transform(), sitk.sitkNearestNeighbor)
+            write_rtstruct(sitk.GetArrayFromImage(on_dicom), labels, series, folder / "rs.dcm")
+            originals[case_id(uids["study"], uids["series"])] = (ct, masks, {o: label_map == v for o, v in labels.items()})
+    out = convert_dicom(tmp_path / "dicom", 520, progress=False)
+    report = json.loads((out / "conversion_report.json").read_text())
+    labels = json.loads((out / "dataset.json").read_text())["labels"]
+    annotations = json.loads((out / "annotations.json").read_text())
+    assert len(annotations) == 3 and not report["skipped"]
+    assert report["unmapped_names"] == {"PTV70": 2}
+    for case, notes in report["cases"].items():
+        assert "patient_id" not in notes and "P1" not in case
+    matched = 0
+    for case, (ct, masks, exact) in originals.items():
+        converted = sitk.ReadImage(str(out / "labelsTr" / f"{case}.nii.gz"))
+        back = sitk.GetArrayFromImage(sitk.Resample(converted, ct, sitk.Transform(), sitk.sitkNearestNeighbor))
+        ml = np.prod(ct.GetSpacing()) / 1000
+        assert sorted(annotations[case]) == sorted(o for o, m in masks.items() if m.any())
+        for organ, m in masks.items():
+            if m.sum() * ml >= 1:
+                assert _dice(back == labels[organ], m) >= 0.99, (case, organ, _dice(back == labels[organ], m))
+                matched += 1
+        for organ, m in (exact or {}).items():      # our writer's contours give back the very voxels
+            assert np.array_equal(back == labels[organ], m), (case, organ)
+    assert matched >= 15
+
+
+def _image(array, like):
+    img = sitk.GetImageFromArray(array)
+    img.CopyInformation(like)
+    return img
+
+
+def _cube_ct():
+    ct = np.full((12, 30, 30), -1000, np.int16)
+    ct[:, 5:25, 5:25] = 30
+    img = sitk.GetImageFromArray(ct)
+    img.SetSpacing((2.0, 2.0, 3.0))
+    img.SetOrigin((-30.0, -30.0, 0.0))
+    return img
+
+
+def _ball(img, centre_xyz_mm, r_mm):
+    z, y, x = np.meshgrid(*[np.arange(n) for n in img.GetSize()[::-1]], indexing="ij")
+    p = np.stack([x, y, z], -1) * np.array(img.GetSpacing()) + np.array(img.GetOrigin())
+    return np.linalg.norm(p - np.array(centre_xyz_mm), axis=-1) < r_mm
+
+
+def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnunet_env):
+    img = _cube_ct()
+    liver, spleen = _ball(img, (-10, 0, 15), 8), _ball(img, (12, 0, 15), 6)
+    root = tmp_path / "in"
+    # A: good; a second, older RTSTRUCT with another label is passed over
+    a = write_ct_series(img, root / "A" / "ct", seed=1)
+    write_rtstruct_file(root / "A" / "rs_old.dcm", img, a, {"Liver": spleen}, label="draft", date="20250101")
+    write_rtstruct_file(root / "A" / "rs.dcm", img, a, {"Liver": liver, "Spleen": spleen}, date="20260101")
+    # B: its RTSTRUCT references a series that is not there
+    b = write_ct_series(img, root / "B" / "ct", seed=2)
+    write_rtstruct_file(root / "B" / "rs.dcm", img, b, {"Liver": liver}, series_uid="1.2.3.4.5")
+    # C: the RTSTRUCT's frame of reference is not the CT's
+    c = write_ct_series(img, root / "C" / "ct", seed=3)
+    write_rtstruct_file(root / "C" / "rs.dcm", img, c, {"Liver": liver}, frame_uid="1.2.3.4.6")
+    # D: one good organ beside an empty ROI, an open contour, a contour outside the image, one between
+    # slices, an unmapped name and two ROIs naming one organ
+    d = write_ct_series(img, root / "D" / "ct", seed=4)
+    square = np.array([[-5, -5, 0], [5, -5, 0], [5, 5, 0], [-5, 5, 0]], float)
+    write_rtstruct_file(root / "D" / "rs.dcm", img, d, {
+        "Liver": liver, "Spleen": [], "Kidney_L": [("OPEN_PLANAR", square + [0, 0, 15])],
+        "Kidney_R": [("CLOSED_PLANAR", square + [0, 0, 90])], "Aorta": [("CLOSED_PLANAR", square + [0, 0, 16.5])],
+        "Tumour bed": spleen, "Lung_L": spleen, "Lt Lung": spleen})
+    out = convert_dicom(root, 521, progress=False)
+    report = json.loads((out / "conversion_report.json").read_text())
+    annotations = json.loads((out / "annotations.json").read_text())
+    assert len(annotations) == 2                                        # A and D
+    reasons = " | ".join(s["reason"] for s in report["skipped"])
+    assert "1.2.3.4.5" in reasons and "not a CT series under the input folder" in reasons    # B
+    assert "frame of reference 1.2.3.4.6" in reasons                                       # C
+    case_a = next(c for c, n in report["cases"].items() if "Spleen" in n["roi_to_organ"])
+    assert report["cases"][case_a]["rtstruct"].startswith("RTSTRUCT 'clinic' of 20260101")
+    assert "newest of 2" in report["cases"][case_a]["rtstruct"]
+    case_d = next(c for c in annotations if c != case_a)
+    assert annotations[case_d] == ["liver"]
+    refused = report["cases"][case_d]["refused_rois"]
+    assert refused["Spleen"] == "empty (no contours)"
+    assert "OPEN_PLANAR" in refused["Kidney_L"]
+    assert "outside the CT's slices" in refused["Kidney_R"]
+    assert "not on a CT slice" in refused["Aorta"]
+    assert "2 ROIs name lung_left" in refused["Lung_L"] and "Lt Lung" in refused["Lt Lung"]
+    assert report["cases"][case_d]["unmapped_rois"] == {"Tumour bed": "unmapped"}
+    assert "patient_id" not in report["cases"][case_a]
+    # a names file picks up what was unmapped (a rerun replaces the data set)
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"tumour bed": "spleen"}))
+    out = convert_dicom(root, 521, names=names, keep_ids=True, progress=False)
+    report = json.loads((out / "conversion_report.json").read_text())
+    assert json.loads((out / "annotations.json").read_text())[case_d] == ["liver", "spleen"]
+    assert report["cases"][case_a]["patient_id"] == "P1" and report["unmapped_names"] == {}
+    # --rtstruct-label takes the draft on A; D has no RTSTRUCT so labelled and is skipped, saying so
+    out = convert_dicom(root, 521, rtstruct_label="draft", progress=False)
+    report = json.loads((out / "conversion_report.json").read_text())
+    assert json.loads((out / "annotations.json").read_text()) == {case_a: ["liver"]}
+    assert "'draft'" in report["cases"][case_a]["rtstruct"]
+    assert any(s.get("case") == case_d and "no RTSTRUCT labelled 'draft'" in s["reason"] for s in report["skipped"])
+
+
+def test_nothing_to_convert_is_named(tmp_path, nnunet_env, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["convert-dicom", "-i", str(tmp_path / "empty"), "-d", "522"]) == 2
+    assert f"{tmp_path / 'empty'}: no CT series" in capsys.readouterr().err
+    img = _cube_ct()
+    uids = write_ct_series(img, tmp_path / "in" / "ct")
+    write_rtstruct_file(tmp_path / "in" / "rs.dcm", img, uids, {"GTV": _ball(img, (0, 0, 15), 5)})
+    with pytest.raises(InputError, match="no ROI name maps to a catalogue organ"):
+        convert_dicom(tmp_path / "in", 522, progress=False)
