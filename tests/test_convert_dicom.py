@@ -194,3 +194,18 @@ def test_nothing_to_convert_is_named(tmp_path, nnunet_env, capsys):
     write_rtstruct_file(tmp_path / "in" / "rs.dcm", img, uids, {"GTV": _ball(img, (0, 0, 15), 5)})
     with pytest.raises(InputError, match="no ROI name maps to a catalogue organ"):
         convert_dicom(tmp_path / "in", 522, progress=False)
+
+
+def test_a_plain_nnunet_data_set_without_annotations_is_cropped(tmp_path, nnunet_env, capsys):
+    """crop_rois on a data set without annotations.json: every organ of dataset.json counts as annotated
+    in every case, said once."""
+    from nnunet_oar.segmentation.crops import crop_rois
+    img = _cube_ct()
+    for k in range(2):
+        uids = write_ct_series(img, tmp_path / "in" / f"P{k}" / "ct", seed=k)
+        write_rtstruct_file(tmp_path / "in" / f"P{k}" / "rs.dcm", img, uids, {"Liver": _ball(img, (-8 + k, 0, 15), 7)})
+    out = convert_dicom(tmp_path / "in", 523, progress=False)
+    (out / "annotations.json").unlink()
+    reports = crop_rois(523, 524, organs=["liver"], boxes_from_labels=True, progress=False)
+    assert reports["liver"]["cases"] == 2
+    assert "no annotations.json; every organ of dataset.json counts as annotated in all 2 cases" in capsys.readouterr().out

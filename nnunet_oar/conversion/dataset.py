@@ -51,6 +51,21 @@ def merge_masks(masks: Dict[str, np.ndarray], labels: Dict[str, int]) -> tuple:
     return label_map, overlap
 
 
+def read_annotations(raw: Path) -> Dict[str, List[str]]:
+    """``{case: [annotated organs]}`` of a raw data set: its ``annotations.json``, or, for a plain nnU-Net
+    data set without one, every label of ``dataset.json`` in every case of ``labelsTr`` (said once)."""
+    from nnunet_oar.io import read_json
+    path = Path(raw) / "annotations.json"
+    if path.is_file():
+        return read_json(path)
+    dataset = read_json(Path(raw) / "dataset.json")
+    ending = dataset["file_ending"]
+    organs = [k for k in dataset["labels"] if k not in ("background", "ignore")]
+    cases = sorted(p.name[: -len(ending)] for p in (Path(raw) / "labelsTr").glob(f"*{ending}"))
+    print(f"{raw}: no annotations.json; every organ of dataset.json counts as annotated in all {len(cases)} cases")
+    return {c: list(organs) for c in cases}
+
+
 class DatasetBuilder:
     """Accumulates cases into a temporary data set folder; see :func:`build_dataset`."""
 

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_oar import organs as catalogue
-from nnunet_oar.conversion.dataset import build_dataset
+from nnunet_oar.conversion.dataset import build_dataset, read_annotations
 from nnunet_oar.geometry import crop_image, crop_zyx, index_box_to_world, mask_bbox_xyz, world_box_to_index
 from nnunet_oar.io import InputError, geometry, read_image, read_json, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM
@@ -77,7 +77,7 @@ def crop_rois(source_id: int, first_id: int, boxes_dir: Optional[Path] = None, o
     for o in organs:
         if o not in labels:
             raise InputError(f"{o} is not a label of {raw.name} ({', '.join(labels)})")
-    annotations = read_json(raw / "annotations.json")
+    annotations = read_annotations(raw)
     cases = sorted(annotations)
     ids = organ_dataset_ids(first_id, organs)
     rng = np.random.default_rng(seed)
