@@ -5,10 +5,20 @@ folder, relative to itself, so the folder can be copied to another machine; with
 margins, threshold and read-out, each organ's folds and the volume range of its training organs (for
 the plausibility checks). :func:`export_models` writes it from nnU-Net's results; :func:`read_manifest`
 reads it back.
+
+A models folder travels as one zip (:func:`write_package`, ``export-models --zip``), in the spirit of
+nnU-Net's ``nnUNetv2_export_model_to_zip``: the folder's files, the catalogue entries of its organs and
+:data:`PACKAGE` (a sha256 per file and the versions of nnunetv2, torch and this package that made it).
+:func:`install_package` (``install-models``) checks it before anything is written; :func:`models_folder`
+lets ``predict -m models.zip`` use a zip directly (installed once into a cache folder).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -18,6 +28,7 @@ from nnunet_oar.localization.localize import available_folds
 from nnunet_oar.paths import find_dataset, raw_root, results_root
 
 MANIFEST = "models.json"
+PACKAGE = "package.json"
 _KEEP = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 _KEEP_FOLD = ("checkpoint_final.pth", "box_stats.json")
 
@@ -94,3 +105,94 @@ def _trained_volume_range(dataset_id: int) -> Optional[List[float]]:
         return None
     volumes = [c["organ_volume_ml"] for c in read_json(raw / "crops.json").values() if c.get("organ_volume_ml")]
     return [min(volumes), max(volumes)] if volumes else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("nnunet_oar", "nnunetv2", "torch"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def write_package(models: Path, dst: Path) -> Path:
+    """Zip a models folder (see the module docstring); written to a temporary name, then renamed."""
+    import dataclasses
+    from nnunet_oar import organs as catalogue
+    from nnunet_oar.io import atomic_path
+    models = Path(models)
+    manifest = read_manifest(models)
+    files = sorted(p for p in models.rglob("*") if p.is_file() and p.name != PACKAGE)
+    organs = [o for o in manifest["organs"] if o in catalogue.ORGANS]
+    package = {"format": 1, "versions": _versions(),
+               "catalogue": {o: dataclasses.asdict(catalogue.get(o)) for o in organs},
+               "files": {p.relative_to(models).as_posix(): _sha256(p) for p in files}}
+    with atomic_path(dst) as tmp:
+        # checkpoints hardly compress; stored, they unpack at disk speed
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            for p in files:
+                z.write(p, p.relative_to(models).as_posix())
+            z.writestr(PACKAGE, json.dumps(package, indent=2) + "\n")       # last: a zip cut short lacks it
+    return Path(dst)
+
+
+def install_package(package: Path, output: Path) -> Path:
+    """Unpack a models zip into ``output`` (replaced atomically) after checking it: a complete zip, no
+    member outside the folder or not listed, every listed file present with its sha256.
+
+    Raises:
+        InputError: naming the zip and what is wrong.
+    """
+    package = Path(package)
+    try:
+        with zipfile.ZipFile(package) as z:
+            names = z.namelist()
+            if PACKAGE not in names:
+                raise InputError(f"{package}: no {PACKAGE}; not a models package (or cut short)")
+            listed = json.loads(z.read(PACKAGE))["files"]
+            for name in names:
+                parts = Path(name).parts
+                if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
+                    raise InputError(f"{package}: member {name!r} would be written outside the models folder")
+                if name != PACKAGE and name not in listed:
+                    raise InputError(f"{package}: member {name!r} is not listed in {PACKAGE}")
+            missing = sorted(set(listed) - set(names))
+            if missing:
+                raise InputError(f"{package}: {len(missing)} listed files are missing ({', '.join(missing[:3])})")
+            with atomic_dir(output) as tmp:
+                for name, digest in listed.items():
+                    target = tmp / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with z.open(name) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    if _sha256(target) != digest:
+                        raise InputError(f"{package}: {name} does not match its sha256 (damaged)")
+                (tmp / PACKAGE).write_bytes(z.read(PACKAGE))
+                read_manifest(tmp)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, KeyError) as e:
+        raise InputError(f"{package}: not a complete models zip ({e})") from None
+    return Path(output)
+
+
+def models_folder(models: Path) -> Path:
+    """A models folder, or a models zip installed once into ``$nnunet_oar_cache`` (default
+    ``~/.cache/nnunet_oar``) under its own sha256, so that ``predict -m models.zip`` works."""
+    models = Path(models)
+    if not (models.is_file() and zipfile.is_zipfile(models)):
+        return models
+    cache = Path(os.environ.get("nnunet_oar_cache", Path.home() / ".cache" / "nnunet_oar")) / "models"
+    folder = cache / _sha256(models)[:16]
+    if not (folder / PACKAGE).is_file():
+        install_package(models, folder)
+    return folder

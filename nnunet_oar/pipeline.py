@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from nnunet_oar.io import (IMAGE_SUFFIXES, InputError, case_id, check_memory, check_writable, geometry, list_images,
                            read_image, read_json, write_image, write_json)
-from nnunet_oar.models import read_manifest
+from nnunet_oar.models import models_folder, read_manifest
 from nnunet_oar.segmentation.predict import OARPredictor
 
 # predict's peak memory per CT voxel, bytes: a 458 x 379 x 224 CT peaked at 6.4 GB with the networks loaded
@@ -80,6 +80,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
         inputs: a CT image file, a folder of them, or a DICOM CT series folder (read with
             :func:`nnunet_oar.dicom.series.read_ct_series`; ``series_uid`` picks one of several).
         output: output folder (nothing is written beside the inputs).
+        models: a models folder (``models.json``) or a models zip (``export-models --zip``).
         rtstruct, dicom_seg: also write ``{case}_rtstruct.dcm`` / ``{case}_seg.dcm`` (DICOM input only).
         preview: also write ``{case}_preview.png`` (one row of planes per found organ).
         boxes_dir: take each case's boxes from ``{boxes_dir}/{case}_boxes.json`` instead of the localizer
@@ -97,7 +98,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
                          "folder (or convert a label map with `nnunet_oar export --ct DICOM_FOLDER`)")
     _refuse_overwriting_inputs(sources, Path(output))
     check_writable(output)
-    predictor = OARPredictor(models, folds, device, organs, tta, step_size)
+    predictor = OARPredictor(models_folder(models), folds, device, organs, tta, step_size)
     output = Path(output)
     errors = {}
     for case, path in tqdm(sources, desc="predict"):

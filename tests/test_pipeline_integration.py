@@ -127,6 +127,26 @@ def test_predict_end_to_end_keeps_the_input_geometry(pipeline, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_models_zip_predicts_what_its_folder_predicts(pipeline, tmp_path):
+    """export-models --zip -> install-models elsewhere -> predict, and predict -m models.zip directly:
+    the same label map as from the exported folder."""
+    env = {**pipeline["env"], "nnunet_oar_cache": str(tmp_path / "cache")}
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    case = image.name[: -len(".nii.gz")]
+    run(["nnunet_oar", "export-models", "-o", str(tmp_path / "exported"), "--localizer-id", "601", "--first-id",
+         "611", "--localizer-trainer", LOC_TRAINER, "--organ-trainer", ORGAN_TRAINER, "--tau", "-1",
+         "--zip", str(tmp_path / "models.zip")], env)
+    run(["nnunet_oar", "install-models", str(tmp_path / "models.zip"), "-o", str(tmp_path / "installed")], env)
+    maps = []
+    for models in ("exported", "installed", "models.zip"):
+        run(["nnunet_oar", "predict", "-i", str(image), "-o", str(tmp_path / f"pred_{models}"), "-m",
+             str(tmp_path / models), "--disable-tta", "--organs", "liver"], env)
+        maps.append(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"pred_{models}" / f"{case}.nii.gz"))))
+    assert np.array_equal(maps[0], maps[1]) and np.array_equal(maps[0], maps[2])
+    assert (maps[0] > 0).any()
+
+
+@pytest.mark.slow
 def test_predict_bad_input_is_named_and_other_cases_go_on(pipeline, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -16,6 +16,14 @@ def _export_models(a) -> None:
                         localizer_trainer=a.localizer_trainer, organ_trainer=a.organ_trainer, margins=margins(a),
                         tau=a.tau, readout=a.readout)
     print(f"wrote {out}")
+    if a.zip:
+        from nnunet_oar.models import write_package
+        print(f"wrote {write_package(out, Path(a.zip))}")
+
+
+def _install_models(a) -> None:
+    from nnunet_oar.models import install_package
+    print(f"installed {install_package(Path(a.package), Path(a.output))}")
 
 
 def _predict(a) -> None:
@@ -63,13 +71,19 @@ def register(sub) -> None:
     s.add_argument("--margins", help="per-organ margins.json from localize --cross-validation")
     s.add_argument("--tau", type=float, default=0.1, help="the localizer's detection threshold (default 0.1)")
     s.add_argument("--readout", choices=READOUTS, default=DEFAULT_READOUT, help="the localizer's centroid read-out")
+    s.add_argument("--zip", help="also write the models folder as one zip (checksums, versions, catalogue)")
     s.set_defaults(func=_export_models)
+
+    s = sub.add_parser("install-models", help="unpack a models zip (from export-models --zip) after checking it")
+    s.add_argument("package", help="the models zip")
+    s.add_argument("-o", "--output", required=True, help="models folder to write (replaced)")
+    s.set_defaults(func=_install_models)
 
     s = sub.add_parser("predict", help="CT file, folder or DICOM series -> organ label maps (localize, crop, "
                                        "segment, merge)")
     s.add_argument("-i", "--input", required=True, help="CT image file, folder of images, or DICOM CT series folder")
     s.add_argument("-o", "--output", required=True)
-    s.add_argument("-m", "--models", required=True, help="models folder (models.json)")
+    s.add_argument("-m", "--models", required=True, help="models folder (models.json) or models zip (export-models --zip)")
     s.add_argument("-f", "--folds", nargs="+")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--organs", nargs="+")
