@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import io
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -18,7 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_oar.geometry import centroid_mm, index_box_to_world, mask_bbox_xyz
-from nnunet_oar.io import InputError, atomic_path, case_id, geometry, read_image, read_json, same_geometry, write_json
+from nnunet_oar.io import (InputError, atomic_path, case_id, geometry, read_image, read_json, same_geometry,
+                           sha256_file, write_json)
 
 STATS_COLUMNS = ["organ", "status", "localizer", "volume_ml", "mean_hu", "centroid_x_mm", "centroid_y_mm",
                  "centroid_z_mm", "box_min_x_mm", "box_min_y_mm", "box_min_z_mm", "box_max_x_mm", "box_max_y_mm",
@@ -90,7 +90,7 @@ def finish_case_set(output: Path, case: str, files: Sequence[Path]) -> Path:
             old.unlink()
     manifest = output / f"{case}{MANIFEST_SUFFIX}"
     write_json({"case": case, "written": datetime.datetime.now().isoformat(timespec="seconds"),
-                "files": {name: _sha256(output / name) for name in sorted(names)}}, manifest)
+                "files": {name: sha256_file(output / name) for name in sorted(names)}}, manifest)
     return manifest
 
 
@@ -113,16 +113,9 @@ def check_case_set(folder: Path, case: str) -> None:
     for name, digest in read_json(manifest, "output manifest").get("files", {}).items():
         if not (folder / name).is_file():
             raise InputError(f"{folder / name}: listed in {manifest.name} but missing")
-        if _sha256(folder / name) != digest:
+        if sha256_file(folder / name) != digest:
             raise InputError(f"{folder / name}: changed since the run that wrote {manifest.name}")
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stats_csv(stats: Dict[str, dict]) -> str:

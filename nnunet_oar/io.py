@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -278,3 +279,12 @@ def image_from_geometry(array_zyx: np.ndarray, geom: Dict[str, list]) -> sitk.Im
     image.SetOrigin([float(v) for v in geom["origin_xyz"]])
     image.SetDirection([float(v) for v in geom["direction"]])
     return image
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -14,7 +14,6 @@ lets ``predict -m models.zip`` use a zip directly (installed once into a cache f
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from nnunet_oar.io import InputError, atomic_dir, read_json, write_json
+from nnunet_oar.io import InputError, atomic_dir, read_json, sha256_file, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU
 from nnunet_oar.localization.localize import available_folds
 from nnunet_oar.paths import find_dataset, raw_root, results_root
@@ -107,13 +106,6 @@ def _trained_volume_range(dataset_id: int) -> Optional[List[float]]:
     return [min(volumes), max(volumes)] if volumes else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _versions() -> Dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
@@ -137,7 +129,7 @@ def write_package(models: Path, dst: Path) -> Path:
     organs = [o for o in manifest["organs"] if o in catalogue.ORGANS]
     package = {"format": 1, "versions": _versions(),
                "catalogue": {o: dataclasses.asdict(catalogue.get(o)) for o in organs},
-               "files": {p.relative_to(models).as_posix(): _sha256(p) for p in files}}
+               "files": {p.relative_to(models).as_posix(): sha256_file(p) for p in files}}
     with atomic_path(dst) as tmp:
         # checkpoints hardly compress; stored, they unpack at disk speed
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
@@ -176,7 +168,7 @@ def install_package(package: Path, output: Path) -> Path:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with z.open(name) as src, open(target, "wb") as dst:
                         shutil.copyfileobj(src, dst)
-                    if _sha256(target) != digest:
+                    if sha256_file(target) != digest:
                         raise InputError(f"{package}: {name} does not match its sha256 (damaged)")
                 (tmp / PACKAGE).write_bytes(z.read(PACKAGE))
                 read_manifest(tmp)
@@ -192,7 +184,7 @@ def models_folder(models: Path) -> Path:
     if not (models.is_file() and zipfile.is_zipfile(models)):
         return models
     cache = Path(os.environ.get("nnunet_oar_cache", Path.home() / ".cache" / "nnunet_oar")) / "models"
-    folder = cache / _sha256(models)[:16]
+    folder = cache / sha256_file(models)[:16]
     if not (folder / PACKAGE).is_file():
         install_package(models, folder)
     return folder
