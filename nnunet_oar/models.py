@@ -29,7 +29,7 @@ from nnunet_oar.paths import find_dataset, raw_root, results_root
 MANIFEST = "models.json"
 PACKAGE = "package.json"
 _KEEP = ("plans.json", "dataset.json", "dataset_fingerprint.json")
-_KEEP_FOLD = ("checkpoint_final.pth", "box_stats.json")
+_KEEP_FOLD = ("box_stats.json",)
 
 
 def read_manifest(models: Path) -> dict:
@@ -40,13 +40,17 @@ def read_manifest(models: Path) -> dict:
     return read_json(path, "models manifest")
 
 
-def _copy_results(src: Path, dst: Path, folds: Sequence) -> None:
+def _copy_results(src: Path, dst: Path, folds: Sequence, checkpoint: str) -> None:
+    """The files inference needs: plans, dataset, fingerprint, and per fold the chosen checkpoint (and the
+    localizer's box statistics); no training logs or validation outputs."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in _KEEP:
         shutil.copy2(src / name, dst / name)
     for f in folds:
         (dst / f"fold_{f}").mkdir(exist_ok=True)
-        for name in _KEEP_FOLD:
+        if not (src / f"fold_{f}" / checkpoint).is_file():
+            raise InputError(f"{src / f'fold_{f}' / checkpoint}: missing")
+        for name in (checkpoint, *_KEEP_FOLD):
             if (src / f"fold_{f}" / name).is_file():
                 shutil.copy2(src / f"fold_{f}" / name, dst / f"fold_{f}" / name)
 
@@ -54,7 +58,8 @@ def _copy_results(src: Path, dst: Path, folds: Sequence) -> None:
 def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
                   localizer_trainer: str = "nnUNetTrainerOARHeatmap", organ_trainer: str = "nnUNetTrainer",
                   plans: str = "nnUNetPlans", margins: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM,
-                  tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT) -> Path:
+                  tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT, organ_configuration: str = "3d_fullres",
+                  organ_plans: Optional[str] = None, organ_checkpoint: str = "checkpoint_final.pth") -> Path:
     """Copy trained results into a self-contained models folder with a ``models.json`` manifest.
 
     Args:
@@ -62,6 +67,10 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
         localizer_id: data set id of the localizer.
         organ_ids: data set ids of the organ networks (each a cropped data set with one organ).
         localizer_trainer, organ_trainer, plans: names in the nnU-Net results folders.
+        organ_configuration, organ_plans, organ_checkpoint: the organ networks' nnU-Net configuration
+            (``3d_fullres``, ``2d``, ...), plans identifier (default ``plans``; e.g. ``nnUNetResEncUNetMPlans``)
+            and checkpoint (``checkpoint_final.pth`` or ``checkpoint_best.pth``), as ``nnUNetv2_predict``
+            takes them; recorded per organ in ``models.json``.
         margins: margin v in mm, one for all organs or per organ (e.g. calibrated ones).
         tau: the localizer's detection threshold.
         readout: the localizer's centroid read-out (``midpoint`` or ``weighted``).
@@ -77,20 +86,24 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
                               "folds": loc_folds, "margin_mm": margins, "tau": tau, "readout": readout},
                 "organs": {}}
     with atomic_dir(output) as tmp:
-        _copy_results(loc_src, tmp / "localizer", loc_folds)
+        _copy_results(loc_src, tmp / "localizer", loc_folds, "checkpoint_final.pth")
         for dataset_id in organ_ids:
             folder = find_dataset(results_root(), dataset_id)
             if folder is None:
                 raise FileNotFoundError(f"{results_root()}: no results for organ data set {dataset_id}")
-            src = folder / f"{organ_trainer}__{plans}__3d_fullres"
+            src = folder / f"{organ_trainer}__{organ_plans or plans}__{organ_configuration}"
+            if not src.is_dir():
+                raise FileNotFoundError(f"{src}: no such results folder (trainer, plans and configuration as "
+                                        "given to nnUNetv2_train)")
             labels = read_json(src / "dataset.json")["labels"]
             organ = next(n for n in labels if n != "background")
             folds = available_folds(src)
             if not folds:
                 raise FileNotFoundError(f"{src}: no trained fold")
-            _copy_results(src, tmp / "organs" / organ, folds)
-            manifest["organs"][organ] = {"results_folder": f"organs/{organ}", "configuration": "3d_fullres",
-                                         "trainer": organ_trainer, "folds": folds,
+            _copy_results(src, tmp / "organs" / organ, folds, organ_checkpoint)
+            manifest["organs"][organ] = {"results_folder": f"organs/{organ}", "configuration": organ_configuration,
+                                         "plans": organ_plans or plans, "trainer": organ_trainer, "folds": folds,
+                                         "checkpoint": organ_checkpoint,
                                          "volume_ml": _trained_volume_range(dataset_id)}
         write_json(manifest, tmp / MANIFEST)
     return Path(output)

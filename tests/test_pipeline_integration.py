@@ -147,6 +147,30 @@ def test_a_models_zip_predicts_what_its_folder_predicts(pipeline, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_2d_organ_network_from_its_best_checkpoint_predicts_end_to_end(pipeline, tmp_path):
+    """Any nnU-Net configuration as an organ network: a 2d liver network (checkpoint_best.pth), exported
+    with -c/--checkpoint, recorded in models.json, used by predict."""
+    env = pipeline["env"]
+    run(["nnUNetv2_preprocess", "-d", "611", "-c", "2d", "-np", "1"], env)
+    run(["nnUNetv2_train", "611", "2d", "all", "-tr", ORGAN_TRAINER, "-device", "cpu"], env)
+    models = tmp_path / "models_2d"
+    run(["nnunet_oar", "export-models", "-o", str(models), "--localizer-id", "601", "--organ-ids", "611",
+         "--localizer-trainer", LOC_TRAINER, "--organ-trainer", ORGAN_TRAINER, "--tau", "-1", "-c", "2d",
+         "--checkpoint", "checkpoint_best.pth"], env)
+    entry = json.loads((models / "models.json").read_text())["organs"]["liver"]
+    assert (entry["configuration"], entry["checkpoint"], entry["plans"]) == ("2d", "checkpoint_best.pth", "nnUNetPlans")
+    assert [p.name for p in (models / "organs" / "liver" / "fold_all").iterdir()] == ["checkpoint_best.pth"]
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    run(["nnunet_oar", "predict", "-i", str(image), "-o", str(tmp_path / "pred"), "-m", str(models),
+         "--disable-tta"], env)
+    case = image.name[: -len(".nii.gz")]
+    ct, seg = sitk.ReadImage(str(image)), sitk.ReadImage(str(tmp_path / "pred" / f"{case}.nii.gz"))
+    assert seg.GetSize() == ct.GetSize() and seg.GetOrigin() == ct.GetOrigin()
+    stats = json.loads((tmp_path / "pred" / f"{case}_stats.json").read_text())["organs"]
+    assert stats["liver"]["status"] in ("found", "absent") and stats["liver"]["localizer"] == "found"
+
+
+@pytest.mark.slow
 def test_predict_bad_input_is_named_and_other_cases_go_on(pipeline, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

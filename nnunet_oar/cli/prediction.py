@@ -14,7 +14,8 @@ def _export_models(a) -> None:
     from nnunet_oar.segmentation.planning import organ_dataset_ids_from
     out = export_models(Path(a.output), a.localizer_id, a.organ_ids or organ_dataset_ids_from(a.first_id),
                         localizer_trainer=a.localizer_trainer, organ_trainer=a.organ_trainer, margins=margins(a),
-                        tau=a.tau, readout=a.readout)
+                        tau=a.tau, readout=a.readout, organ_configuration=a.configuration, organ_plans=a.plans,
+                        organ_checkpoint=a.checkpoint)
     print(f"wrote {out}")
     if a.zip:
         from nnunet_oar.models import write_package
@@ -67,6 +68,12 @@ def register(sub) -> None:
     s.add_argument("--organ-ids", type=int, nargs="+")
     s.add_argument("--localizer-trainer", default="nnUNetTrainerOARHeatmap")
     s.add_argument("--organ-trainer", default="nnUNetTrainer")
+    s.add_argument("-c", "--configuration", default="3d_fullres",
+                   help="the organ networks' nnU-Net configuration (default 3d_fullres; 2d, 3d_lowres, ...)")
+    s.add_argument("-p", "--plans", help="the organ networks' plans identifier (default nnUNetPlans; e.g. "
+                   "nnUNetResEncUNetMPlans)")
+    s.add_argument("--checkpoint", default="checkpoint_final.pth", choices=["checkpoint_final.pth", "checkpoint_best.pth"],
+                   help="the organ networks' checkpoint (default checkpoint_final.pth)")
     s.add_argument("--margin", type=float, default=10.0)
     s.add_argument("--margins", help="per-organ margins.json from localize --cross-validation")
     s.add_argument("--tau", type=float, default=0.1, help="the localizer's detection threshold (default 0.1)")

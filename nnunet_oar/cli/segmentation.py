@@ -17,8 +17,9 @@ def _crop_rois(a) -> None:
 
 def _plan_organs(a) -> None:
     from nnunet_oar.segmentation.planning import plan_organs
-    ids = plan_organs(a.first_id, spacing_mm=None if a.spacing <= 0 else a.spacing, num_processes=a.num_processes)
-    print("planned and preprocessed 3d_fullres for data sets " + ", ".join(map(str, ids)))
+    ids = plan_organs(a.first_id, spacing_mm=None if a.spacing <= 0 else a.spacing, num_processes=a.num_processes,
+                      configurations=a.configurations)
+    print(f"planned and preprocessed {', '.join(a.configurations)} for data sets " + ", ".join(map(str, ids)))
 
 
 def _merge(a) -> None:
@@ -42,11 +43,13 @@ def register(sub) -> None:
     add_crop_args(s)
     s.set_defaults(func=_crop_rois)
 
-    s = sub.add_parser("plan-organs", help="nnU-Net planning + 3d_fullres preprocessing of every organ data set")
+    s = sub.add_parser("plan-organs", help="nnU-Net planning + preprocessing (3d_fullres; -c for others) of every organ data set")
     s.add_argument("--first-id", type=int, required=True)
     s.add_argument("--spacing", type=float, default=1.0,
                    help="isotropic target spacing in mm (default 1, the paper's); 0 keeps nnU-Net's median spacing")
     s.add_argument("-np", "--num-processes", type=int, default=2)
+    s.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"],
+                   help="nnU-Net configurations to preprocess (default 3d_fullres; add 2d for 2D organ networks)")
     s.set_defaults(func=_plan_organs)
 
     s = sub.add_parser("merge", help="merge per-organ crop predictions (nnU-Net output folders) into label maps")

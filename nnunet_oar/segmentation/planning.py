@@ -26,8 +26,9 @@ def organ_dataset_ids_from(first_id: int) -> List[int]:
 
 
 def plan_organs(first_id: int, spacing_mm: Optional[float] = 1.0, num_processes: int = 2,
-                dataset_ids: Optional[Sequence[int]] = None) -> List[int]:
-    """Fingerprint, plan (``3d_fullres`` at ``spacing_mm`` isotropic) and preprocess every organ data set.
+                dataset_ids: Optional[Sequence[int]] = None, configurations: Sequence[str] = ("3d_fullres",)) -> List[int]:
+    """Fingerprint, plan (``3d_fullres`` at ``spacing_mm`` isotropic) and preprocess every organ data set
+    for ``configurations`` (nnU-Net plans ``2d`` too, at the data's own in-plane spacing).
 
     Returns:
         The data set ids that were planned.
@@ -42,6 +43,6 @@ def plan_organs(first_id: int, spacing_mm: Optional[float] = 1.0, num_processes:
         extract_fingerprints([dataset_id], num_processes=num_processes, check_dataset_integrity=True,
                              show_progress_bar=False)
         plan_experiments([dataset_id], overwrite_target_spacing=spacing)
-        preprocess([dataset_id], configurations=["3d_fullres"], num_processes=[num_processes],
+        preprocess([dataset_id], configurations=list(configurations), num_processes=[num_processes] * len(configurations),
                    show_progress_bar=False)
     return ids

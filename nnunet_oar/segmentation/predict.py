@@ -70,13 +70,14 @@ class OARPredictor:
         self.networks = {}
         dev = torch.device(device)
         for organ in self.organs:
+            checkpoint = available[organ].get("checkpoint", "checkpoint_final.pth")
             for f in folds or available[organ]["folds"]:
-                check_checkpoint(models / available[organ]["results_folder"] / f"fold_{f}" / "checkpoint_final.pth")
+                check_checkpoint(models / available[organ]["results_folder"] / f"fold_{f}" / checkpoint)
             p = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
                                 perform_everything_on_device=dev.type != "cpu", device=dev, verbose=False,
                                 allow_tqdm=False)
             p.initialize_from_trained_model_folder(str(models / available[organ]["results_folder"]),
-                                                   folds or available[organ]["folds"])
+                                                   folds or available[organ]["folds"], checkpoint)
             self.networks[organ] = p
         self.expected = {o: _expected(models, o, available[o], self.localizer.box_stats) for o in self.organs}
 
