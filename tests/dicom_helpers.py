@@ -88,7 +88,7 @@ def write_rtstruct_file(path: Path, reference: sitk.Image, uids: Dict[str, objec
     ``rois``: ``{ROI name: bool mask (z, y, x) on reference's grid}``, traced per slice at the 0.5 iso-line
     (closed planar contours, holes as separate contours), or ``{ROI name: [(geometric type, (n, 3) world
     points mm), ...]}`` for hand-made contours (an empty list: an ROI without contours).
-    ``frame_uid``/``series_uid`` override the references (a wrong frame, a missing series).
+    ``frame_uid``/``series_uid`` override the references (a wrong frame, a missing series; ``""``: none).
     """
     from skimage.measure import find_contours
     meta = FileMetaDataset()
@@ -103,8 +103,9 @@ def write_rtstruct_file(path: Path, reference: sitk.Image, uids: Dict[str, objec
     frame = Dataset()
     frame.FrameOfReferenceUID = frame_uid or uids["frame"]
     study, series = Dataset(), Dataset()
-    series.SeriesInstanceUID = series_uid or uids["series"]
-    study.RTReferencedSeriesSequence = [series]
+    if series_uid != "":                                 # "": no series reference at all
+        series.SeriesInstanceUID = series_uid or uids["series"]
+        study.RTReferencedSeriesSequence = [series]
     frame.RTReferencedStudySequence = [study]
     ds.ReferencedFrameOfReferenceSequence = [frame]
     ds.StructureSetROISequence, ds.ROIContourSequence = [], []

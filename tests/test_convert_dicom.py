@@ -150,17 +150,20 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
         "Liver": liver, "Spleen": [], "Kidney_L": [("OPEN_PLANAR", square + [0, 0, 15])],
         "Kidney_R": [("CLOSED_PLANAR", square + [0, 0, 90])], "Aorta": [("CLOSED_PLANAR", square + [0, 0, 16.5])],
         "Tumour bed": spleen, "Lung_L": spleen, "Lt Lung": spleen})
+    # E: an RTSTRUCT without a series reference (some planning systems omit it): linked by its frame
+    e = write_ct_series(img, root / "E" / "ct", seed=5)
+    write_rtstruct_file(root / "E" / "rs.dcm", img, e, {"Liver": liver}, series_uid="")
     out = convert_dicom(root, 521, progress=False)
     report = json.loads((out / "conversion_report.json").read_text())
     annotations = json.loads((out / "annotations.json").read_text())
-    assert len(annotations) == 2                                        # A and D
+    assert len(annotations) == 3                                        # A, D and E
     reasons = " | ".join(s["reason"] for s in report["skipped"])
     assert "1.2.3.4.5" in reasons and "not a CT series under the input folder" in reasons    # B
     assert "frame of reference 1.2.3.4.6" in reasons                                       # C
     case_a = next(c for c, n in report["cases"].items() if "Spleen" in n["roi_to_organ"])
     assert report["cases"][case_a]["rtstruct"].startswith("RTSTRUCT 'clinic' of 20260101")
     assert "newest of 2" in report["cases"][case_a]["rtstruct"]
-    case_d = next(c for c in annotations if c != case_a)
+    case_d = next(c for c in annotations if c != case_a and report["cases"][c]["refused_rois"])
     assert annotations[case_d] == ["liver"]
     refused = report["cases"][case_d]["refused_rois"]
     assert refused["Spleen"] == "empty (no contours)"
@@ -180,7 +183,7 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     # --rtstruct-label takes the draft on A; D has no RTSTRUCT so labelled and is skipped, saying so
     out = convert_dicom(root, 521, rtstruct_label="draft", progress=False)
     report = json.loads((out / "conversion_report.json").read_text())
-    assert json.loads((out / "annotations.json").read_text()) == {case_a: ["liver"]}
+    assert json.loads((out / "annotations.json").read_text())[case_a] == ["liver"]
     assert "'draft'" in report["cases"][case_a]["rtstruct"]
     assert any(s.get("case") == case_d and "no RTSTRUCT labelled 'draft'" in s["reason"] for s in report["skipped"])
 

@@ -90,6 +90,10 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
                 continue
             refs = referenced_series(ds)
             hit = [u for u in refs if u in cts]
+            if not refs:        # some planning systems omit the series reference: the one CT in its frame
+                frame = {str(getattr(r, "FrameOfReferenceUID", "")) for r in getattr(ds, "ReferencedFrameOfReferenceSequence", [])}
+                hit = [u for u, items in cts.items() if str(getattr(items[0][1], "FrameOfReferenceUID", "")) in frame]
+                hit = hit if len(hit) == 1 else []
             if hit:
                 on_ct.setdefault(hit[0], []).append((f, ds))
             else:
