@@ -7,7 +7,7 @@ the plausibility checks). :func:`export_models` writes it from nnU-Net's results
 reads it back.
 
 A models folder travels as one zip (:func:`write_package`, ``export-models --zip``), in the spirit of
-nnU-Net's ``nnUNetv2_export_model_to_zip``: the folder's files, the catalogue entries of its organs and
+nnU-Net's ``nnUNetv2_export_model_to_zip``: the folder's files (its ``catalogue.json`` included) and
 :data:`PACKAGE` (a sha256 per file and the versions of nnunetv2, torch and this package that made it).
 :func:`install_package` (``install-models``) checks it before anything is written; :func:`models_folder`
 lets ``predict -m models.zip`` use a zip directly (installed once into a cache folder).
@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+from nnunet_oar import organs as catalogue
 from nnunet_oar.io import InputError, atomic_dir, read_json, sha256_file, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU
 from nnunet_oar.localization.localize import available_folds
@@ -28,15 +29,19 @@ from nnunet_oar.paths import find_dataset, raw_root, results_root
 
 MANIFEST = "models.json"
 PACKAGE = "package.json"
+CATALOGUE = "catalogue.json"     # the catalogue entries of the models' organs (user organs included)
 _KEEP = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 _KEEP_FOLD = ("box_stats.json",)
 
 
 def read_manifest(models: Path) -> dict:
-    """``models.json`` of a models folder (:class:`InputError` naming it when there is none)."""
+    """``models.json`` of a models folder (:class:`InputError` naming it when there is none); the organs
+    its ``catalogue.json`` records join this process's catalogue."""
     path = Path(models) / MANIFEST
     if not path.is_file():
         raise InputError(f"{path}: no models manifest (write one with `nnunet_oar export-models`)")
+    if (Path(models) / CATALOGUE).is_file():
+        catalogue.register(read_json(Path(models) / CATALOGUE, "organ catalogue"), where=str(Path(models) / CATALOGUE))
     return read_json(path, "models manifest")
 
 
@@ -105,6 +110,8 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
                                          "plans": organ_plans or plans, "trainer": organ_trainer, "folds": folds,
                                          "checkpoint": organ_checkpoint,
                                          "volume_ml": _trained_volume_range(dataset_id)}
+        organs = [*read_json(loc_src / "dataset.json")["labels"], *manifest["organs"]]
+        write_json(catalogue.entries(dict.fromkeys(o for o in organs if o in catalogue.ORGANS)), tmp / CATALOGUE)
         write_json(manifest, tmp / MANIFEST)
     return Path(output)
 
@@ -133,15 +140,11 @@ def _versions() -> Dict[str, str]:
 
 def write_package(models: Path, dst: Path) -> Path:
     """Zip a models folder (see the module docstring); written to a temporary name, then renamed."""
-    import dataclasses
-    from nnunet_oar import organs as catalogue
     from nnunet_oar.io import atomic_path
     models = Path(models)
-    manifest = read_manifest(models)
+    read_manifest(models)
     files = sorted(p for p in models.rglob("*") if p.is_file() and p.name != PACKAGE)
-    organs = [o for o in manifest["organs"] if o in catalogue.ORGANS]
     package = {"format": 1, "versions": _versions(),
-               "catalogue": {o: dataclasses.asdict(catalogue.get(o)) for o in organs},
                "files": {p.relative_to(models).as_posix(): sha256_file(p) for p in files}}
     with atomic_path(dst) as tmp:
         # checkpoints hardly compress; stored, they unpack at disk speed

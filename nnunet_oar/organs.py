@@ -7,10 +7,20 @@ to the label values of the nnU-Net data sets we write, and to their left/right p
 Label values: an nnU-Net data set needs consecutive labels (background 0, then 1..n). A data set made
 from an organ *set* (VISCERAL, OpenKBP) numbers its organs in catalogue order; a subset keeps that
 order and is renumbered consecutively. :func:`labels_for` is the only function that does this.
+
+The catalogue is open: :func:`register` adds a user's organs (``--catalogue my_organs.json`` on any
+command, or ``$nnunet_oar_catalogue``, which nnU-Net's subprocesses inherit), after the built-in ones in
+catalogue order; a models folder records the entries of its organs (``catalogue.json``), so ``predict``
+elsewhere names and colours them the same way without the file. Label values stay per data set (nnU-Net
+needs them consecutive), so a user file gives none.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from nnunet_oar.io import InputError
@@ -31,6 +41,8 @@ class Organ:
             code DICOM SEG segments (laterality comes from :attr:`side`); ``None`` where the dictionary has none.
         tg263: the AAPM TG-263 structure name (``Kidney_L``), the default ROI name in RTSTRUCT and SEG; the
             psoas and rectus abdominis are not in TG-263's table and are named by its rules.
+        colour: display colour (r, g, b in 0..255); ``None``: the palette's, by catalogue position.
+        snomed: SNOMED CT code value of the structure, for DICOM SEG where ``sct`` has no keyword.
     """
 
     name: str
@@ -41,6 +53,8 @@ class Organ:
     hu: float = 40.0
     sct: Optional[str] = None
     tg263: Optional[str] = None
+    colour: Optional[Tuple[int, int, int]] = None
+    snomed: Optional[str] = None
 
     @property
     def side(self) -> Optional[str]:
@@ -157,11 +171,92 @@ ROI_NAME_STYLES = ("tg263", "catalogue")
 
 
 def colour(name: str) -> Tuple[int, int, int]:
-    """Display colour (r, g, b in 0..255) of an organ: distinct within each organ set."""
-    index = [o.name for o in _ORGANS].index(get(name).name)
-    return _PALETTE[index % len(_PALETTE)]
+    """Display colour (r, g, b in 0..255) of an organ: its own, else the palette's (distinct within each
+    organ set)."""
+    organ = get(name)
+    if organ.colour is not None:
+        return tuple(organ.colour)
+    return _PALETTE[[o.name for o in _ORGANS].index(organ.name) % len(_PALETTE)]
 
 
 def organs_from_labels(labels: Dict[str, int]) -> Dict[int, str]:
     """Invert a dataset.json ``labels`` dict: ``{label value: organ name}`` without background."""
     return {int(v): k for k, v in labels.items() if k != "background" and int(v) != 0}
+
+
+CATALOGUE_ENV = "nnunet_oar_catalogue"
+_FIELDS = {f.name for f in dataclasses.fields(Organ)}
+
+
+def register(entries: Iterable[dict], replace: bool = False, where: str = "catalogue") -> List[str]:
+    """Add organs to the catalogue (in this process).
+
+    Args:
+        entries: one dict per organ with :class:`Organ`'s fields (``name`` required; ``organ_set``
+            defaults to ``"user"``). An entry equal to a known organ is a no-op; a different one for a
+            known name is an error unless ``replace``.
+        replace: drop every organ not in ``entries`` first (the file replaces the built-in catalogue).
+        where: the file, named in errors.
+
+    Returns:
+        The names registered, in order.
+    """
+    new = []
+    for e in entries:
+        if not isinstance(e, dict) or "name" not in e:
+            raise InputError(f"{where}: every organ needs a name; got {e!r}")
+        unknown = sorted(set(e) - _FIELDS)
+        if unknown:
+            raise InputError(f"{where}: {e['name']}: unknown fields {unknown} (known: {', '.join(sorted(_FIELDS))})")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", str(e["name"])):
+            raise InputError(f"{where}: organ name {e['name']!r}: letters, digits and _ only (it names files)")
+        c = e.get("colour")
+        if c is not None and not (isinstance(c, (list, tuple)) and len(c) == 3
+                                  and all(isinstance(v, int) and 0 <= v <= 255 for v in c)):
+            raise InputError(f"{where}: {e['name']}: colour must be [r, g, b] integers 0..255, got {c!r}")
+        organ = Organ(**{"organ_set": "user", **e, **({"colour": tuple(c)} if c is not None else {})})
+        known = ORGANS.get(organ.name)
+        if known is not None and known != organ and not replace:
+            raise InputError(f"{where}: {organ.name} is already in the catalogue with other fields "
+                             '(a file with "replace": true replaces the whole catalogue)')
+        new.append(organ)
+    if replace:
+        merged = new
+    else:               # known organs keep their place (and so their label order and colour)
+        merged = _ORGANS + [o for o in new if o.name not in ORGANS]
+    by_name = {o.name: o for o in merged}
+    for o in merged:
+        if o.partner is not None and (o.partner not in by_name or by_name[o.partner].partner != o.name):
+            raise InputError(f"{where}: {o.name}'s partner {o.partner} must be in the catalogue with partner {o.name}")
+    _ORGANS[:] = merged
+    for table, key in ((ORGANS, "name"), (BY_RADLEX, "radlex"), (BY_OPENKBP_ROI, "openkbp_roi")):
+        table.clear()
+        table.update({getattr(o, key): o for o in merged if getattr(o, key) is not None})
+    return [o.name for o in new]
+
+
+def read_catalogue(path: Path) -> Tuple[List[dict], bool]:
+    """A catalogue file: ``{"organs": [{...}, ...], "replace": false}`` or just the list. Returns
+    ``(entries, replace)``."""
+    from nnunet_oar.io import read_json
+    content = read_json(Path(path), "organ catalogue")
+    if isinstance(content, list):
+        return content, False
+    if not isinstance(content, dict) or not isinstance(content.get("organs"), list):
+        raise InputError(f"{path}: expected a list of organs or {{\"organs\": [...], \"replace\": false}}")
+    return content["organs"], bool(content.get("replace", False))
+
+
+def load_catalogue(path: Path) -> List[str]:
+    """Register a catalogue file (see :func:`read_catalogue`); returns the names it holds."""
+    entries, replace = read_catalogue(path)
+    return register(entries, replace, str(path))
+
+
+def entries(names: Iterable[str]) -> List[dict]:
+    """The catalogue entries of ``names`` as JSON-ready dicts (what a models folder records)."""
+    return [{k: v for k, v in dataclasses.asdict(get(n)).items() if v is not None} for n in names]
+
+
+if os.environ.get(CATALOGUE_ENV):
+    load_catalogue(Path(os.environ[CATALOGUE_ENV]))

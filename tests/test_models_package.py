@@ -8,6 +8,7 @@ import pytest
 from nnunet_oar.cli import main
 from nnunet_oar.io import InputError
 from nnunet_oar.models import PACKAGE, install_package, models_folder, write_package
+from nnunet_oar.organs import entries
 
 
 @pytest.fixture
@@ -17,6 +18,7 @@ def models(tmp_path):
     (m / "organs" / "liver" / "fold_all").mkdir(parents=True)
     (m / "models.json").write_text(json.dumps({"localizer": {"results_folder": "localizer", "folds": [0]},
                                                "organs": {"liver": {"results_folder": "organs/liver"}}}))
+    (m / "catalogue.json").write_text(json.dumps(entries(["liver"])))
     (m / "localizer" / "fold_0" / "checkpoint_final.pth").write_bytes(bytes(range(256)) * 400)
     (m / "organs" / "liver" / "fold_all" / "checkpoint_final.pth").write_bytes(b"liver" * 1000)
     return m
@@ -33,7 +35,7 @@ def test_round_trip_gives_the_same_files_with_versions_and_catalogue(models, tmp
     package = json.loads(got.pop(PACKAGE))
     assert got == _files(models)
     assert set(package["versions"]) == {"nnunet_oar", "nnunetv2", "torch"}
-    assert package["catalogue"]["liver"]["tg263"] == "Liver"
+    assert json.loads(got["catalogue.json"])[0]["tg263"] == "Liver"
 
 
 def test_models_folder_installs_a_zip_once_into_the_cache(models, tmp_path, monkeypatch):

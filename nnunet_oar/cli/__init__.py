@@ -6,7 +6,9 @@ anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from nnunet_oar.cli import conversion, evaluation, localization, prediction, segmentation
@@ -22,6 +24,8 @@ def _trainer_path(a) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet_oar", description=__doc__)
+    p.add_argument("--catalogue", help="JSON of organs to add to the built-in catalogue (name, organ_set, "
+                   "partner, tg263, colour, snomed, ...; see nnunet_oar/organs.py); also $nnunet_oar_catalogue")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)
@@ -33,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.catalogue:
+            from nnunet_oar import organs
+            organs.load_catalogue(Path(args.catalogue))
+            os.environ[organs.CATALOGUE_ENV] = str(Path(args.catalogue).resolve())   # for subprocesses
         args.func(args)
     except (InputError, OSError) as e:         # anything else is a bug: its traceback shows
         print(f"nnunet_oar {args.command}: error: {e}", file=sys.stderr)

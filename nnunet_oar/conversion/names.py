@@ -62,8 +62,6 @@ def _catalogue_keys() -> Dict[Key, Set[str]]:
     return out
 
 
-_CATALOGUE = _catalogue_keys()
-
 
 class NameMap:
     """ROI name -> catalogue organ, with the user's file first.
@@ -83,6 +81,7 @@ class NameMap:
             except re.error as e:
                 raise InputError(f"{where}: {pattern!r} is not a regular expression ({e})") from None
             self.user.append((pattern.strip().lower(), regex, organ))
+        self.catalogue = _catalogue_keys()          # the catalogue as it is now (user organs included)
 
     @classmethod
     def from_file(cls, path: Optional[Path]) -> "NameMap":
@@ -103,7 +102,7 @@ class NameMap:
                 return organ, "user" if organ else "skip"
         found: Set[str] = set()
         for k in keys(name):
-            found |= _CATALOGUE.get(k, set())
+            found |= self.catalogue.get(k, set())
         if len(found) == 1:
             return next(iter(found)), "rule"
         return None, ("ambiguous: " + ", ".join(sorted(found))) if found else "unmapped"

@@ -33,7 +33,12 @@ def segment_description(number: int, organ: str, roi_names: str = "tg263"):
     from pydicom.sequence import Sequence
     from pydicom.sr.codedict import codes
     entry = catalogue.ORGANS.get(organ)
-    prop = getattr(codes.SCT, entry.sct) if entry is not None and entry.sct else codes.cid7150.AnatomicalStructure
+    if entry is not None and entry.sct:
+        prop = getattr(codes.SCT, entry.sct)
+    elif entry is not None and entry.snomed:         # a user catalogue's code value
+        prop = hd.sr.CodedConcept(entry.snomed, "SCT", entry.tg263 or entry.name)
+    else:
+        prop = codes.cid7150.AnatomicalStructure
     r, g, b = catalogue.colour(organ) if entry is not None else (255, 0, 0)
     desc = hd.seg.SegmentDescription(
         segment_number=number, segment_label=catalogue.roi_name(organ, roi_names),
