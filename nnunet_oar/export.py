@@ -40,6 +40,7 @@ def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: D
     the merge, or removed as ``implausible``, with the reason) or ``not_requested``; ``flags`` lists
     doubts that did not remove the organ (:mod:`nnunet_oar.plausibility`). ``cut_by_box`` (from the boxes)
     lists the box faces inside the image that the organ's prediction touches: it may go on outside its box.
+    ``postprocessing`` (``method``, ``removed_voxels``) says what the organ's postprocessing removed.
     ``box_mm`` is the world extent of the organ's voxels, cells included (``min``/``max``, x, y, z in mm).
     """
     voxel_ml = float(np.prod(geom["spacing_xyz"])) / 1000.0
@@ -56,7 +57,7 @@ def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: D
         rec = {"status": "found" if n else "absent", "volume_ml": n * voxel_ml}
         if loc is not None:
             rec["localizer"] = loc
-        for key in ("cut_by_box", "implausible", "flags"):     # the predictor's findings (plausibility)
+        for key in ("cut_by_box", "implausible", "flags", "postprocessing"):     # the predictor's findings
             if key in entries.get(organ, {}):
                 rec[key] = entries[organ][key]
         if n:

@@ -29,6 +29,7 @@ from nnunet_oar.paths import find_dataset, raw_root, results_root
 
 MANIFEST = "models.json"
 PACKAGE = "package.json"
+POSTPROCESSING = "postprocessing.pkl"   # nnU-Net's, per organ network, where it determined one
 CATALOGUE = "catalogue.json"     # the catalogue entries of the models' organs (user organs included)
 _KEEP = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 _KEEP_FOLD = ("box_stats.json",)
@@ -106,14 +107,27 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
             if not folds:
                 raise FileNotFoundError(f"{src}: no trained fold")
             _copy_results(src, tmp / "organs" / organ, folds, organ_checkpoint)
+            pp = _postprocessing_file(src, folds)
+            if pp is not None:
+                shutil.copy2(pp, tmp / "organs" / organ / POSTPROCESSING)
             manifest["organs"][organ] = {"results_folder": f"organs/{organ}", "configuration": organ_configuration,
                                          "plans": organ_plans or plans, "trainer": organ_trainer, "folds": folds,
                                          "checkpoint": organ_checkpoint,
+                                         "postprocessing": POSTPROCESSING if pp is not None else None,
                                          "volume_ml": _trained_volume_range(dataset_id)}
         organs = [*read_json(loc_src / "dataset.json")["labels"], *manifest["organs"]]
         write_json(catalogue.entries(dict.fromkeys(o for o in organs if o in catalogue.ORGANS)), tmp / CATALOGUE)
         write_json(manifest, tmp / MANIFEST)
     return Path(output)
+
+
+def _postprocessing_file(src: Path, folds: Sequence) -> Optional[Path]:
+    """The ``postprocessing.pkl`` nnU-Net determined for these folds (``nnUNetv2_find_best_configuration``
+    writes it to ``crossval_results_folds_*``), else one beside the results, else ``None``."""
+    for candidate in (src / f"crossval_results_folds_{'_'.join(map(str, folds))}" / POSTPROCESSING, src / POSTPROCESSING):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _trained_volume_range(dataset_id: int) -> Optional[List[float]]:

@@ -73,7 +73,8 @@ def _refuse_overwriting_inputs(sources: List[Tuple[str, Path]], output: Path) ->
 def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
             organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
             series_uid: Optional[str] = None, rtstruct: bool = False, dicom_seg: bool = False,
-            preview: bool = False, boxes_dir: Optional[Path] = None, roi_names: str = "tg263") -> Dict[str, str]:
+            preview: bool = False, boxes_dir: Optional[Path] = None, roi_names: str = "tg263",
+            largest_component: Sequence[str] = ()) -> Dict[str, str]:
     """Segment every CT in ``inputs`` into ``output``.
 
     Args:
@@ -86,6 +87,8 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
         boxes_dir: take each case's boxes from ``{boxes_dir}/{case}_boxes.json`` instead of the localizer
             (e.g. ``nnunet_oar reference-boxes``: the organ stage alone).
         roi_names: ROI / segment names in RTSTRUCT and SEG: ``"tg263"`` (``Kidney_L``) or ``"catalogue"``.
+        largest_component: organs to keep to their largest connected component, where their network
+            brings no nnU-Net ``postprocessing.pkl`` (which is applied whenever it does).
 
     Returns:
         ``{case: error}`` for inputs that could not be processed; the other cases are written.
@@ -98,7 +101,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
                          "folder (or convert a label map with `nnunet_oar export --ct DICOM_FOLDER`)")
     _refuse_overwriting_inputs(sources, Path(output))
     check_writable(output)
-    predictor = OARPredictor(models_folder(models), folds, device, organs, tta, step_size)
+    predictor = OARPredictor(models_folder(models), folds, device, organs, tta, step_size, largest_component)
     output = Path(output)
     errors = {}
     for case, path in tqdm(sources, desc="predict"):

@@ -51,19 +51,31 @@ def check_checkpoint(path: Path) -> None:
         raise InputError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
 
 
+# nnU-Net's postprocessing.pkl: ([functions], [kwargs]); the only function nnU-Net's search ever chooses
+_POSTPROCESSING_GLOBALS = {("nnunetv2.postprocessing.remove_connected_components",
+                            "remove_all_but_largest_component_from_segmentation")}
+
+
 class _PlainUnpickler(pickle.Unpickler):
+    allowed = _PICKLE_GLOBALS
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _PICKLE_GLOBALS:
+        if (module, name) not in self.allowed:
             raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
         return super().find_class(module, name)
 
 
-def load_pickle(path: Path) -> Any:
-    """Read a pickle of plain containers and numpy values (nnU-Net's properties files); anything that
-    would import other code is refused, naming the file."""
+class _PostprocessingUnpickler(_PlainUnpickler):
+    allowed = _PICKLE_GLOBALS | _POSTPROCESSING_GLOBALS
+
+
+def load_pickle(path: Path, postprocessing: bool = False) -> Any:
+    """Read a pickle of plain containers and numpy values (nnU-Net's properties files; with
+    ``postprocessing``, also the function references of nnU-Net's ``postprocessing.pkl``); anything
+    else that would import code is refused, naming the file."""
     try:
         with open(path, "rb") as fh:
-            return _PlainUnpickler(fh).load()
+            return (_PostprocessingUnpickler if postprocessing else _PlainUnpickler)(fh).load()
     except FileNotFoundError:
         raise InputError(f"{path}: missing") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:

@@ -171,6 +171,36 @@ def test_a_2d_organ_network_from_its_best_checkpoint_predicts_end_to_end(pipelin
 
 
 @pytest.mark.slow
+def test_postprocessing_is_nnunets_where_it_chose_one_else_on_request(pipeline, tmp_path):
+    """A postprocessing.pkl in an organ network's cross-validation results travels into the models folder
+    and is applied; --largest-component applies nnU-Net's function to other organs; both are reported."""
+    from batchgenerators.utilities.file_and_folder_operations import save_pickle
+    from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component_from_segmentation
+    env = pipeline["env"]
+    results = next((pipeline["root"] / "nnUNet_results").glob("Dataset611_*")) / f"{ORGAN_TRAINER}__nnUNetPlans__3d_fullres"
+    (results / "crossval_results_folds_all").mkdir(exist_ok=True)
+    save_pickle(([remove_all_but_largest_component_from_segmentation], [{"labels_or_regions": 1}]),
+                str(results / "crossval_results_folds_all" / "postprocessing.pkl"))
+    models = tmp_path / "models_pp"
+    try:
+        run(["nnunet_oar", "export-models", "-o", str(models), "--localizer-id", "601", "--first-id", "611",
+             "--localizer-trainer", LOC_TRAINER, "--organ-trainer", ORGAN_TRAINER, "--tau", "-1"], env)
+    finally:
+        shutil.rmtree(results / "crossval_results_folds_all")
+    manifest = json.loads((models / "models.json").read_text())["organs"]
+    assert manifest["liver"]["postprocessing"] == "postprocessing.pkl" and manifest["kidney_left"]["postprocessing"] is None
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    run(["nnunet_oar", "predict", "-i", str(image), "-o", str(tmp_path / "pred"), "-m", str(models),
+         "--disable-tta", "--largest-component", "kidney_left"], env)
+    stats = json.loads((tmp_path / "pred" / f"{image.name[: -len('.nii.gz')]}_stats.json").read_text())["organs"]
+    for organ, method in (("liver", "nnU-Net postprocessing.pkl"), ("kidney_left", "largest component")):
+        if "postprocessing" in stats[organ]:          # an organ the brief training found nothing of has no record
+            assert stats[organ]["postprocessing"]["method"] == method
+            assert stats[organ]["postprocessing"]["removed_voxels"] >= 0
+    assert any("postprocessing" in stats[o] for o in ("liver", "kidney_left"))
+
+
+@pytest.mark.slow
 def test_predict_bad_input_is_named_and_other_cases_go_on(pipeline, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -25,6 +25,7 @@ from nnunet_oar.models import read_manifest
 from nnunet_oar.paths import ensure_trainer_path
 from nnunet_oar.plausibility import input_warnings, organ_check
 from nnunet_oar.safe_load import check_checkpoint
+from nnunet_oar.segmentation import postprocessing
 from nnunet_oar.segmentation.merge import THRESHOLD, MaxProbabilityMerger
 
 
@@ -50,10 +51,13 @@ class OARPredictor:
         tta: nnU-Net's test-time mirroring for the organ networks.
         step_size: nnU-Net's sliding-window step (fraction of the patch) for the organ networks; 0.5 is
             nnU-Net's default, 1.0 halves the tiles of crops larger than the patch.
+        largest_component: organs whose networks have no nnU-Net ``postprocessing.pkl`` and keep only
+            their largest connected component (:mod:`nnunet_oar.segmentation.postprocessing`).
     """
 
     def __init__(self, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
-                 organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5):
+                 organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
+                 largest_component: Sequence[str] = ()):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         ensure_trainer_path()
         models = Path(models)
@@ -80,6 +84,13 @@ class OARPredictor:
                                                    folds or available[organ]["folds"], checkpoint)
             self.networks[organ] = p
         self.expected = {o: _expected(models, o, available[o], self.localizer.box_stats) for o in self.organs}
+        self.postprocess = {}
+        for o in self.organs:
+            if available[o].get("postprocessing"):
+                path = models / available[o]["results_folder"] / available[o]["postprocessing"]
+                self.postprocess[o] = (postprocessing.nnunet_postprocessing(path), "nnU-Net postprocessing.pkl")
+            elif o in largest_component:
+                self.postprocess[o] = (postprocessing.largest_component(), "largest component")
 
     def predict_image(self, ct: sitk.Image, image_file: Path, case: str, boxes: Optional[dict] = None):
         """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict).
@@ -101,6 +112,11 @@ class OARPredictor:
             prob_img = sitk.GetImageFromArray(np.asarray(prob[1], dtype=np.float32))
             prob_img.CopyInformation(crop)
             prob_zyx = sitk.GetArrayFromImage(sitk.DICOMOrient(prob_img, orientation))
+            mask = prob_zyx > THRESHOLD
+            kept, record = postprocessing.apply(mask, *self.postprocess.get(organ, (None, "")))
+            if record is not None:
+                prob_zyx[mask & ~kept] = 0.0           # what postprocessing removes cannot win the merge
+                entry["postprocessing"] = record
             entry["cut_by_box"] = cut_faces(prob_zyx > THRESHOLD, box["start"], box["stop"], ct.GetSize())
             if entry["cut_by_box"]:
                 tqdm.write(f"warning: {case}: {organ} reaches the {'/'.join(entry['cut_by_box'])} face(s) of its box "
