@@ -13,7 +13,7 @@ venv: $(BIN)/nnunet_oar
 $(BIN)/nnunet_oar: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH) nnunetv2==2.8.1 pytest
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[workflow]"
 	touch $@
 
 demo: venv

@@ -47,6 +47,8 @@ def test_the_wheel_holds_the_trainer_modules(installed):
     names = zipfile.ZipFile(installed["wheel"]).namelist()
     for module in ("nnUNetTrainerOARHeatmap.py", "nnUNetTrainerOARBudget.py"):
         assert f"nnunet_oar/trainers/{module}" in names
+    for f in ("train.smk", "predict.smk", "examples/phantoms_tiny.yaml", "profiles/slurm/config.yaml"):
+        assert f"nnunet_oar/workflows/{f}" in names
 
 
 def test_the_installed_cli_runs_and_points_nnunet_at_installed_trainers(installed):

@@ -201,6 +201,37 @@ def test_postprocessing_is_nnunets_where_it_chose_one_else_on_request(pipeline, 
 
 
 @pytest.mark.slow
+def test_batch_prediction_workflow_finishes_the_good_cases_names_the_bad_and_resumes(pipeline, tmp_path):
+    """`nnunet_oar workflow predict`: chunks of 2 cases through `nnunet_oar predict`; a broken input fails
+    its chunk but not the others (nor its chunk-mate), is named, and a rerun after the fix predicts only
+    the unfinished chunk."""
+    import yaml
+    cts = tmp_path / "cts"
+    cts.mkdir()
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    for name in ("a", "b", "c"):                        # three cases (one held-out phantom, three names)
+        shutil.copy(image, cts / f"{name}.nii.gz")
+    (cts / "zz_broken.nii.gz").write_text("not an image")
+    config = tmp_path / "predict.yaml"
+    config.write_text(yaml.safe_dump({"input": "cts", "output": "out", "models": str(pipeline["models"]),
+                                      "chunk_size": 2, "predict_args": ["--disable-tta", "--organs", "liver"]}))
+    cmd = ["nnunet_oar", "workflow", "predict", "--config", str(config), "--cores", "1"]
+    r = subprocess.run(cmd, env=pipeline["env"], capture_output=True, text=True)
+    assert r.returncode != 0 and "1 case(s) not finished" in r.stderr and "zz_broken" in r.stderr
+    cases = ["a", "b", "c"]
+    for case in cases:              # chunk 1 holds the third case and the broken one: it finished too
+        assert (tmp_path / "out" / f"{case}_manifest.json").is_file()
+        assert (tmp_path / "out" / f"{case}.nii.gz").is_file()
+    first_chunk = (tmp_path / "out" / f"{cases[0]}.nii.gz").stat().st_mtime_ns
+    (cts / "zz_broken.nii.gz").unlink()
+    (tmp_path / "cts_list.txt").write_text("".join(f"{cts / c}.nii.gz\n" for c in cases))
+    config.write_text(config.read_text().replace("input: cts", f"input: {tmp_path / 'cts_list.txt'}"))
+    r = subprocess.run(cmd, env=pipeline["env"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "out" / f"{cases[0]}.nii.gz").stat().st_mtime_ns == first_chunk    # not predicted again
+
+
+@pytest.mark.slow
 def test_predict_bad_input_is_named_and_other_cases_go_on(pipeline, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

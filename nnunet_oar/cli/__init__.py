@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from nnunet_oar.cli import conversion, evaluation, localization, prediction, segmentation
+from nnunet_oar.cli import conversion, evaluation, localization, prediction, segmentation, workflow
 from nnunet_oar.io import InputError
 
-GROUPS = (conversion, localization, segmentation, prediction, evaluation)
+GROUPS = (conversion, localization, segmentation, prediction, evaluation, workflow)
 
 
 def _trainer_path(a) -> None:

@@ -15,6 +15,11 @@ def _plan_localizer(a) -> None:
     print(f"added {a.configuration} to {plans}")
 
 
+def _split(a) -> None:
+    from nnunet_oar.localization.plans import write_splits
+    print(f"wrote {write_splits(a.dataset_id, a.folds)}")
+
+
 def _localize(a) -> None:
     if a.cross_validation:
         from nnunet_oar.localization.cross_validation import localize_cross_validation
@@ -44,6 +49,12 @@ def register(sub) -> None:
     s.add_argument("-np", "--num-processes", type=int, default=2)
     s.add_argument("-c", "--configuration", default="3d_loc", help="configuration name (default 3d_loc)")
     s.set_defaults(func=_plan_localizer)
+
+    s = sub.add_parser("split", help="nnU-Net's seeded 5-fold split (splits_final.json), written once before "
+                                     "folds train side by side")
+    s.add_argument("-d", "--dataset-id", type=int, required=True)
+    s.add_argument("-k", "--folds", type=int, default=5)
+    s.set_defaults(func=_split)
 
     s = sub.add_parser("localize", help="CT(s) -> {case}_boxes.json with a trained localizer")
     s.add_argument("-i", "--input", help="CT file or folder")

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional
 
 from nnunet_oar.evaluation.comparison import write_comparison
 from nnunet_oar.io import InputError, read_json, write_json
+from nnunet_oar.localization.plans import write_splits
 from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root, use_nnunet_folders
 
 # the project workspace keeps the data beside the checkout; an installed package has no such default
@@ -212,16 +213,6 @@ def _cap_patch(dataset_id: int, patch: List[int]) -> str:
     return name
 
 
-def _write_splits(dataset_id: int, folds: int) -> None:
-    """nnU-Net's own seeded split of the training cases into ``folds`` folds (``splits_final.json``), unless
-    the data set has one."""
-    from nnunetv2.utilities.crossval_split import generate_crossval_split
-    pre = find_dataset(preprocessed_root(), dataset_id)
-    if not (pre / "splits_final.json").is_file():
-        cases = sorted(read_json(pre / "box_sizes.json"))
-        write_json(generate_crossval_split(cases, seed=12345, n_splits=folds), pre / "splits_final.json")
-
-
 def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     """Train, predict and score both methods; writes ``report.md``, ``report.json`` and figures into
     ``work``. ``jobs`` trainings run at a time (a GPU has room for several small networks; on a CPU,
@@ -249,7 +240,7 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
         ["nnUNetv2_preprocess", "-d", T, "-c", "3d_loc", "-np", n_proc]])}
     oof = s.organ_boxes == "oof"
     if oof:
-        _write_splits(s.train_id, s.loc_folds)
+        write_splits(s.train_id, s.loc_folds)
     loc_folds = [str(f) for f in range(s.loc_folds)] if oof else ["all"]
     plans["baseline: ignore label + plan + preprocess"] = run.stage("baseline_plan", [
         ["nnunet_oar", "ignore-label", "-d", T, "-t", B],

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_oar.io import geometry, read_json, write_json
+from nnunet_oar.io import InputError, geometry, read_json, write_json
 from nnunet_oar.localization.boxes import box_sizes_mm, centroid_offsets_mm
 from nnunet_oar.localization.heatmaps import DEFAULT_SIGMA2_MM2
 from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root
@@ -105,3 +105,17 @@ def case_box_sizes(raw: Path, progress: bool = True) -> Tuple[dict, dict]:
         arr, geom = sitk.GetArrayViewFromImage(seg), geometry(seg)
         sizes[case], offsets[case] = box_sizes_mm(arr, geom, wanted), centroid_offsets_mm(arr, geom, wanted)
     return sizes, offsets
+
+
+def write_splits(dataset_id: int, folds: int = 5) -> Path:
+    """nnU-Net's own seeded split of the training cases into ``folds`` folds (``splits_final.json``, what
+    ``nnUNetv2_train`` would write on its first run), unless the data set has one: written once before
+    folds train side by side. Needs ``plan-localizer`` first (its ``box_sizes.json`` lists the cases)."""
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+    pre = find_dataset(preprocessed_root(), dataset_id)
+    if pre is None or not (pre / "box_sizes.json").is_file():
+        raise InputError(f"{preprocessed_root()}: data set {dataset_id} is not planned (run plan-localizer first)")
+    if not (pre / "splits_final.json").is_file():
+        cases = sorted(read_json(pre / "box_sizes.json"))
+        write_json(generate_crossval_split(cases, seed=12345, n_splits=folds), pre / "splits_final.json")
+    return pre / "splits_final.json"

@@ -1,0 +1,80 @@
+"""The training recipe and batch prediction as Snakemake workflows (``train.smk``, ``predict.smk``), run
+locally or on a cluster through Snakemake's executors (``profiles/slurm``). Every rule runs a command a
+user could type; :func:`run_workflow` is a thin wrapper over Snakemake's command line, so one can drop
+to ``snakemake -s $(nnunet_oar workflow path train) --configfile ...`` at any time."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from nnunet_oar.io import InputError
+
+HERE = Path(__file__).resolve().parent
+WORKFLOWS = {"train": HERE / "train.smk", "predict": HERE / "predict.smk"}
+
+
+def profile_path(profile: str) -> Path:
+    """A profile shipped with the package (``slurm``) or a folder of one's own."""
+    shipped = HERE / "profiles" / profile
+    path = shipped if shipped.is_dir() else Path(profile)
+    if not (path / "config.yaml").is_file():
+        raise InputError(f"{profile}: not a Snakemake profile (no config.yaml; shipped: "
+                         f"{', '.join(p.name for p in (HERE / 'profiles').iterdir())})")
+    return path
+
+
+def snakemake_command(workflow: str, config: Path, cores: Optional[int] = None, profile: Optional[str] = None,
+                      dry_run: bool = False, work: Optional[Path] = None, extra: Sequence[str] = ()) -> List[str]:
+    """The ``snakemake`` command line :func:`run_workflow` runs."""
+    if workflow not in WORKFLOWS:
+        raise InputError(f"unknown workflow {workflow!r}; choose {', '.join(WORKFLOWS)}")
+    if not Path(config).is_file():
+        raise InputError(f"{config}: no such configuration file")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(WORKFLOWS[workflow]), "--configfile", str(Path(config).resolve()),
+           # finish what can be finished; an interrupted step reruns
+           "--keep-going", "--rerun-incomplete", "--printshellcmds"]
+    if profile:
+        cmd += ["--profile", str(profile_path(profile))]
+    else:
+        cmd += ["--cores", str(cores or 1)]
+    if work is not None:
+        cmd += ["--config", f"work={Path(work).resolve()}"]
+    if dry_run:
+        cmd += ["--dry-run"]
+    return [*cmd, *extra]
+
+
+def run_workflow(workflow: str, config: Path, **kwargs) -> int:
+    """Run a workflow to its end (see :func:`snakemake_command` for the arguments); returns Snakemake's
+    exit status. For ``predict``, the cases without a finished output set are named."""
+    try:
+        import snakemake  # noqa: F401
+    except ImportError:
+        raise InputError("the workflows need Snakemake: pip install 'nnunet_oar[workflow]'") from None
+    cmd = snakemake_command(workflow, Path(config), **kwargs)
+    from nnunet_oar.paths import ensure_trainer_path
+    ensure_trainer_path()           # nnUNetv2_train finds our trainers (nnUNet_extTrainer), as in every command
+    # the rules' commands (nnunet_oar, nnUNetv2_*) from this Python's environment, also when not activated
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    rc = subprocess.call(cmd, cwd=Path(config).resolve().parent, env=env)
+    if workflow == "predict" and not kwargs.get("dry_run"):
+        missing = unfinished_cases(Path(config))
+        if missing:
+            print(f"{len(missing)} case(s) not finished (see the chunk logs under the output's .workflow/logs): "
+                  + ", ".join(missing[:20]), file=sys.stderr)
+            return rc or 2
+    return rc
+
+
+def unfinished_cases(config: Path) -> List[str]:
+    """Cases of a predict configuration without their ``{case}_manifest.json``."""
+    import yaml
+    from nnunet_oar.io import case_id, list_images
+    cfg = yaml.safe_load(Path(config).read_text())
+    base = Path(config).resolve().parent
+    src, out = base / cfg["input"], base / cfg["output"]
+    files = ([Path(x.strip()) for x in src.read_text().splitlines() if x.strip()] if src.is_file() else list_images(src))
+    return [case_id(f) for f in files if not (out / f"{case_id(f)}_manifest.json").is_file()]

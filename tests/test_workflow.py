@@ -1,0 +1,57 @@
+"""The Snakemake workflows: the training recipe's DAG from the shipped phantom example (a dry run through
+`nnunet_oar workflow`), the shipped SLURM profile, and the wrapper's refusals. Batch prediction runs for
+real in tests/test_pipeline_integration.py."""
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from nnunet_oar.io import InputError
+from nnunet_oar.workflows import HERE, profile_path, snakemake_command
+
+
+def test_the_training_recipe_dag_from_the_phantom_example(tmp_path):
+    config = tmp_path / "phantoms_tiny.yaml"
+    shutil.copy(HERE / "examples" / "phantoms_tiny.yaml", config)
+    r = subprocess.run([sys.executable, "-c", "import sys; from nnunet_oar.cli import main; sys.exit(main())",
+                        "workflow", "train", "--config", str(config), "-n"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
+    assert counts == {"convert": "1", "plan_localizer": "1", "train_localizer": "2", "localize_cross_validation": "1",
+                      "crop_rois": "1", "plan_organs": "1", "train_organ": "2", "export_models": "1", "all": "1",
+                      "total": "11"}
+    # every step is a command a user would type, with nnU-Net's folders under the work folder
+    work = tmp_path / "phantoms_tiny_work"
+    for command in ("nnunet_oar plan-localizer -d 501", "nnUNetv2_train 501 3d_loc 0 -tr nnUNetTrainerOARHeatmap_tiny",
+                    "nnunet_oar localize --cross-validation -d 501", "nnunet_oar crop-rois -d 501",
+                    "nnUNetv2_train 511 3d_fullres all", "nnUNetv2_train 512 3d_fullres all",
+                    f"nnunet_oar export-models -o {work}/models"):
+        assert command in r.stdout, command
+    assert f"nnUNet_results={work}/nnUNet_results" in r.stdout
+
+
+def test_work_and_profile_options_reach_snakemake(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("work: w\n")
+    cmd = snakemake_command("train", config, profile="slurm", work=tmp_path / "elsewhere", dry_run=True)
+    assert cmd[cmd.index("--profile") + 1] == str(HERE / "profiles" / "slurm")
+    assert f"work={tmp_path / 'elsewhere'}" in cmd and "--dry-run" in cmd and "--cores" not in cmd
+    import yaml
+    profile = yaml.safe_load((profile_path("slurm") / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    for rule in ("train_localizer", "train_organ"):
+        assert "gpu:1" in profile["set-resources"][rule]["slurm_extra"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("deploy", "c.yaml"), "unknown workflow 'deploy'"),
+    (("train", "missing.yaml"), "no such configuration file"),
+])
+def test_bad_workflow_calls_are_named(tmp_path, args, message):
+    (tmp_path / "c.yaml").write_text("work: w\n")
+    with pytest.raises(InputError, match=message):
+        snakemake_command(args[0], tmp_path / args[1])
+    with pytest.raises(InputError, match="not a Snakemake profile"):
+        profile_path(str(tmp_path))
