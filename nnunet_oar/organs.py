@@ -119,7 +119,8 @@ def get(name: str) -> Organ:
     try:
         return ORGANS[name]
     except KeyError:
-        raise UnknownOrganError(f"unknown organ {name!r}; known organs: {', '.join(ORGANS)}") from None
+        raise UnknownOrganError(f"unknown organ {name!r}; known organs: {', '.join(ORGANS)} "
+                                "(add your own with --catalogue)") from None
 
 
 def organ_set(set_name: str) -> List[str]:

@@ -68,7 +68,7 @@ def register(sub) -> None:
     s.add_argument("--first-id", type=int, help="first organ data set id (the following ones are found)")
     s.add_argument("--organ-ids", type=int, nargs="+")
     s.add_argument("--localizer-trainer", default="nnUNetTrainerOARHeatmap")
-    s.add_argument("--organ-trainer", default="nnUNetTrainer")
+    s.add_argument("-tr", "--organ-trainer", default="nnUNetTrainer", help="the organ networks' trainer (default nnUNetTrainer)")
     s.add_argument("-c", "--configuration", default="3d_fullres",
                    help="the organ networks' nnU-Net configuration (default 3d_fullres; 2d, 3d_lowres, ...)")
     s.add_argument("-p", "--plans", help="the organ networks' plans identifier (default nnUNetPlans; e.g. "
