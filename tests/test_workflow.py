@@ -32,6 +32,22 @@ def test_the_training_recipe_dag_from_the_phantom_example(tmp_path):
     assert f"nnUNet_results={work}/nnUNet_results" in r.stdout
 
 
+def test_a_slurm_dry_run_lists_every_job_with_its_resources_without_a_cluster(tmp_path):
+    """Folds x organs + the rest, trainings on a GPU partition with --gres=gpu:1 (SLURM executor plugin)."""
+    config = tmp_path / "phantoms_tiny.yaml"
+    shutil.copy(HERE / "examples" / "phantoms_tiny.yaml", config)
+    r = subprocess.run([sys.executable, "-c", "import sys; from nnunet_oar.cli import main; sys.exit(main())",
+                        "workflow", "train", "--config", str(config), "--profile", "slurm", "-n",
+                        "--work", str(tmp_path / "w")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^total\s+11$", r.stdout, re.M)       # 2 localizer folds + 2 organs x 1 fold + 7
+    blocks = re.findall(r"^rule (\w+):\n(?:.*\n)*?\s+resources: (.*)$", r.stdout, re.M)
+    trainings = [res for rule, res in blocks if rule in ("train_localizer", "train_organ")]
+    assert len(trainings) == 4 and all("slurm_extra=--gres=gpu:1" in res and "slurm_partition=gpu" in res
+                                       for res in trainings)
+    assert all("slurm_partition=cpu" in res for rule, res in blocks if rule in ("convert", "crop_rois"))
+
+
 def test_work_and_profile_options_reach_snakemake(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("work: w\n")
@@ -55,3 +71,22 @@ def test_bad_workflow_calls_are_named(tmp_path, args, message):
         snakemake_command(args[0], tmp_path / args[1])
     with pytest.raises(InputError, match="not a Snakemake profile"):
         profile_path(str(tmp_path))
+
+
+@pytest.mark.parametrize("change, message", [
+    (("organs", ["liver", "brain"]), "organs: unknown organ 'brain'"),
+    (("localizer", {"trainer": "t", "folds": [0, 7], "n_splits": 2}), "localizer.folds: fold 7 is out of range"),
+    (("localizer", {"trainer": "t", "folds": ["all"]}), "'all' has no held-out cases"),
+    (("convert", None), "dataset_id: no data set 501"),
+    (("organ_networks", {"trainer": "t"}), "organ_networks.folds is missing"),
+])
+def test_a_bad_training_config_is_refused_before_any_job_naming_the_key(tmp_path, change, message):
+    import yaml
+    from nnunet_oar.workflows import check_config
+    cfg = yaml.safe_load((HERE / "examples" / "phantoms_tiny.yaml").read_text())
+    cfg[change[0]] = change[1]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(InputError, match=message) as e:
+        check_config("train", tmp_path / "c.yaml")
+    assert "c.yaml" in str(e.value)
+    assert not (tmp_path / "phantoms_tiny_work").exists()

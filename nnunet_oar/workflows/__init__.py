@@ -47,6 +47,47 @@ def snakemake_command(workflow: str, config: Path, cores: Optional[int] = None, 
     return [*cmd, *extra]
 
 
+def check_config(workflow: str, config: Path, work: Optional[Path] = None) -> dict:
+    """Refuse a configuration that cannot run, before any job starts, naming the key."""
+    import yaml
+    from nnunet_oar import organs as catalogue
+    try:
+        cfg = yaml.safe_load(Path(config).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{config}: not YAML ({e})") from None
+    required = {"train": ("work", "dataset_id", "organs", "localizer", "organ_networks"),
+                "predict": ("input", "output", "models")}[workflow]
+    missing = [k for k in required if k not in cfg and not (k == "work" and work is not None)]
+    if missing:
+        raise InputError(f"{config}: missing key(s) {', '.join(missing)}")
+    base = Path(config).resolve().parent
+    if workflow == "predict":
+        if not (base / cfg["input"]).exists():
+            raise InputError(f"{config}: input: {base / cfg['input']} does not exist")
+        return cfg
+    for organ in cfg["organs"]:
+        if organ not in catalogue.ORGANS:
+            raise InputError(f"{config}: organs: unknown organ {organ!r} (add it with --catalogue)")
+    for key in ("trainer", "folds"):
+        for part in ("localizer", "organ_networks"):
+            if key not in cfg[part]:
+                raise InputError(f"{config}: {part}.{key} is missing")
+    n_splits = int(cfg["localizer"].get("n_splits", 5))
+    for part in ("localizer", "organ_networks"):
+        for fold in cfg[part]["folds"]:
+            if not (fold == "all" or (isinstance(fold, int) and 0 <= fold < n_splits)):
+                raise InputError(f"{config}: {part}.folds: fold {fold!r} is out of range (0..{n_splits - 1} or all)")
+    if "all" in cfg["localizer"]["folds"]:
+        raise InputError(f"{config}: localizer.folds: 'all' has no held-out cases for the out-of-fold boxes")
+    if not cfg.get("convert"):
+        from nnunet_oar.paths import find_dataset
+        raw = Path(work or base / cfg["work"]).resolve() / "nnUNet_raw"
+        if find_dataset(raw, int(cfg["dataset_id"])) is None:
+            raise InputError(f"{config}: dataset_id: no data set {cfg['dataset_id']} under {raw}, and no convert "
+                             "command to make it")
+    return cfg
+
+
 def run_workflow(workflow: str, config: Path, **kwargs) -> int:
     """Run a workflow to its end (see :func:`snakemake_command` for the arguments); returns Snakemake's
     exit status. For ``predict``, the cases without a finished output set are named."""
@@ -55,6 +96,7 @@ def run_workflow(workflow: str, config: Path, **kwargs) -> int:
     except ImportError:
         raise InputError("the workflows need Snakemake: pip install 'nnunet_oar[workflow]'") from None
     cmd = snakemake_command(workflow, Path(config), **kwargs)
+    check_config(workflow, Path(config), kwargs.get("work"))
     from nnunet_oar.paths import ensure_trainer_path
     ensure_trainer_path()           # nnUNetv2_train finds our trainers (nnUNet_extTrainer), as in every command
     # the rules' commands (nnunet_oar, nnUNetv2_*) from this Python's environment, also when not activated
