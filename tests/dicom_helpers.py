@@ -82,7 +82,7 @@ def rasterize_rtstruct(rtstruct: Path, reference: sitk.Image) -> Dict[str, np.nd
 
 def write_rtstruct_file(path: Path, reference: sitk.Image, uids: Dict[str, object], rois: Dict[str, object],
                         label: str = "clinic", date: str = "20260101", frame_uid: Optional[str] = None,
-                        series_uid: Optional[str] = None) -> None:
+                        series_uid: Optional[str] = None, manufacturer: str = "TPS") -> None:
     """An RTSTRUCT written with pydicom alone, as another vendor's would be (independent of the package).
 
     ``rois``: ``{ROI name: bool mask (z, y, x) on reference's grid}``, traced per slice at the 0.5 iso-line
@@ -98,7 +98,7 @@ def write_rtstruct_file(path: Path, reference: sitk.Image, uids: Dict[str, objec
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "RTSTRUCT", generate_uid(), uids["study"]
-    ds.PatientName, ds.PatientID = "Phantom^Test", "P1"
+    ds.PatientName, ds.PatientID, ds.Manufacturer = "Phantom^Test", "P1", manufacturer
     ds.StructureSetLabel, ds.StructureSetDate, ds.StructureSetTime = label, date, "120000"
     frame = Dataset()
     frame.FrameOfReferenceUID = frame_uid or uids["frame"]

@@ -136,6 +136,9 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     a = write_ct_series(img, root / "A" / "ct", seed=1)
     write_rtstruct_file(root / "A" / "rs_old.dcm", img, a, {"Liver": spleen}, label="draft", date="20250101")
     write_rtstruct_file(root / "A" / "rs.dcm", img, a, {"Liver": liver, "Spleen": spleen}, date="20260101")
+    # ... and so is a newer one that our own predict --rtstruct wrote (never training truth by default)
+    write_rtstruct_file(root / "A" / "rs_auto.dcm", img, a, {"Liver": spleen}, label="nnunet_oar", date="20270101",
+                        manufacturer="nnunet_oar")
     # B: its RTSTRUCT references a series that is not there
     b = write_ct_series(img, root / "B" / "ct", seed=2)
     write_rtstruct_file(root / "B" / "rs.dcm", img, b, {"Liver": liver}, series_uid="1.2.3.4.5")
@@ -158,11 +161,11 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     annotations = json.loads((out / "annotations.json").read_text())
     assert len(annotations) == 3                                        # A, D and E
     reasons = " | ".join(s["reason"] for s in report["skipped"])
-    assert "1.2.3.4.5" in reasons and "not a CT series under the input folder" in reasons    # B
-    assert "frame of reference 1.2.3.4.6" in reasons                                       # C
+    assert "references series ['<uid>'], which is not a CT series under the input folder" in reasons   # B
+    assert "frame of reference <uid> is not the CT's" in reasons                                      # C
     case_a = next(c for c, n in report["cases"].items() if "Spleen" in n["roi_to_organ"])
-    assert report["cases"][case_a]["rtstruct"].startswith("RTSTRUCT 'clinic' of 20260101")
-    assert "newest of 2" in report["cases"][case_a]["rtstruct"]
+    assert report["cases"][case_a]["rtstruct"] == ("RTSTRUCT 'clinic', the approved or newest of 2; 1 automatic "
+                                                   "set(s) (e.g. nnunet_oar's own) passed over")
     case_d = next(c for c in annotations if c != case_a and report["cases"][c]["refused_rois"])
     assert annotations[case_d] == ["liver"]
     refused = report["cases"][case_d]["refused_rois"]
@@ -173,6 +176,8 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     assert "2 ROIs name lung_left" in refused["Lung_L"] and "Lt Lung" in refused["Lt Lung"]
     assert report["cases"][case_d]["unmapped_rois"] == {"Tumour bed": "unmapped"}
     assert "patient_id" not in report["cases"][case_a]
+    text = (out / "conversion_report.json").read_text()       # nothing that could name the patient
+    assert str(root) not in text and "rs.dcm" not in text and "1.2.3.4.5" not in text and "P1" not in text
     # a names file picks up what was unmapped (a rerun replaces the data set)
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"tumour bed": "spleen"}))

@@ -229,6 +229,12 @@ def test_batch_prediction_workflow_finishes_the_good_cases_names_the_bad_and_res
     r = subprocess.run(cmd, env=pipeline["env"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "out" / f"{cases[0]}.nii.gz").stat().st_mtime_ns == first_chunk    # not predicted again
+    # the same label maps as `nnunet_oar predict` on the folder, file by file
+    run(["nnunet_oar", "predict", "-i", str(cts), "-o", str(tmp_path / "direct"), "-m", str(pipeline["models"]),
+         "--disable-tta", "--organs", "liver"], pipeline["env"])
+    for case in cases:
+        a, b = (sitk.ReadImage(str(tmp_path / d / f"{case}.nii.gz")) for d in ("out", "direct"))
+        assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)) and a.GetOrigin() == b.GetOrigin()
 
 
 @pytest.mark.slow

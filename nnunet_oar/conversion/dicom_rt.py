@@ -20,6 +20,7 @@ folder only with ``keep_ids``.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -38,23 +39,55 @@ def case_id(study_uid: str, series_uid: str) -> str:
     return "ct_" + hashlib.sha256(f"{study_uid}/{series_uid}".encode()).hexdigest()[:12]
 
 
+def _automatic(ds) -> bool:
+    """A structure set a program made: ours (``predict --rtstruct``) or one whose every ROI says AUTOMATIC."""
+    rois = list(getattr(ds, "StructureSetROISequence", []))
+    return (str(getattr(ds, "Manufacturer", "")) == "nnunet_oar"
+            or (bool(rois) and all(str(getattr(r, "ROIGenerationAlgorithm", "")) == "AUTOMATIC" for r in rois)))
+
+
 def _choose(candidates: List[Tuple[Path, object]], label: Optional[str]) -> Tuple[Optional[Tuple[Path, object]], str]:
-    """One RTSTRUCT of those on a CT: the one labelled ``label``, else the newest. Returns it (or None)
-    and what was chosen among what."""
-    def describe(ds) -> str:
-        return (f"'{getattr(ds, 'StructureSetLabel', '')}' of {getattr(ds, 'StructureSetDate', '') or '?'}"
-                f" {getattr(ds, 'StructureSetTime', '') or ''}".rstrip())
+    """One RTSTRUCT of those on a CT: the one labelled ``label``; else, among the clinical sets (automatic
+    ones, our own predictions included, only when there is nothing else), the approved before the
+    unapproved, then the newest. Returns it (or None) and what was chosen among what; no date, time or
+    file name (they could identify the patient)."""
     if label is not None:
         named = [c for c in candidates if str(getattr(c[1], "StructureSetLabel", "")) == label]
         if not named:
-            return None, (f"no RTSTRUCT labelled '{label}' (found {', '.join(describe(d) for _, d in candidates)})")
+            found = ", ".join(f"'{getattr(d, 'StructureSetLabel', '')}'" for _, d in candidates)
+            return None, f"no RTSTRUCT labelled '{label}' (found {found})"
         candidates = named
-    newest = max(candidates, key=lambda c: (str(getattr(c[1], "StructureSetDate", "") or ""),
-                                            str(getattr(c[1], "StructureSetTime", "") or ""), str(c[0])))
-    how = f"RTSTRUCT {describe(newest[1])}"
+    clinical = [c for c in candidates if not _automatic(c[1])]
+    pool = clinical or candidates
+    chosen = max(pool, key=lambda c: (str(getattr(c[1], "ApprovalStatus", "")) == "APPROVED",
+                                      str(getattr(c[1], "StructureSetDate", "") or ""),
+                                      str(getattr(c[1], "StructureSetTime", "") or ""), str(c[0])))
+    ds = chosen[1]
+    how = (f"RTSTRUCT '{getattr(ds, 'StructureSetLabel', '')}'"
+           f"{' (approved)' if str(getattr(ds, 'ApprovalStatus', '')) == 'APPROVED' else ''}")
     if len(candidates) > 1:
-        how += f", the {'newest' if label is None else 'newest so labelled'} of {len(candidates)}"
-    return newest, how
+        how += f", the {'approved or ' if len(pool) > 1 else ''}newest of {len(pool)}"
+        if len(pool) < len(candidates):
+            how += f"; {len(candidates) - len(pool)} automatic set(s) (e.g. nnunet_oar's own) passed over"
+    elif _automatic(ds):
+        how += " (automatic contours: check before training on them)"
+    return chosen, how
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s,;'()\[\]]+")
+_UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
+
+
+def _scrub(record: dict, keep_ids: bool) -> dict:
+    """The report's text without paths, file names or UIDs (folders are often named after the patient),
+    unless ``keep_ids``."""
+    if keep_ids:
+        return record
+    def clean(v):
+        if isinstance(v, str):
+            return _UID.sub("<uid>", _PATH.sub("<file>", v))
+        return {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else v
+    return {k: clean(v) for k, v in record.items() if k != "rtstruct_file"}
 
 
 def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, organs: Optional[Sequence[str]] = None,
@@ -97,7 +130,7 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
             if hit:
                 on_ct.setdefault(hit[0], []).append((f, ds))
             else:
-                skipped.append({"rtstruct": f.name, "reason": f"references series {refs or 'none'}, which is not "
+                skipped.append({"rtstruct_file": str(f), "reason": f"references series {refs or 'none'}, which is not "
                                                               "a CT series under the input folder"})
     patients = []
     for uid, items in cts.items():
@@ -145,13 +178,14 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
                 skipped.append({"case": case, "reason": "no ROI converted: " + "; ".join(
                     f"{r}: {why}" for r, why in {**refused, **unmapped_here}.items()), **ids})
                 continue
-            builder.add_case(case, ct, masks, {
+            builder.add_case(case, ct, masks, _scrub({
                 "rtstruct": how, "roi_to_organ": {r[0]: o for o, r in named.items() if o in masks},
-                "refused_rois": refused, "unmapped_rois": unmapped_here, "roi_notes": notes, **ids})
-        builder.extra_report = {"skipped": skipped, "unmapped_names": dict(sorted(unmapped.items())),
+                "refused_rois": refused, "unmapped_rois": unmapped_here, "roi_notes": notes}, keep_ids) | ids)
+        for s in skipped:           # the console names the files; the report does so only with --keep-ids
+            print(f"skipped {s.get('case') or s.get('rtstruct_file')}: {s['reason']}")
+        builder.extra_report = {"skipped": [_scrub(s, keep_ids) for s in skipped],
+                                "unmapped_names": dict(sorted(unmapped.items())),
                                 "names_file": str(names) if names else None, "keep_ids": keep_ids}
-        for s in skipped:
-            print(f"skipped {s.get('case') or s.get('rtstruct')}: {s['reason']}")
         if unmapped:
             print(f"{len(unmapped)} ROI names map to no organ (conversion_report.json lists them; map them with "
                   "--names): " + ", ".join(f"{n} ({c})" for n, c in sorted(unmapped.items(), key=lambda x: -x[1])[:15]))

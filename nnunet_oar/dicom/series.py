@@ -62,12 +62,17 @@ def scan_series(folder: Path) -> Dict[str, List[Tuple[Path, object]]]:
     import pydicom
     from pydicom.errors import InvalidDicomError
     groups: Dict[str, List[Tuple[Path, object]]] = {}
+    seen = set()
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except (InvalidDicomError, OSError):
             continue
         uid = getattr(ds, "SeriesInstanceUID", None)
+        instance = str(getattr(ds, "SOPInstanceUID", "") or "")
+        if instance and instance in seen:        # the same instance exported twice: the first copy counts
+            continue
+        seen.add(instance)
         if uid is not None:
             groups.setdefault(str(uid), []).append((f, ds))
     return groups
