@@ -45,10 +45,12 @@ def test_planning_structures_and_sideless_pairs_stay_unmapped(name):
 
 
 def test_user_names_come_first_and_are_checked(tmp_path):
-    m = NameMap({"Stammhirn": "brainstem", r"parotis\s*li(nks)?": "parotid_left", "Cord": None})
+    m = NameMap({"Stammhirn": "brainstem", r"re:parotis\s*li(nks)?": "parotid_left", "Cord": None,
+                 "Liver*": None})
     assert m("stammhirn ") == ("brainstem", "user")
     assert m("Parotis links") == ("parotid_left", "user")
     assert m("Cord") == (None, "skip")                    # the built-in rule would have taken it
+    assert m("Liver*") == (None, "skip") and m("Liver") == ("liver", "rule")    # a plain key is no pattern
     with pytest.raises(InputError, match="unknown organ 'brain'"):
         NameMap({"x": "brain"})
     bad = tmp_path / "names.json"

@@ -67,7 +67,7 @@ def register(sub) -> None:
     s.add_argument("-i", "--input", required=True, help="folder holding the CT series and RTSTRUCTs (searched recursively)")
     s.add_argument("-d", "--dataset-id", type=int, required=True)
     s.add_argument("--name", default="Clinic", help="data set name: Dataset{ID}_{NAME} (default Clinic)")
-    s.add_argument("--names", help='JSON {"ROI name or regular expression": "catalogue name" or null (skip)}')
+    s.add_argument("--names", help='JSON {"ROI name" or "re:PATTERN": "catalogue name" or null (skip)}; exact names first')
     s.add_argument("--organs", nargs="+", help="catalogue names to keep (default: every organ found)")
     s.add_argument("--rtstruct-label", help="StructureSetLabel to take where a CT has several RTSTRUCTs "
                    "(default: the newest)")

@@ -160,13 +160,14 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
             except InputError as e:
                 skipped.append({"case": case, "reason": str(e).replace(f"{where}: ", ""), **ids})
                 continue
-            masks, named, unmapped_here = {}, {}, {}
+            masks, named, unmapped_here, skipped_here = {}, {}, {}, []
             for roi, mask in rois.items():
                 organ, rule = name_map(roi)
-                if organ is None:
-                    if rule != "skip":
-                        unmapped_here[roi] = rule
-                        unmapped[roi] = unmapped.get(roi, 0) + 1
+                if rule == "skip":
+                    skipped_here.append(roi)
+                elif organ is None:
+                    unmapped_here[roi] = rule
+                    unmapped[roi] = unmapped.get(roi, 0) + 1
                 elif organ in wanted:
                     named.setdefault(organ, []).append(roi)
                     masks[organ] = mask
@@ -180,7 +181,8 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
                 continue
             builder.add_case(case, ct, masks, _scrub({
                 "rtstruct": how, "roi_to_organ": {r[0]: o for o, r in named.items() if o in masks},
-                "refused_rois": refused, "unmapped_rois": unmapped_here, "roi_notes": notes}, keep_ids) | ids)
+                "refused_rois": refused, "unmapped_rois": unmapped_here, "skipped_rois": skipped_here,
+                "roi_notes": notes}, keep_ids) | ids)
         for s in skipped:           # the console names the files; the report does so only with --keep-ids
             print(f"skipped {s.get('case') or s.get('rtstruct_file')}: {s['reason']}")
         builder.extra_report = {"skipped": [_scrub(s, keep_ids) for s in skipped],

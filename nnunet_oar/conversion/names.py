@@ -8,9 +8,10 @@ organ's names: the catalogue name, its TG-263 name, its OpenKBP ROI, its TotalSe
 without a side only) and the few synonyms below. Anything else, a planning structure such as
 ``Parotid_L_PRV`` or ``SpinalCord+5mm`` included, stays unmapped and is reported, never guessed.
 
-A user file (``--names NAMES.json``: ``{"name or regular expression": "catalogue name" or null}``) is
-consulted first: a key that equals the ROI name (ignoring case and surrounding spaces) or, as a regular
-expression, matches all of it (ignoring case) decides; ``null`` marks a name to skip without a report.
+A user file (``--names NAMES.json``: ``{"ROI name": "catalogue name" or null}``) is consulted first: a
+key equal to the ROI name (ignoring case and surrounding spaces) decides; then keys written ``re:PATTERN``,
+regular expressions that must match the whole name (ignoring case), in file order. Plain keys are never
+patterns (``Liver*`` is a name, not "Liver and more"). ``null`` skips the ROI (listed as skipped).
 """
 from __future__ import annotations
 
@@ -67,20 +68,23 @@ class NameMap:
     """ROI name -> catalogue organ, with the user's file first.
 
     Args:
-        user: ``{"name or regular expression": "catalogue name" or None}``.
+        user: ``{"ROI name" or "re:PATTERN": "catalogue name" or None}``.
         where: what to name in errors (the file).
     """
 
     def __init__(self, user: Optional[Dict[str, Optional[str]]] = None, where: str = "names"):
-        self.user = []
-        for pattern, organ in (user or {}).items():
+        self.exact: Dict[str, Optional[str]] = {}
+        self.patterns = []
+        for key, organ in (user or {}).items():
             if organ is not None:
                 catalogue.get(organ)                    # an unknown target is the user's error, named
-            try:
-                regex = re.compile(pattern, re.IGNORECASE)
-            except re.error as e:
-                raise InputError(f"{where}: {pattern!r} is not a regular expression ({e})") from None
-            self.user.append((pattern.strip().lower(), regex, organ))
+            if key.startswith("re:"):
+                try:
+                    self.patterns.append((re.compile(key[3:], re.IGNORECASE), organ))
+                except re.error as e:
+                    raise InputError(f"{where}: {key!r} is not a regular expression ({e})") from None
+            else:
+                self.exact[key.strip().lower()] = organ
         self.catalogue = _catalogue_keys()          # the catalogue as it is now (user organs included)
 
     @classmethod
@@ -97,8 +101,11 @@ class NameMap:
         """``(organ or None, how)``: ``how`` is ``"user"``, ``"skip"`` (user null), ``"rule"``,
         ``"ambiguous: a, b"`` or ``"unmapped"``."""
         name = roi_name.strip()
-        for exact, regex, organ in self.user:
-            if name.lower() == exact or regex.fullmatch(name):
+        if name.lower() in self.exact:
+            organ = self.exact[name.lower()]
+            return organ, "user" if organ else "skip"
+        for regex, organ in self.patterns:
+            if regex.fullmatch(name):
                 return organ, "user" if organ else "skip"
         found: Set[str] = set()
         for k in keys(name):
