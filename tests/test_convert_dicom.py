@@ -154,6 +154,9 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     write_rtstruct_file(root / "D" / "rs.dcm", img, d, {
         "Liver": liver, "Spleen": [], "Kidney_L": [("OPEN_PLANAR", square + [0, 0, 15])],
         "Kidney_R": [("CLOSED_PLANAR", square + [0, 0, 90])], "Aorta": [("CLOSED_PLANAR", square + [0, 0, 16.5])],
+        # every other slice: sparse contouring; a contour 0.2 mm off its slice, written twice: kept, noted
+        "Pancreas": [("CLOSED_PLANAR", square + [0, 0, z]) for z in range(3, 30, 6)],
+        "Gallbladder": [("CLOSED_PLANAR", square + [0, 0, 12.2])] * 2 + [("CLOSED_PLANAR", square + [0, 0, 15])],
         "Tumour bed": spleen, "Lung_L": spleen, "Lt Lung": spleen})
     # E: an RTSTRUCT without a series reference (some planning systems omit it): linked by its frame
     e = write_ct_series(img, root / "E" / "ct", seed=5)
@@ -169,12 +172,14 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     assert report["cases"][case_a]["rtstruct"] == ("RTSTRUCT 'clinic', the approved or newest of 2; 1 automatic "
                                                    "set(s) (e.g. nnunet_oar's own) passed over")
     case_d = next(c for c in annotations if c != case_a and report["cases"][c]["refused_rois"])
-    assert annotations[case_d] == ["liver"]
+    assert annotations[case_d] == ["liver", "gallbladder"]
     refused = report["cases"][case_d]["refused_rois"]
     assert refused["Spleen"] == "empty (no contours)"
     assert "OPEN_PLANAR" in refused["Kidney_L"]
     assert "outside the CT's slices" in refused["Kidney_R"]
-    assert "not on a CT slice" in refused["Aorta"]
+    assert "between CT slices" in refused["Aorta"]
+    assert "contoured on 5 of the 9 slices of its extent" in refused["Pancreas"]
+    assert report["cases"][case_d]["roi_notes"]["Gallbladder"] == "1 repeated contour(s) counted once"
     assert "2 ROIs name lung_left" in refused["Lung_L"] and "Lt Lung" in refused["Lt Lung"]
     assert report["cases"][case_d]["unmapped_rois"] == {"Tumour bed": "unmapped"}
     assert "patient_id" not in report["cases"][case_a]
@@ -185,7 +190,7 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     names.write_text(json.dumps({"tumour bed": "spleen"}))
     out = convert_dicom(root, 521, names=names, keep_ids=True, progress=False)
     report = json.loads((out / "conversion_report.json").read_text())
-    assert json.loads((out / "annotations.json").read_text())[case_d] == ["liver", "spleen"]
+    assert json.loads((out / "annotations.json").read_text())[case_d] == ["liver", "spleen", "gallbladder"]
     assert report["cases"][case_a]["patient_id"] == "P1" and report["unmapped_names"] == {}
     # --rtstruct-label takes the draft on A; D has no RTSTRUCT so labelled and is skipped, saying so
     out = convert_dicom(root, 521, rtstruct_label="draft", progress=False)
@@ -219,3 +224,20 @@ def test_a_plain_nnunet_data_set_without_annotations_is_cropped(tmp_path, nnunet
     reports = crop_rois(523, 524, organs=["liver"], boxes_from_labels=True, progress=False)
     assert reports["liver"]["cases"] == 2
     assert "no annotations.json; every organ of dataset.json counts as annotated in all 2 cases" in capsys.readouterr().out
+
+
+def test_rounded_slice_positions_do_not_make_the_grid_drift():
+    """A scanner that writes positions to 0.01 mm: 400 slices of 0.625 mm. The median step (0.62 or 0.63)
+    would put the last slice up to 2 mm off; the spacing from the end slices keeps every slice within
+    the rounding."""
+    from pydicom.dataset import Dataset
+    from nnunet_oar.dicom.series import slice_geometry
+    headers = []
+    for k in range(400):
+        h = Dataset()
+        h.ImageOrientationPatient, h.PixelSpacing, h.Rows, h.Columns = [1, 0, 0, 0, 1, 0], [0.8, 0.8], 4, 4
+        h.ImagePositionPatient = [0.0, 0.0, round(-100 + 0.625 * k, 2)]
+        headers.append(h)
+    _, _, spacing = slice_geometry(headers, "rounded")
+    last = -100 + spacing[2] * 399
+    assert abs(last - headers[-1].ImagePositionPatient[2]) < 0.01

@@ -179,9 +179,10 @@ def rasterize_rois(ds, image, frame_uid: str) -> Tuple[Dict[str, np.ndarray], Di
 
     Returns:
         ``(masks, refused, notes)``: ``{ROI name: bool array (z, y, x)}`` for the ROIs that rasterise,
-        ``{ROI name: reason}`` for those that do not (empty, open contours or points, contours between
-        slices or outside the image, another frame of reference), and ``{ROI name: note}`` for ROIs kept
-        with a remark (clipped in-plane).
+        ``{ROI name: reason}`` for those that do not (empty, open contours or points, contours outside the
+        image, another frame of reference, contours on fewer than 60 % of the slices of its extent), and
+        ``{ROI name: note}`` for ROIs kept with a remark (clipped in-plane, contours between slices left
+        out, repeated contours counted once, slices without contour).
     """
     from skimage.draw import polygon
     names = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
@@ -194,10 +195,10 @@ def rasterize_rois(ds, image, frame_uid: str) -> Tuple[Dict[str, np.ndarray], Di
     contours_of = {int(rc.ReferencedROINumber): list(getattr(rc, "ContourSequence", []) or [])
                    for rc in getattr(ds, "ROIContourSequence", [])}
     masks, refused, notes = {}, {}, {}
-    twice = {n for n in names.values() if list(names.values()).count(n) > 1}
+    same_name = {n for n in names.values() if list(names.values()).count(n) > 1}
     for number, name in names.items():
         contours = contours_of.get(number, [])
-        if name in twice:
+        if name in same_name:
             refused[name] = "several ROIs have this name"
             continue
         if frames[number] and frame_uid and frames[number] != frame_uid:
@@ -210,14 +211,21 @@ def rasterize_rois(ds, image, frame_uid: str) -> Tuple[Dict[str, np.ndarray], Di
         if kinds != {"CLOSED_PLANAR"}:
             refused[name] = f"contour types {sorted(kinds)}: only CLOSED_PLANAR contours outline a volume"
             continue
-        mask, reason, clipped = np.zeros(shape, bool), None, False
+        mask, reason, clipped, seen, off_slice, twice = np.zeros(shape, bool), None, False, set(), 0, 0
+        # a contour belongs to a slice within min(0.5 mm, a quarter slice) of it (planning systems round)
+        tol = min(0.5, 0.25 * image.GetSpacing()[2]) / image.GetSpacing()[2]
         for c in contours:
             pts = np.array(c.ContourData, float).reshape(-1, 3)
+            key = np.round(pts, 2).tobytes()
+            if key in seen:                      # the same contour twice would cancel itself (even-odd)
+                twice += 1
+                continue
+            seen.add(key)
             idx = (pts - origin) @ to_index.T
             k = int(round(float(idx[:, 2].mean())))
-            if np.abs(idx[:, 2] - k).max() > 0.05:
-                reason = (f"a contour at z = {pts[:, 2].mean():.2f} mm is not on a CT slice (or not planar)")
-                break
+            if np.abs(idx[:, 2] - k).max() > tol:
+                off_slice += 1                   # between slices or not planar: not representable here
+                continue
             if not 0 <= k < shape[0]:
                 reason = f"a contour at z = {pts[:, 2].mean():.2f} mm lies outside the CT's slices"
                 break
@@ -227,12 +235,22 @@ def rasterize_rois(ds, image, frame_uid: str) -> Tuple[Dict[str, np.ndarray], Di
             rr, cc = polygon(idx[:, 1], idx[:, 0], shape[1:])
             fill[rr, cc] = True
             mask[k] ^= fill                      # even-odd: a contour inside another is a hole
+        slices = np.flatnonzero(mask.any(axis=(1, 2)))
+        gaps = int(slices[-1] - slices[0] + 1 - len(slices)) if len(slices) else 0
+        remarks = [text for n, text in (
+            (clipped, "extends beyond the CT's field of view; clipped to it"),
+            (off_slice, f"{off_slice} contour(s) between CT slices or not planar, left out"),
+            (twice, f"{twice} repeated contour(s) counted once"),
+            (gaps, f"{gaps} slice(s) without contour inside its extent")) if n]
         if reason:
             refused[name] = reason
         elif not mask.any():
-            refused[name] = "its contours enclose no voxel centre"
+            refused[name] = "its contours enclose no voxel centre" + (f" ({remarks[0]})" if remarks else "")
+        elif gaps >= 0.4 * (slices[-1] - slices[0] + 1):
+            refused[name] = (f"contoured on {len(slices)} of the {slices[-1] - slices[0] + 1} slices of its extent "
+                             "(sparse contouring: interpolate in the planning system first)")
         else:
             masks[name] = mask
-            if clipped:
-                notes[name] = "extends beyond the CT's field of view; clipped to it"
+            if remarks:
+                notes[name] = "; ".join(remarks)
     return masks, refused, notes

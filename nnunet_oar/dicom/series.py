@@ -145,6 +145,9 @@ def slice_geometry(headers: list, where: str) -> Tuple[np.ndarray, np.ndarray, n
                     f"where the spacing is {step:.2f} mm" if abs(ratio - round(ratio)) < 0.05 and ratio > 1.5
                     else f"non-uniform slice spacing ({steps.min():.2f} to {steps.max():.2f} mm)")
             raise InputError(f"{where}: {what}")
+        # a uniform stack's spacing from its end slices: from the median of positions a scanner rounded to
+        # 0.01 mm, the grid would drift by up to a slice over a long stack
+        step = float((pos[-1] - pos[0]) / (len(pos) - 1))
     else:
         step = float(getattr(headers[0], "SliceThickness", 1.0) or 1.0)
     direction = np.stack([row_dir, col_dir, normal], axis=1)
