@@ -74,7 +74,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
             organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
             series_uid: Optional[str] = None, rtstruct: bool = False, dicom_seg: bool = False,
             preview: bool = False, boxes_dir: Optional[Path] = None, roi_names: str = "tg263",
-            largest_component: Sequence[str] = ()) -> Dict[str, str]:
+            largest_component: Sequence[str] = (), keep_networks: Optional[int] = 1) -> Dict[str, str]:
     """Segment every CT in ``inputs`` into ``output``.
 
     Args:
@@ -89,6 +89,8 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
         roi_names: ROI / segment names in RTSTRUCT and SEG: ``"tg263"`` (``Kidney_L``) or ``"catalogue"``.
         largest_component: organs to keep to their largest connected component, where their network
             brings no nnU-Net ``postprocessing.pkl`` (which is applied whenever it does).
+        keep_networks: organ networks kept loaded at once (``None``: all; docs/results/inference_benchmark.md
+            measures the memory each choice takes).
 
     Returns:
         ``{case: error}`` for inputs that could not be processed; the other cases are written.
@@ -101,7 +103,8 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
                          "folder (or convert a label map with `nnunet_oar export --ct DICOM_FOLDER`)")
     _refuse_overwriting_inputs(sources, Path(output))
     check_writable(output)
-    predictor = OARPredictor(models_folder(models), folds, device, organs, tta, step_size, largest_component)
+    predictor = OARPredictor(models_folder(models), folds, device, organs, tta, step_size, largest_component,
+                             keep_networks)
     output = Path(output)
     errors = {}
     for case, path in tqdm(sources, desc="predict"):

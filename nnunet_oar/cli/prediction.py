@@ -31,7 +31,7 @@ def _predict(a) -> None:
     from nnunet_oar.pipeline import predict
     fail_on_errors(predict(Path(a.input), Path(a.output), Path(a.models), folds=a.folds, device=a.device,
                            organs=a.organs, tta=not a.disable_tta, step_size=a.step_size, series_uid=a.series_uid,
-                           largest_component=a.largest_component,
+                           largest_component=a.largest_component, keep_networks=a.keep_networks or None,
                            rtstruct=a.rtstruct, dicom_seg=a.dicom_seg, preview=a.preview,
                            boxes_dir=Path(a.boxes) if a.boxes else None, roi_names=a.roi_names))
 
@@ -99,6 +99,8 @@ def register(sub) -> None:
     s.add_argument("--largest-component", nargs="+", default=[], metavar="ORGAN",
                    help="keep only the largest connected component of these organs (where their network has "
                    "no nnU-Net postprocessing.pkl, which is always applied)")
+    s.add_argument("--keep-networks", type=int, default=1, metavar="N",
+                   help="organ networks kept loaded at once (default 1: least memory; 0: all, fastest over many cases)")
     s.add_argument("--step-size", type=float, default=0.5,
                    help="sliding-window step of the organ networks, fraction of the patch (nnU-Net's default 0.5)")
     s.add_argument("--boxes", help="folder of {case}_boxes.json to use instead of the localizer "

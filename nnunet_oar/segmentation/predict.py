@@ -7,8 +7,9 @@ around it.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -53,12 +54,16 @@ class OARPredictor:
             nnU-Net's default, 1.0 halves the tiles of crops larger than the patch.
         largest_component: organs whose networks have no nnU-Net ``postprocessing.pkl`` and keep only
             their largest connected component (:mod:`nnunet_oar.segmentation.postprocessing`).
+        max_loaded: organ networks kept in memory at once (loaded when first needed, the least recently
+            used dropped); ``None`` keeps every one loaded (fastest for many cases, most memory).
+        on_load: called with each organ's ``nnUNetPredictor`` when it is loaded (benchmarks time the
+            networks this way).
     """
 
     def __init__(self, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
                  organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
-                 largest_component: Sequence[str] = ()):
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+                 largest_component: Sequence[str] = (), max_loaded: Optional[int] = 1,
+                 on_load: Optional[Callable] = None):
         ensure_trainer_path()
         models = Path(models)
         manifest = read_manifest(models)
@@ -71,18 +76,17 @@ class OARPredictor:
             if o not in available:
                 raise InputError(f"no model for {o}; the models folder has {', '.join(available)}")
         self.labels = catalogue.labels_for(self.organs)
-        self.networks = {}
-        dev = torch.device(device)
+        # every checkpoint is checked now, so that a bad one fails before any case is processed
+        self._specs = {}
         for organ in self.organs:
             checkpoint = available[organ].get("checkpoint", "checkpoint_final.pth")
-            for f in folds or available[organ]["folds"]:
+            organ_folds = folds or available[organ]["folds"]
+            for f in organ_folds:
                 check_checkpoint(models / available[organ]["results_folder"] / f"fold_{f}" / checkpoint)
-            p = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
-                                perform_everything_on_device=dev.type != "cpu", device=dev, verbose=False,
-                                allow_tqdm=False)
-            p.initialize_from_trained_model_folder(str(models / available[organ]["results_folder"]),
-                                                   folds or available[organ]["folds"], checkpoint)
-            self.networks[organ] = p
+            self._specs[organ] = (str(models / available[organ]["results_folder"]), organ_folds, checkpoint)
+        self._settings = dict(tile_step_size=step_size, use_mirroring=tta, device=torch.device(device))
+        self.max_loaded, self.on_load = max_loaded, on_load
+        self._loaded: "OrderedDict[str, object]" = OrderedDict()
         self.expected = {o: _expected(models, o, available[o], self.localizer.box_stats) for o in self.organs}
         self.postprocess = {}
         for o in self.organs:
@@ -91,6 +95,26 @@ class OARPredictor:
                 self.postprocess[o] = (postprocessing.nnunet_postprocessing(path), "nnU-Net postprocessing.pkl")
             elif o in largest_component:
                 self.postprocess[o] = (postprocessing.largest_component(), "largest component")
+
+    def network(self, organ: str):
+        """The organ's ``nnUNetPredictor``, loaded when first needed; beyond ``max_loaded`` networks the
+        least recently used one is dropped (its memory freed)."""
+        if organ in self._loaded:
+            self._loaded.move_to_end(organ)
+            return self._loaded[organ]
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        dev = self._settings["device"]
+        p = nnUNetPredictor(tile_step_size=self._settings["tile_step_size"], use_gaussian=True,
+                            use_mirroring=self._settings["use_mirroring"], perform_everything_on_device=dev.type != "cpu",
+                            device=dev, verbose=False, allow_tqdm=False)
+        folder, folds, checkpoint = self._specs[organ]
+        p.initialize_from_trained_model_folder(folder, folds, checkpoint)
+        if self.on_load is not None:
+            self.on_load(p)
+        self._loaded[organ] = p
+        while self.max_loaded is not None and len(self._loaded) > self.max_loaded:
+            self._loaded.popitem(last=False)
+        return p
 
     def predict_image(self, ct: sitk.Image, image_file: Path, case: str, boxes: Optional[dict] = None):
         """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict).
@@ -107,7 +131,7 @@ class OARPredictor:
             # the organ networks were trained on RAS-reoriented arrays (SimpleITKIOWithReorient)
             crop = sitk.DICOMOrient(crop_image(ct, box["start"], box["stop"]), NETWORK_ORIENTATION)
             data = sitk.GetArrayFromImage(crop)[None].astype(np.float32)
-            _, prob = self.networks[organ].predict_single_npy_array(
+            _, prob = self.network(organ).predict_single_npy_array(
                 data, {"spacing": list(crop.GetSpacing())[::-1]}, None, None, True)
             prob_img = sitk.GetImageFromArray(np.asarray(prob[1], dtype=np.float32))
             prob_img.CopyInformation(crop)
