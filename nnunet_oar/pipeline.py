@@ -24,8 +24,9 @@ from nnunet_oar.io import (IMAGE_SUFFIXES, InputError, case_id, check_memory, ch
 from nnunet_oar.models import models_folder, read_manifest
 from nnunet_oar.segmentation.predict import OARPredictor
 
-# predict's peak memory per CT voxel, bytes: a 458 x 379 x 224 CT peaked at 6.4 GB with the networks loaded
-# (docs/results/inference_benchmark.md), about 160 B per voxel; half of that surely does not fit
+# predict's peak memory per CT voxel, bytes: a 458 x 379 x 224 CT peaked at 4.0 GB (organ networks loaded one
+# at a time) to 6.1 GB (all loaded; docs/results/inference_benchmark.md), 100-160 B per voxel; half of that
+# surely does not fit
 PEAK_BYTES_PER_VOXEL = 80
 
 
