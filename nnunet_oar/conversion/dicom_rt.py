@@ -4,7 +4,7 @@ The input is any tree of DICOM files. Each RTSTRUCT is tied to its CT series by 
 ``ReferencedFrameOfReferenceSequence`` names), never by file or folder names; several RTSTRUCTs on one CT
 are narrowed to the one labelled ``rtstruct_label``, else the newest (StructureSetDate/Time), and the
 choice is reported. The CT is read by the same reader as ``predict`` (:mod:`nnunet_oar.dicom.series`, with
-its refusals); each ROI is rasterised on it with the even-odd rule (:func:`~nnunet_oar.dicom.rtstruct.rasterize_rois`,
+its refusals); each ROI is rasterised on it with the even-odd rule (:func:`~nnunet_oar.dicom.rtstruct_reader.rasterize_rois`,
 the reading ``predict --rtstruct`` writes for) and named by :mod:`nnunet_oar.conversion.names`.
 
 What does not convert is reported, not fatal: an ROI (empty, open contours, off-slice or outside the
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from nnunet_oar import organs as catalogue
 from nnunet_oar.conversion.dataset import build_dataset
 from nnunet_oar.conversion.names import NameMap
-from nnunet_oar.dicom.rtstruct import rasterize_rois, referenced_series
+from nnunet_oar.dicom.rtstruct_reader import rasterize_rois, referenced_series
 from nnunet_oar.dicom.series import ct_from_files, scan_series
 from nnunet_oar.io import InputError
 

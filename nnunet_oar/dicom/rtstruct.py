@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import numpy as np
 
@@ -153,104 +153,3 @@ def write_rtstruct(label_zyx: np.ndarray, labels: Dict[str, int], series: DicomS
     with atomic_path(dst) as tmp:
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
     return names
-
-
-def referenced_series(ds) -> List[str]:
-    """The CT series an RTSTRUCT data set references (``ReferencedFrameOfReferenceSequence`` ->
-    study -> series), in order, without repeats."""
-    out: List[str] = []
-    for frame in getattr(ds, "ReferencedFrameOfReferenceSequence", []):
-        for study in getattr(frame, "RTReferencedStudySequence", []):
-            for series in getattr(study, "RTReferencedSeriesSequence", []):
-                uid = str(getattr(series, "SeriesInstanceUID", "") or "")
-                if uid and uid not in out:
-                    out.append(uid)
-    return out
-
-
-def rasterize_rois(ds, image, frame_uid: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str], Dict[str, str]]:
-    """Every ROI of an RTSTRUCT on a CT's grid: the even-odd rule per slice at voxel centres, the reading
-    :func:`write_rtstruct` is written for (holes and several components kept).
-
-    Args:
-        ds: the RTSTRUCT (pydicom data set).
-        image: the CT (SimpleITK) whose slices the contours lie on.
-        frame_uid: the CT's FrameOfReferenceUID; an ROI in another frame is refused.
-
-    Returns:
-        ``(masks, refused, notes)``: ``{ROI name: bool array (z, y, x)}`` for the ROIs that rasterise,
-        ``{ROI name: reason}`` for those that do not (empty, open contours or points, contours outside the
-        image, another frame of reference, contours on fewer than 60 % of the slices of its extent), and
-        ``{ROI name: note}`` for ROIs kept with a remark (clipped in-plane, contours between slices left
-        out, repeated contours counted once, slices without contour).
-    """
-    from skimage.draw import polygon
-    names = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
-    frames = {int(r.ROINumber): str(getattr(r, "ReferencedFrameOfReferenceUID", "") or "")
-              for r in getattr(ds, "StructureSetROISequence", [])}
-    shape = image.GetSize()[::-1]
-    # world (x, y, z) mm -> continuous index (x, y, z)
-    to_index = np.linalg.inv(np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing()))
-    origin = np.array(image.GetOrigin())
-    contours_of = {int(rc.ReferencedROINumber): list(getattr(rc, "ContourSequence", []) or [])
-                   for rc in getattr(ds, "ROIContourSequence", [])}
-    masks, refused, notes = {}, {}, {}
-    same_name = {n for n in names.values() if list(names.values()).count(n) > 1}
-    for number, name in names.items():
-        contours = contours_of.get(number, [])
-        if name in same_name:
-            refused[name] = "several ROIs have this name"
-            continue
-        if frames[number] and frame_uid and frames[number] != frame_uid:
-            refused[name] = f"frame of reference {frames[number]} is not the CT's ({frame_uid})"
-            continue
-        if not contours:
-            refused[name] = "empty (no contours)"
-            continue
-        kinds = {str(getattr(c, "ContourGeometricType", "")) for c in contours}
-        if kinds != {"CLOSED_PLANAR"}:
-            refused[name] = f"contour types {sorted(kinds)}: only CLOSED_PLANAR contours outline a volume"
-            continue
-        mask, reason, clipped, seen, off_slice, twice = np.zeros(shape, bool), None, False, set(), 0, 0
-        # a contour belongs to a slice within min(0.5 mm, a quarter slice) of it (planning systems round)
-        tol = min(0.5, 0.25 * image.GetSpacing()[2]) / image.GetSpacing()[2]
-        for c in contours:
-            pts = np.array(c.ContourData, float).reshape(-1, 3)
-            key = np.round(pts, 2).tobytes()
-            if key in seen:                      # the same contour twice would cancel itself (even-odd)
-                twice += 1
-                continue
-            seen.add(key)
-            idx = (pts - origin) @ to_index.T
-            k = int(round(float(idx[:, 2].mean())))
-            if np.abs(idx[:, 2] - k).max() > tol:
-                off_slice += 1                   # between slices or not planar: not representable here
-                continue
-            if not 0 <= k < shape[0]:
-                reason = f"a contour at z = {pts[:, 2].mean():.2f} mm lies outside the CT's slices"
-                break
-            clipped |= bool((idx[:, :2] < -0.5).any() or (idx[:, 0] > shape[2] - 0.5).any()
-                            or (idx[:, 1] > shape[1] - 0.5).any())
-            fill = np.zeros(shape[1:], bool)
-            rr, cc = polygon(idx[:, 1], idx[:, 0], shape[1:])
-            fill[rr, cc] = True
-            mask[k] ^= fill                      # even-odd: a contour inside another is a hole
-        slices = np.flatnonzero(mask.any(axis=(1, 2)))
-        gaps = int(slices[-1] - slices[0] + 1 - len(slices)) if len(slices) else 0
-        remarks = [text for n, text in (
-            (clipped, "extends beyond the CT's field of view; clipped to it"),
-            (off_slice, f"{off_slice} contour(s) between CT slices or not planar, left out"),
-            (twice, f"{twice} repeated contour(s) counted once"),
-            (gaps, f"{gaps} slice(s) without contour inside its extent")) if n]
-        if reason:
-            refused[name] = reason
-        elif not mask.any():
-            refused[name] = "its contours enclose no voxel centre" + (f" ({remarks[0]})" if remarks else "")
-        elif gaps >= 0.4 * (slices[-1] - slices[0] + 1):
-            refused[name] = (f"contoured on {len(slices)} of the {slices[-1] - slices[0] + 1} slices of its extent "
-                             "(sparse contouring: interpolate in the planning system first)")
-        else:
-            masks[name] = mask
-            if remarks:
-                notes[name] = "; ".join(remarks)
-    return masks, refused, notes
