@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
 from nnunet_oar import organs as catalogue
-from nnunet_oar.io import InputError, atomic_dir, write_image, write_json
+from nnunet_oar.io import InputError, atomic_dir, read_json, write_image, write_json
 from nnunet_oar.paths import dataset_folder_name, find_dataset, raw_root
 
 READER_WRITER = "SimpleITKIOWithReorient"
@@ -54,7 +54,6 @@ def merge_masks(masks: Dict[str, np.ndarray], labels: Dict[str, int]) -> tuple:
 def read_annotations(raw: Path) -> Dict[str, List[str]]:
     """``{case: [annotated organs]}`` of a raw data set: its ``annotations.json``, or, for a plain nnU-Net
     data set without one, every label of ``dataset.json`` in every case of ``labelsTr`` (said once)."""
-    from nnunet_oar.io import read_json
     path = Path(raw) / "annotations.json"
     if path.is_file():
         return read_json(path)

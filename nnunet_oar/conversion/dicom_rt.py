@@ -74,6 +74,28 @@ def _choose(candidates: List[Tuple[Path, object]], label: Optional[str]) -> Tupl
     return chosen, how
 
 
+def _structure_sets_by_ct(groups: Dict[str, list], cts: Dict[str, list]) -> Tuple[Dict[str, list], List[dict]]:
+    """``({CT series uid: [(file, RTSTRUCT)]}, [skipped])``: each RTSTRUCT goes to the CT series it references,
+    or, where it names none (some planning systems omit it), to the one CT series in its frame of reference."""
+    on_ct: Dict[str, list] = {}
+    skipped: List[dict] = []
+    for f, ds in (item for items in groups.values() for item in items):
+        if getattr(ds, "Modality", None) != "RTSTRUCT":
+            continue
+        refs = referenced_series(ds)
+        hit = [u for u in refs if u in cts]
+        if not refs:
+            frame = {str(getattr(r, "FrameOfReferenceUID", "")) for r in getattr(ds, "ReferencedFrameOfReferenceSequence", [])}
+            hit = [u for u, items in cts.items() if str(getattr(items[0][1], "FrameOfReferenceUID", "")) in frame]
+            hit = hit if len(hit) == 1 else []
+        if hit:
+            on_ct.setdefault(hit[0], []).append((f, ds))
+        else:
+            skipped.append({"rtstruct_file": str(f), "reason": f"references series {refs or 'none'}, which is not "
+                                                          "a CT series under the input folder"})
+    return on_ct, skipped
+
+
 _PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s,;'()\[\]]+")
 _UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
 
@@ -115,23 +137,7 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
     cts = {u: items for u, items in groups.items() if getattr(items[0][1], "Modality", None) == "CT"}
     if not cts:
         raise InputError(f"{source}: no CT series among {len(groups)} DICOM series")
-    skipped: List[dict] = []
-    on_ct: Dict[str, list] = {}
-    for items in groups.values():
-        for f, ds in items:
-            if getattr(ds, "Modality", None) != "RTSTRUCT":
-                continue
-            refs = referenced_series(ds)
-            hit = [u for u in refs if u in cts]
-            if not refs:        # some planning systems omit the series reference: the one CT in its frame
-                frame = {str(getattr(r, "FrameOfReferenceUID", "")) for r in getattr(ds, "ReferencedFrameOfReferenceSequence", [])}
-                hit = [u for u, items in cts.items() if str(getattr(items[0][1], "FrameOfReferenceUID", "")) in frame]
-                hit = hit if len(hit) == 1 else []
-            if hit:
-                on_ct.setdefault(hit[0], []).append((f, ds))
-            else:
-                skipped.append({"rtstruct_file": str(f), "reason": f"references series {refs or 'none'}, which is not "
-                                                              "a CT series under the input folder"})
+    on_ct, skipped = _structure_sets_by_ct(groups, cts)
     patients = []
     for uid, items in cts.items():
         header = items[0][1]
@@ -152,7 +158,7 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
                          "`nnunet_oar convert-dicom --help` and give a --names file")
     unmapped: Dict[str, int] = {}
     with build_dataset(dataset_id, dataset_name, wanted, f"CT + RTSTRUCT from {source.name}", raw) as builder:
-        for case, items, (rt_file, rt), how, ids in tqdm(patients, desc="convert DICOM", disable=not progress):
+        for case, items, (_, rt), how, ids in tqdm(patients, desc="convert DICOM", disable=not progress):
             where = str(items[0][0].parent)
             try:
                 ct, series = ct_from_files(items, where)

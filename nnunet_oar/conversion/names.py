@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, FrozenSet, Iterable, Optional, Set, Tuple
+from typing import Dict, FrozenSet, Optional, Set, Tuple
 
 from nnunet_oar import organs as catalogue
 from nnunet_oar.io import InputError, read_json
@@ -113,13 +113,3 @@ class NameMap:
         if len(found) == 1:
             return next(iter(found)), "rule"
         return None, ("ambiguous: " + ", ".join(sorted(found))) if found else "unmapped"
-
-
-def organs_named(names: Iterable[str], name_map: NameMap) -> Dict[str, str]:
-    """``{ROI name: organ}`` for the names that map."""
-    out = {}
-    for n in names:
-        organ, _ = name_map(n)
-        if organ:
-            out[n] = organ
-    return out

@@ -18,7 +18,7 @@ Postprocess = Callable[[np.ndarray], np.ndarray]
 def largest_component() -> Postprocess:
     """Keep the largest connected component of a binary mask (z, y, x)."""
     from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component
-    return lambda mask: remove_all_but_largest_component(mask)
+    return remove_all_but_largest_component
 
 
 def nnunet_postprocessing(path: Path) -> Postprocess:

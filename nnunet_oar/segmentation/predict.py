@@ -141,7 +141,7 @@ class OARPredictor:
             if record is not None:
                 prob_zyx[mask & ~kept] = 0.0           # what postprocessing removes cannot win the merge
                 entry["postprocessing"] = record
-            entry["cut_by_box"] = cut_faces(prob_zyx > THRESHOLD, box["start"], box["stop"], ct.GetSize())
+            entry["cut_by_box"] = cut_faces(kept, box["start"], box["stop"], ct.GetSize())
             if entry["cut_by_box"]:
                 tqdm.write(f"warning: {case}: {organ} reaches the {'/'.join(entry['cut_by_box'])} face(s) of its box "
                            "inside the image; it may be cut (cut_by_box in the boxes and stats)")

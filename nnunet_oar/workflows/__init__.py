@@ -111,12 +111,22 @@ def run_workflow(workflow: str, config: Path, **kwargs) -> int:
     return rc
 
 
+def prediction_inputs(source: Path) -> List[Path]:
+    """The CT images of a predict configuration's ``input``: a folder of them, or a text file listing one
+    path per line (what ``predict.smk`` chunks)."""
+    from nnunet_oar.io import list_images
+    source = Path(source)
+    if source.is_file():
+        return [Path(line.strip()) for line in source.read_text().splitlines() if line.strip()]
+    return list_images(source)
+
+
 def unfinished_cases(config: Path) -> List[str]:
     """Cases of a predict configuration without their ``{case}_manifest.json``."""
     import yaml
-    from nnunet_oar.io import case_id, list_images
+    from nnunet_oar.io import case_id
     cfg = yaml.safe_load(Path(config).read_text())
     base = Path(config).resolve().parent
-    src, out = base / cfg["input"], base / cfg["output"]
-    files = ([Path(x.strip()) for x in src.read_text().splitlines() if x.strip()] if src.is_file() else list_images(src))
-    return [case_id(f) for f in files if not (out / f"{case_id(f)}_manifest.json").is_file()]
+    out = base / cfg["output"]
+    return [case_id(f) for f in prediction_inputs(base / cfg["input"])
+            if not (out / f"{case_id(f)}_manifest.json").is_file()]

@@ -4,13 +4,11 @@
 # the wrapper names the cases that failed. Run it with `nnunet_oar workflow predict --config CONFIG.yaml [--cores N | --profile slurm] [-n]`.
 import os
 from pathlib import Path
-from nnunet_oar.io import case_id, list_images
+from nnunet_oar.io import case_id
+from nnunet_oar.workflows import prediction_inputs
 
 OUT = os.path.abspath(config["output"])
-SRC = Path(config["input"])
-FILES = ([Path(line.strip()) for line in SRC.read_text().splitlines() if line.strip()] if SRC.is_file()
-         else list_images(SRC))
-CASES = {case_id(f): f.resolve() for f in FILES}
+CASES = {case_id(f): f.resolve() for f in prediction_inputs(Path(config["input"]))}
 K = int(config.get("chunk_size", 10))
 NAMES = list(CASES)
 CHUNKS = [NAMES[i:i + K] for i in range(0, len(NAMES), K)]
