@@ -242,14 +242,11 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     if oof:
         write_splits(s.train_id, s.loc_folds)
     loc_folds = [str(f) for f in range(s.loc_folds)] if oof else ["all"]
-    plans["baseline: ignore label + plan + preprocess"] = run.stage("baseline_plan", [
-        ["nnunet_oar", "ignore-label", "-d", T, "-t", B],
-        ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc, "--verify_dataset_integrity"]])
-    config = _cap_patch(s.baseline_id, s.baseline_patch) if s.baseline_patch else "3d_fullres"
 
     # the trainings are independent; --c: an interrupted one resumes from its latest checkpoint.
-    # First the localizer (folds) and the baseline, then the organ networks on the localizer's boxes.
-    train = {"baseline: train": ("baseline_train", [["nnUNetv2_train", B, config, "all", "-tr", seg_tr, "--c", *dev]])}
+    # First the localizer (folds), then the organ networks on its boxes, then the baseline: the two-stage
+    # method's measured training time is known before the baseline starts.
+    train = {}
     for f in loc_folds:
         train[f"localizer: train fold {f}"] = ("loc_train" if f == "all" else f"loc_train_{f}", [
             ["nnUNetv2_train", T, "3d_loc", f, "-tr", loc_tr, "--c", *dev]])
@@ -280,6 +277,13 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
                 ["nnUNetv2_train", str(i), "3d_fullres", "all", "-tr", seg_tr, "--c", *dev]])
     records.update(run.stages(dict(organ_train.values()), jobs))
     train.update(organ_train)
+
+    plans["baseline: ignore label + plan + preprocess"] = run.stage("baseline_plan", [
+        ["nnunet_oar", "ignore-label", "-d", T, "-t", B],
+        ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc, "--verify_dataset_integrity"]])
+    config = _cap_patch(s.baseline_id, s.baseline_patch) if s.baseline_patch else "3d_fullres"
+    train["baseline: train"] = ("baseline_train", [["nnUNetv2_train", B, config, "all", "-tr", seg_tr, "--c", *dev]])
+    records.update(run.stages(dict([train["baseline: train"]]), jobs))
     done = {**plans, **{label: records[name] for label, (name, _) in train.items()}}
     # the report lists the stages in the method's order: localizer, organ networks, baseline
     order = ["localizer: plan + preprocess", *(label for label in train if label.startswith("localizer")),
