@@ -67,13 +67,14 @@ def _prepare(ct: sitk.Image, labels: sitk.Image, names: Dict[str, int]):
     return ct, sitk.GetArrayFromImage(ct), lab, organs, counts
 
 
-def _legend_and_save(fig, organs: Dict[str, int], counts: Dict[str, int], spacing_xyz, title: str, dst: Path) -> None:
+def _legend_and_save(fig, organs: Dict[str, int], counts: Dict[str, int], spacing_xyz, title: str, dst: Path,
+                     key: str = "solid: segmentation, dashed: localization box; radiological view") -> None:
     from matplotlib.patches import Patch
     voxel_ml = float(np.prod(spacing_xyz)) / 1000
     handles = [Patch(color=_rgb(n), label=f"{n} ({counts[n] * voxel_ml:.1f} mL)" if counts[n] else f"{n} (absent)")
                for n in organs]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False, fontsize=9)
-    fig.suptitle(title + "  (solid: segmentation, dashed: localization box; radiological view)", fontsize=10)
+    fig.suptitle(f"{title}  ({key})", fontsize=10)
     with atomic_path(dst) as tmp:
         fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
 
@@ -102,3 +103,38 @@ def organ_montage_png(ct: sitk.Image, labels: sitk.Image, names: Dict[str, int],
     _legend_and_save(fig, organs, counts, ct.GetSpacing(), title, dst)
     plt.close(fig)
     return found
+
+
+def method_comparison_png(cases: List[Tuple[str, sitk.Image, Dict[str, sitk.Image], str]], names: Dict[str, int],
+                          dst: Path, title: str = "", context_mm: float = 40.0) -> None:
+    """Methods side by side (the paper's Fig. 4): per case two rows (axial, coronal plane through the
+    centroid of the organ that differs most), one column per label map (the reference first), each with
+    every organ's contour on the CT.
+
+    Args:
+        cases: ``[(case, ct, {source: label map on the CT grid}, organ)]``; sources in column order, e.g.
+            ``{"reference": ..., "baseline": ..., "two_stage": ...}``.
+        names: ``{organ: label value}``, shared by every label map.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sources = list(cases[0][2])
+    fig, axes = plt.subplots(2 * len(cases), len(sources), figsize=(3.6 * len(sources), 6.6 * len(cases) + 0.8),
+                             squeeze=False)
+    counts: Dict[str, int] = {}
+    for i, (case, ct_image, maps, organ) in enumerate(cases):
+        prepared = {s: _prepare(ct_image, m, names) for s, m in maps.items()}
+        ct, hu, ref, organs, counts = prepared[sources[0]]
+        union = np.argwhere(np.any([p[2] == organs[organ] for p in prepared.values()], axis=0))
+        if not len(union):        # the organ is in no map (cannot happen for a scored difference): image centre
+            union = np.array([np.array(ref.shape) // 2])
+        pad = np.ceil(context_mm / np.array(ct.GetSpacing()[::-1])).astype(int)
+        window = (np.maximum(union.min(0) - pad, 0), np.minimum(union.max(0) + 1 + pad, ref.shape))
+        centre = np.argwhere(ref == organs[organ]).mean(0) if (ref == organs[organ]).any() else union.mean(0)
+        for col, source in enumerate(sources):
+            _draw_row(axes[2 * i:2 * i + 2, col], hu, prepared[source][2], ct.GetSpacing(), geometry(ct), organs,
+                      None, centre.round().astype(int), window, f"{case} {organ}: {source}")
+    _legend_and_save(fig, {o: v for o, v in names.items() if o in counts}, counts, cases[0][1].GetSpacing(), title, dst,
+                     "contours; volumes of the last case's reference; radiological view")
+    plt.close(fig)

@@ -79,12 +79,18 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
                   "predict_two_stage", "predict_baseline"):
         rec = json.loads((work / "stages" / f"{stage}.json").read_text())
         assert rec["wall_s"] > 0 and rec["peak_rss_gb"] > 0.1 and rec["commands"]
-        # --jobs 2: the trainings ran two at a time, each with its own log
-        assert ("2 at a time" in rec.get("note", "")) == ("_train" in stage)
-        assert (work / "stages" / f"{stage}.log").is_file() == ("_train" in stage)
+        # --jobs 2: the two-stage trainings ran two at a time, each with its own log; the baseline alone
+        beside = "_train" in stage and stage != "baseline_train"
+        assert ("2 at a time" in rec.get("note", "")) == beside
+        assert (work / "stages" / f"{stage}.log").is_file() == beside
     md = (work / "report.md").read_text()
     assert "| baseline |" in md and "| two_stage |" in md and "boxplot_dice.png" in md
     assert (work / "boxplot_dice.png").stat().st_size > 5000
+    # Table I carries the paired differences against the baseline, over the pairs both methods scored
+    paired = report["paired_vs_baseline"]["two_stage"]["overall"]
+    assert paired["n"] == report["overall"]["two_stage"]["dice"]["n"] == 4
+    assert abs(paired["mean_diff"] - (paired["mean_a"] - paired["mean_b"])) < 1e-9
+    assert "Δ Dice vs baseline" in md and (work / "cases_largest_difference.png").stat().st_size > 5000
     # another setting in the same work folder is refused: it would mix networks of two runs
     other = subprocess.run([*cmd[:7], "5", "2", *cmd[9:]], env=env, capture_output=True, text=True)
     assert other.returncode == 2 and "other settings" in other.stderr

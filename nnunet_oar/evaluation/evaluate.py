@@ -53,6 +53,16 @@ def _prediction_file(pred_dir: Path, case: str) -> Path:
     raise InputError(f"{pred_dir}: no prediction for reference case {case}")
 
 
+def prediction_labels(pred_dir: Path, case: str, default: Optional[Dict[str, int]] = None) -> Dict[str, int]:
+    """``{organ: value}`` of one predicted label map: its ``{case}.json`` (``nnunet_oar predict``), else
+    ``default`` or the dataset.json beside or above ``pred_dir`` (``nnUNetv2_predict``)."""
+    case_json = Path(pred_dir) / f"{case}.json"
+    labels = read_json(case_json)["labels"] if case_json.is_file() else default or _labels_near(Path(pred_dir))
+    if labels is None:
+        raise InputError(f"{pred_dir}: no {case}.json or dataset.json naming the predicted labels")
+    return labels
+
+
 def _mean_std(values: Sequence[float]) -> Dict[str, float]:
     v = np.asarray([x for x in values if x is not None], float)
     if v.size == 0:
@@ -88,10 +98,7 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, annotations: Optional[Dict[s
     for case, ref_file in tqdm(_cases(ref_dir).items(), desc="evaluate", disable=not progress):
         pred_file = _prediction_file(pred_dir, case)
         check_case_set(pred_dir, case)
-        case_json = pred_dir / f"{case}.json"
-        pred_labels = read_json(case_json)["labels"] if case_json.is_file() else pred_default
-        if pred_labels is None:
-            raise InputError(f"{pred_dir}: no {case}.json or dataset.json naming the predicted labels")
+        pred_labels = prediction_labels(pred_dir, case, pred_default)
         ref_img, pred_img = read_image(ref_file, "reference"), read_image(pred_file, "prediction")
         if not same_geometry(ref_img, pred_img):
             raise InputError(f"{pred_file}: grid differs from the reference {ref_file} "
