@@ -22,17 +22,51 @@ def test_ignore_label_covers_in_body_background_only():
     assert (out[ct <= -500] == 0).all()               # air stays background
 
 
+def test_likely_region_ignores_where_the_missing_organ_lies_and_keeps_the_rest_as_background(tmp_path, nnunet_env):
+    from nnunet_oar.conversion.ignore import with_ignore_label
+    from nnunet_oar.conversion.visceral import convert_visceral
+    from nnunet_oar.phantom import write_phantoms
+    write_phantoms(tmp_path / "v", 8, seed=5, scale=0.4, organs=["liver", "spleen", "kidney_left"],
+                   p_unannotated=0.0, p_second_annotator=0.0, progress=False)
+    raw = convert_visceral(tmp_path / "v", 501, organs=["liver", "spleen", "kidney_left"], progress=False)
+    labels = json.loads((raw / "dataset.json").read_text())["labels"]
+    annotations = json.loads((raw / "annotations.json").read_text())
+    case = sorted(annotations)[0]
+    label_file = raw / "labelsTr" / f"{case}.nii.gz"
+    seg = sitk.ReadImage(str(label_file))
+    truth = sitk.GetArrayFromImage(seg)
+    assert (truth == labels["spleen"]).sum() > 50
+    # the spleen of this case was "not contoured": its file would be missing, its voxels background
+    annotations[case] = [o for o in annotations[case] if o != "spleen"]
+    (raw / "annotations.json").write_text(json.dumps(annotations))
+    partial = sitk.GetImageFromArray(np.where(truth == labels["spleen"], 0, truth).astype(np.uint8))
+    partial.CopyInformation(seg)
+    sitk.WriteImage(partial, str(label_file))
+    out_raw = with_ignore_label(501, 506, region="likely", progress=False)
+    assert out_raw.name.endswith("IgnoreLikely")
+    ignore = json.loads((out_raw / "dataset.json").read_text())["labels"]["ignore"]
+    out = sitk.GetArrayFromImage(sitk.ReadImage(str(out_raw / "labelsTr" / f"{case}.nii.gz")))
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "imagesTr" / f"{case}_0000.nii.gz")))
+    assert (out[truth == labels["spleen"]] == ignore).mean() > 0.99      # the uncontoured spleen carries no loss
+    assert ((out == 0) & (ct > -500)).sum() > 1000                       # the rest of the body stays background
+    for organ in ("liver", "kidney_left"):                               # contoured organs keep their labels
+        assert (out[truth == labels[organ]] == labels[organ]).all()
+    other = sorted(annotations)[1]                                       # a fully annotated case: unchanged
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(out_raw / "labelsTr" / f"{other}.nii.gz")))
+            == sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / f"{other}.nii.gz")))).all()
+
+
 @pytest.mark.slow
 def test_benchmark_on_phantoms_end_to_end(tmp_path):
     env = nnunet_environment(tmp_path / "env")
     work = tmp_path / "bench"
     cmd = ["nnunet_oar", "benchmark", "--dataset", "phantoms", "--budget", "tiny", "--phantoms", "6", "2",
-           "--organs", "liver", "kidney_left", "--work", str(work), "--jobs", "2"]
+           "--organs", "liver", "kidney_left", "--work", str(work), "--jobs", "2", "--baseline-budget", "time"]
     run(cmd, env, timeout=1500)
     report = json.loads((work / "report.json").read_text())
-    assert set(report["overall"]) == {"baseline", "two_stage", "two_stage_reference_boxes"}
+    assert set(report["overall"]) == {"baseline", "baseline_equal_time", "two_stage", "two_stage_reference_boxes"}
     test_raw = work / "nnUNet_raw" / "Dataset902_VISCERAL"
-    for method in ("baseline", "two_stage", "two_stage_reference_boxes"):
+    for method in ("baseline", "baseline_equal_time", "two_stage", "two_stage_reference_boxes"):
         metrics = json.loads((work / f"metrics_{method}.json").read_text())
         assert set(metrics["per_case"]) == {p.name[:-len(".nii.gz")] for p in (test_raw / "labelsTr").iterdir()}
         assert all(set(c) == {"liver", "kidney_left"} for c in metrics["per_case"].values())
@@ -76,17 +110,27 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     assert "constant guess" in md and set(report["constant_guess"]) == {"liver", "kidney_left"}
     assert set(report["cut_by_box"]) >= {"liver", "kidney_left"}
     for stage in ("loc_train_0", "loc_train_1", "loc_cv", "organ_train_911", "organ_train_912", "baseline_train",
-                  "predict_two_stage", "predict_baseline"):
+                  "baseline_equal_time_train", "predict_two_stage", "predict_baseline", "predict_baseline_equal_time"):
         rec = json.loads((work / "stages" / f"{stage}.json").read_text())
         assert rec["wall_s"] > 0 and rec["peak_rss_gb"] > 0.1 and rec["commands"]
         # --jobs 2: the two-stage trainings ran two at a time, each with its own log; the baseline alone
-        beside = "_train" in stage and stage != "baseline_train"
+        beside = "_train" in stage and not stage.startswith("baseline")
         assert ("2 at a time" in rec.get("note", "")) == beside
         assert (work / "stages" / f"{stage}.log").is_file() == beside
     md = (work / "report.md").read_text()
     assert "| baseline |" in md and "| two_stage |" in md and "boxplot_dice.png" in md
     assert (work / "boxplot_dice.png").stat().st_size > 5000
-    # Table I carries the paired differences against the baseline, over the pairs both methods scored
+    # the equal-time baseline's epochs follow the rule from the stage records, fixed before it trained
+    records = {f.stem: json.loads(f.read_text()) for f in (work / "stages").glob("*.json")}
+    two_stage_s = sum(r["wall_s"] for k, r in records.items() if k.startswith(("loc_train", "organ_train")))
+    per_epoch = records["baseline_train"]["wall_s"] / 2                         # nnUNetTrainerOARTiny: 2 epochs
+    epochs = max(1, round(two_stage_s / per_epoch))
+    assert report["trainers"]["baseline_equal_time"] == f"nnUNetTrainerOARTiny_{epochs}epochs"
+    final = work / "nnUNet_results" / "Dataset906_VISCERALIgnore" / \
+        f"nnUNetTrainerOARTiny_{epochs}epochs__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth"
+    assert final.is_file() and f"{epochs} epochs = round(two-stage training" in (work / "report.md").read_text()
+    # Table I carries the paired differences against the equal-time baseline, over the pairs both scored
+    assert "baseline" in report["paired_vs_baseline"] and "baseline_equal_time" not in report["paired_vs_baseline"]
     paired = report["paired_vs_baseline"]["two_stage"]["overall"]
     assert paired["n"] == report["overall"]["two_stage"]["dice"]["n"] == 4
     assert abs(paired["mean_diff"] - (paired["mean_a"] - paired["mean_b"])) < 1e-9

@@ -32,7 +32,7 @@ def _convert_dicom(a) -> None:
 
 def _ignore_label(a) -> None:
     from nnunet_oar.conversion.ignore import with_ignore_label
-    print(f"wrote {with_ignore_label(a.dataset_id, a.target_id, body_hu=a.body_hu)}")
+    print(f"wrote {with_ignore_label(a.dataset_id, a.target_id, body_hu=a.body_hu, region=a.region)}")
 
 
 def register(sub) -> None:
@@ -81,4 +81,7 @@ def register(sub) -> None:
     s.add_argument("-t", "--target-id", type=int, required=True, help="id of the data set to write")
     s.add_argument("--body-hu", type=float, default=-500.0,
                    help="voxels above this HU are body; in-body background of partial cases is ignored (default -500)")
+    s.add_argument("--region", choices=["body", "likely"], default="body",
+                   help="body: ignore all in-body background of a partial case (default); likely: only inside the "
+                        "box where each missing organ is likely to lie (its mean position and size + 3 SD)")
     s.set_defaults(func=_ignore_label)

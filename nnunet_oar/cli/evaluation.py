@@ -36,7 +36,7 @@ def _benchmark(a) -> None:
         s.test_id = a.test_id
     if a.phantoms:
         s.phantoms.update(train=a.phantoms[0], test=a.phantoms[1])
-    for key in ("organs", "openkbp", "organ_boxes"):
+    for key in ("organs", "openkbp", "organ_boxes", "baseline_budget"):
         if getattr(a, key):
             setattr(s, key, getattr(a, key))
     _print_overall(run_benchmark(Path(a.work), s, jobs=a.jobs))
@@ -77,6 +77,10 @@ def register(sub) -> None:
     s.add_argument("--organ-boxes", choices=["oof", "reference"],
                    help="the organ networks' training crops: out-of-fold localizer boxes with calibrated margins "
                         "(oof, the paper's; default) or shifted reference boxes (reference)")
+    s.add_argument("--baseline-budget", choices=["iterations", "time"],
+                   help="iterations: the baseline trains as many iterations as each organ network; time: also a "
+                        "baseline trained as long as all two-stage trainings together (default: time for openkbp, "
+                        "iterations for phantoms)")
     s.set_defaults(func=_benchmark)
 
     s = sub.add_parser("demo", help="benchmark on phantoms: two-stage vs one network, trained briefly on CPU")

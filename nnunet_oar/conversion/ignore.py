@@ -1,10 +1,17 @@
 """Partial annotations -> nnU-Net's ignore label, for the single-network multi-organ baseline.
 
 In a partially contoured data set (OpenKBP: a missing ROI file means "not contoured") the background
-of a case is only known to be background where no uncontoured organ can be. The rule here: in a case
-with at least one organ not annotated, every background voxel inside the body (CT > ``body_hu``) gets
-nnU-Net's ignore label, so it carries no loss; air outside the body stays background, and the voxels
-of the organs that were contoured keep their labels. Fully annotated cases are copied unchanged.
+of a case is only known to be background where no uncontoured organ can be. Two rules, for cases with
+at least one organ not annotated (fully annotated cases are copied unchanged; the voxels of contoured
+organs keep their labels; air outside the body, CT <= ``body_hu``, stays background):
+
+* ``body``: every in-body background voxel gets nnU-Net's ignore label and carries no loss. Safe, but
+  in OpenKBP most training cases lack some organ, so most of the body teaches the network nothing.
+* ``likely``: only in-body background inside the box where each missing organ is likely to lie is
+  ignored. The box is centred on the organ's mean position relative to the image centre in the cases
+  that contoured it, and spans its mean size plus ``LIKELY_SD`` standard deviations of that position
+  per axis; the rest of the body stays background and carries loss.
+
 The per-organ networks of the two-stage method need no such rule: an organ's crops come only from
 cases where that organ was contoured.
 """
@@ -13,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,24 +28,73 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 from tqdm import tqdm
 
 from nnunet_oar.conversion.dataset import READER_WRITER
-from nnunet_oar.io import InputError, atomic_dir, read_image, read_json, write_image, write_json
+from nnunet_oar.geometry import centroid_mm, crop_zyx, index_box_to_world, index_to_world, mask_bbox_xyz, world_box_to_index
+from nnunet_oar.io import InputError, atomic_dir, geometry, read_image, read_json, write_image, write_json
 from nnunet_oar.paths import dataset_folder_name, find_dataset, raw_root
 
 BODY_HU = -500.0
+REGIONS = ("body", "likely")
+LIKELY_SD = 3.0
 
 
-def ignore_unannotated(label_zyx: np.ndarray, ct_zyx: np.ndarray, ignore_value: int,
-                       body_hu: float = BODY_HU) -> np.ndarray:
-    """Label map (z, y, x) with in-body background (CT in HU > ``body_hu``) set to ``ignore_value``."""
+def ignore_unannotated(label_zyx: np.ndarray, ct_zyx: np.ndarray, ignore_value: int, body_hu: float = BODY_HU,
+                       region_zyx: Optional[np.ndarray] = None) -> np.ndarray:
+    """Label map (z, y, x) with in-body background (CT in HU > ``body_hu``) set to ``ignore_value``;
+    with ``region_zyx`` (boolean, same shape) only inside that region."""
     out = label_zyx.copy()
-    out[(label_zyx == 0) & (ct_zyx > body_hu)] = ignore_value
+    where = (label_zyx == 0) & (ct_zyx > body_hu)
+    out[where if region_zyx is None else where & region_zyx] = ignore_value
     return out
 
 
-def with_ignore_label(source_id: int, target_id: int, body_hu: float = BODY_HU, progress: bool = True) -> Path:
-    """Write ``Dataset{target_id}_{source}Ignore``: the source's images (hard links where possible) and
-    label maps with the ignore label (highest label value, as nnU-Net requires) for partially annotated
-    cases. Returns the new raw folder. A rerun replaces it."""
+def organ_positions(label_files: Dict[str, Path], labels: Dict[str, int], annotations: Dict[str, list],
+                    progress: bool = True) -> Dict[str, dict]:
+    """Where each organ lies over the cases that contoured it: ``{organ: {"mean_offset_mm", "sd_offset_mm",
+    "mean_size_mm", "n"}}``, offsets of the centroid from the image centre and bounding-box sizes, world
+    x,y,z mm."""
+    offsets: Dict[str, list] = {}
+    sizes: Dict[str, list] = {}
+    for case, f in tqdm(sorted(label_files.items()), desc="organ positions", disable=not progress):
+        seg = read_image(f, "label map")
+        arr, geom = sitk.GetArrayViewFromImage(seg), geometry(seg)
+        centre = index_to_world(geom, (np.asarray(geom["size_xyz"], float) - 1) / 2)
+        for organ in annotations.get(case, []):
+            mask = arr == labels[organ]
+            bb = mask_bbox_xyz(mask)
+            if bb is None:
+                continue
+            offsets.setdefault(organ, []).append(centroid_mm(geom, mask) - centre)
+            lo, hi = index_box_to_world(geom, *bb)
+            sizes.setdefault(organ, []).append(hi - lo)
+    return {o: {"mean_offset_mm": np.mean(v, 0).tolist(), "sd_offset_mm": np.std(v, 0).tolist(),
+                "mean_size_mm": np.mean(sizes[o], 0).tolist(), "n": len(v)} for o, v in offsets.items()}
+
+
+def likely_region(geom: dict, positions: Dict[str, dict], organs: Sequence[str], sd: float = LIKELY_SD
+                  ) -> np.ndarray:
+    """Boolean mask (z, y, x) on the grid of ``geom``: the union of the boxes where ``organs`` are likely to
+    lie (mean position relative to the image centre; mean size / 2 + ``sd`` standard deviations per axis)."""
+    region = np.zeros(tuple(geom["size_xyz"][::-1]), bool)
+    centre = index_to_world(geom, (np.asarray(geom["size_xyz"], float) - 1) / 2)
+    for organ in organs:
+        if organ not in positions:          # never contoured anywhere: nothing says where it lies
+            continue
+        p = positions[organ]
+        c = centre + np.asarray(p["mean_offset_mm"])
+        half = np.asarray(p["mean_size_mm"]) / 2 + sd * np.asarray(p["sd_offset_mm"])
+        start, stop, _ = world_box_to_index(geom, c - half, c + half)
+        crop_zyx(region, start, stop)[...] = True
+    return region
+
+
+def with_ignore_label(source_id: int, target_id: int, body_hu: float = BODY_HU, region: str = "body",
+                      progress: bool = True) -> Path:
+    """Write ``Dataset{target_id}_{source}Ignore`` (``..IgnoreLikely`` for ``region="likely"``): the
+    source's images (hard links where possible) and label maps with the ignore label (highest label value,
+    as nnU-Net requires) for partially annotated cases, by the rule ``region`` (see the module). Returns
+    the new raw folder. A rerun replaces it."""
+    if region not in REGIONS:
+        raise InputError(f"ignore region must be one of {REGIONS}, got {region!r}")
     src = find_dataset(raw_root(), source_id)
     if src is None:
         raise FileNotFoundError(f"{raw_root()}: no raw data set {source_id}")
@@ -49,7 +105,9 @@ def with_ignore_label(source_id: int, target_id: int, body_hu: float = BODY_HU, 
     annotations: Dict[str, list] = read_json(ann_file)
     organs = [n for n in ds["labels"] if n != "background"]
     ignore = max(ds["labels"].values()) + 1
-    name = dataset_folder_name(target_id, src.name.split("_", 1)[1] + "Ignore")
+    name = dataset_folder_name(target_id, src.name.split("_", 1)[1] + ("Ignore" if region == "body" else "IgnoreLikely"))
+    label_files = {case: src / "labelsTr" / f"{case}{ds['file_ending']}" for case in annotations}
+    positions = organ_positions(label_files, ds["labels"], annotations, progress) if region == "likely" else None
     partial = {}
     with atomic_dir(raw_root() / name) as tmp:
         (tmp / "imagesTr").mkdir()
@@ -68,17 +126,21 @@ def with_ignore_label(source_id: int, target_id: int, body_hu: float = BODY_HU, 
             partial[case] = missing
             seg = read_image(label, "label map")
             ct = sitk.GetArrayFromImage(read_image(image, "CT"))
-            out = sitk.GetImageFromArray(ignore_unannotated(sitk.GetArrayFromImage(seg), ct, ignore, body_hu)
+            where = likely_region(geometry(seg), positions, missing) if positions is not None else None
+            out = sitk.GetImageFromArray(ignore_unannotated(sitk.GetArrayFromImage(seg), ct, ignore, body_hu, where)
                                          .astype(np.uint8))
             out.CopyInformation(seg)
             write_image(out, tmp / "labelsTr" / label.name)
         generate_dataset_json(str(tmp), {0: "CT"}, {**ds["labels"], "ignore": ignore}, len(annotations),
                               ds["file_ending"], dataset_name=name,
                               description=f"{src.name} with in-body background ignored where organs were not "
-                                          f"annotated (body: CT > {body_hu} HU)",
+                                          f"annotated (body: CT > {body_hu} HU; region: {region})",
                               converted_by="nnunet_oar", overwrite_image_reader_writer=READER_WRITER)
         shutil.copy2(ann_file, tmp / "annotations.json")
-        write_json({"rule": "in-body background -> ignore in cases with an organ not annotated",
-                    "body_hu": body_hu, "ignore_label": ignore, "partial_cases": partial},
+        rule = ("in-body background -> ignore in cases with an organ not annotated" if region == "body" else
+                f"in-body background inside the likely box of each organ not annotated (mean position and size, "
+                f"+ {LIKELY_SD:g} SD of the position) -> ignore")
+        write_json({"rule": rule, "region": region, "body_hu": body_hu, "ignore_label": ignore,
+                    "partial_cases": partial, **({"organ_positions": positions} if positions else {})},
                    tmp / "ignore_report.json")
     return raw_root() / name

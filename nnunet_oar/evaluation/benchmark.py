@@ -33,7 +33,7 @@ from typing import Dict, List, Optional
 from nnunet_oar.evaluation.comparison import write_comparison
 from nnunet_oar.io import InputError, read_json, write_json
 from nnunet_oar.localization.plans import write_splits
-from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root, use_nnunet_folders
+from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root, results_root, use_nnunet_folders
 
 # the project workspace keeps the data beside the checkout; an installed package has no such default
 _SHARED_OPENKBP = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp"
@@ -68,6 +68,11 @@ class Settings:
     # organ networks' training crops: "oof" (the paper's: out-of-fold localizer boxes with calibrated
     # margins, from loc_folds localizer folds) or "reference" (reference boxes + margin, randomly shifted)
     organ_boxes: str = "oof"
+    # "iterations": the baseline gets the organ networks' trainer (equal iterations per network); "time":
+    # also a second baseline trained as long as the two-stage method's trainings took (see _equal_time_epochs)
+    baseline_budget: str = "iterations"
+    # partial contours: one baseline per rule of nnunet_oar.conversion.ignore ("body", "likely")
+    baseline_ignore: List[str] = field(default_factory=lambda: ["body"])
     loc_folds: int = 5
     phantoms: Dict[str, float] = field(default_factory=dict)
     openkbp: Optional[str] = DEFAULT_OPENKBP  # folder with openkbp-{train,validation}.tar.xz (or such folders)
@@ -105,7 +110,8 @@ def _settings_for(dataset: str, budget: str) -> Settings:
         small = budget in ("tiny", "demo", "cpu", "gpu")
         return Settings("openkbp", budget, 100, 101, loc_spacing_mm=8.0 if small else 3.0,
                         loc_fg_weight=20.0 if small else 0.0, organ_spacing_mm=0.0,
-                        margin_mm=20.0 if small else 10.0, baseline_patch=[64, 64, 64] if small else None)
+                        margin_mm=20.0 if small else 10.0, baseline_patch=[64, 64, 64] if small else None,
+                        baseline_budget="time", baseline_ignore=["body", "likely"])
     train_id = int(dataset)
     return Settings(dataset, budget, train_id, train_id + 1)
 
@@ -213,6 +219,62 @@ def _cap_patch(dataset_id: int, patch: List[int]) -> str:
     return name
 
 
+def _equal_time_epochs(records: Dict[str, dict], measured: str, baseline_id: str, config: str, trainer: str):
+    """Epochs E of the equal-time baseline, fixed before it trains: the two-stage method's training wall
+    time (localizer folds + organ networks, from their stage records) divided by the equal-iterations
+    baseline's wall time per epoch (its stage record over its ``num_epochs``, start-up included).
+    Returns ``(E, the rule with its numbers)``."""
+    two_stage = sum(r["wall_s"] for name, r in records.items()
+                    if name.startswith(("loc_train", "organ_train")))
+    folder = find_dataset(results_root(), int(baseline_id)) / f"{trainer}__nnUNetPlans__{config}" / "fold_all"
+    num_epochs = int(read_json(folder / "debug.json")["num_epochs"])
+    per_epoch = records[measured]["wall_s"] / num_epochs
+    epochs = max(1, round(two_stage / per_epoch))
+    return epochs, (f"{epochs} epochs = round(two-stage training {two_stage:.0f} s / "
+                    f"{per_epoch:.1f} s per epoch of the equal-iterations baseline)")
+
+
+def _baselines(s: Settings, run: _Runner, records: Dict[str, dict], stages: Dict[str, dict],
+               methods: Dict[str, Path], trainers: dict, test_raw: Path, pred: Path) -> None:
+    """Train and predict the single-network baselines, one per partial-contour rule in
+    ``s.baseline_ignore`` (data set ``baseline_id + k``), after the two-stage method so that its measured
+    training time can set the equal-time budget. The first rule also trains the equal-iterations baseline
+    (``baseline``), whose time per epoch the equal-time rule uses. Adds their stages, prediction folders
+    and trainers in place."""
+    seg_tr = BUDGETS[s.budget][1]
+    dev, n_proc = ["-device", s.device], os.environ["nnUNet_def_n_proc"]
+    nnunet_tta = [] if s.tta else ["--disable_tta"]
+
+    def train_and_predict(method: str, dataset_id: str, config: str, trainer: str) -> None:
+        label = method.replace("_equal_time", ", equal time")
+        # alone, not beside other trainings: its wall time is its own
+        stages[f"{label}: train"] = records[f"{method}_train"] = run.stage(f"{method}_train", [
+            ["nnUNetv2_train", dataset_id, config, "all", "-tr", trainer, "--c", *dev]])
+        stages[f"{label}: predict held-out"] = run.stage(f"predict_{method}", [
+            ["nnUNetv2_predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / method), "-d", dataset_id,
+             "-c", config, "-f", "all", "-tr", trainer, "-npp", "1", "-nps", "1", *nnunet_tta, *dev]])
+        methods[method] = pred / method
+
+    first = None
+    for k, rule in enumerate(s.baseline_ignore):
+        tag, B = ("baseline" if rule == "body" else f"baseline_{rule}"), str(s.baseline_id + k)
+        stages[f"{tag}: ignore label + plan + preprocess"] = run.stage(f"{tag}_plan", [
+            ["nnunet_oar", "ignore-label", "-d", str(s.train_id), "-t", B, "--region", rule],
+            ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc,
+             "--verify_dataset_integrity"]])
+        config = _cap_patch(int(B), s.baseline_patch) if s.baseline_patch else "3d_fullres"
+        trainers["baseline_config"] = config
+        if first is None or s.baseline_budget == "iterations":
+            train_and_predict(tag, B, config, seg_tr)                           # equal iterations per network
+            first = first or (tag, B)
+        if s.baseline_budget == "time":
+            if "baseline_equal_time" not in trainers:
+                epochs, trainers["baseline_equal_time_rule"] = _equal_time_epochs(records, f"{first[0]}_train",
+                                                                                  first[1], config, seg_tr)
+                trainers["baseline_equal_time"] = f"{seg_tr}_{epochs}epochs"
+            train_and_predict(f"{tag}_equal_time", B, config, trainers["baseline_equal_time"])
+
+
 def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     """Train, predict and score both methods; writes ``report.md``, ``report.json`` and figures into
     ``work``. ``jobs`` trainings run at a time (a GPU has room for several small networks; on a CPU,
@@ -222,13 +284,18 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     use_nnunet_folders(work)
     run = _Runner(work)
     previous = work / "settings.json"
-    if previous.is_file() and read_json(previous) != json.loads(json.dumps(asdict(s))):
+    # a setting added after a run started takes this run's value (nothing trained so far depended on it)
+    if previous.is_file() and {**json.loads(json.dumps(asdict(s))), **read_json(previous)} != json.loads(
+            json.dumps(asdict(s))):
         # resuming would mix networks trained under other settings into this report
         raise InputError(f"{work}: holds a benchmark run with other settings ({previous}); use another --work")
+    if s.baseline_budget == "time" and s.budget == "full":
+        raise InputError("--baseline-budget time needs one of our budget trainers (--budget tiny, demo, cpu or gpu): "
+                         "nnU-Net's own trainer has no variant for an arbitrary number of epochs")
     write_json(asdict(s), previous)
     loc_tr, seg_tr = BUDGETS[s.budget]
     dev = ["-device", s.device]
-    T, O, B = str(s.train_id), str(s.first_organ_id), str(s.baseline_id)
+    T, O = str(s.train_id), str(s.first_organ_id)
     organs = ["--organs", *s.organs] if s.organs else []
 
     _prepare_data(s, work, run)
@@ -278,34 +345,22 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     records.update(run.stages(dict(organ_train.values()), jobs))
     train.update(organ_train)
 
-    plans["baseline: ignore label + plan + preprocess"] = run.stage("baseline_plan", [
-        ["nnunet_oar", "ignore-label", "-d", T, "-t", B],
-        ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc, "--verify_dataset_integrity"]])
-    config = _cap_patch(s.baseline_id, s.baseline_patch) if s.baseline_patch else "3d_fullres"
-    train["baseline: train"] = ("baseline_train", [["nnUNetv2_train", B, config, "all", "-tr", seg_tr, "--c", *dev]])
-    records["baseline_train"] = run.stage(*train["baseline: train"])       # alone: its time is its own
     done = {**plans, **{label: records[name] for label, (name, _) in train.items()}}
-    # the report lists the stages in the method's order: localizer, organ networks, baseline
+    # the report lists the stages in the method's order: localizer, organ networks, then the baselines
     order = ["localizer: plan + preprocess", *(label for label in train if label.startswith("localizer")),
-             *(["organs: out-of-fold boxes"] if oof else []), "organs: crops + plan + preprocess",
-             *organ_train, "baseline: ignore label + plan + preprocess", "baseline: train"]
+             *(["organs: out-of-fold boxes"] if oof else []), "organs: crops + plan + preprocess", *organ_train]
     stages = {label: done[label] for label in order}
 
     models = work / "models"
     run.stage("export", [["nnunet_oar", "export-models", "-o", str(models), "--localizer-id", T,
                           "--organ-ids", *map(str, organ_ids), "--localizer-trainer", loc_tr,
                           "--organ-trainer", seg_tr, *margin]])
-
     # test-time mirroring off unless asked, for both methods (our flag and nnU-Net's are spelt differently)
-    tta, nnunet_tta = ([], []) if s.tta else (["--disable-tta"], ["--disable_tta"])
+    tta = [] if s.tta else ["--disable-tta"]
     pred = work / "predictions"
     stages["two-stage: predict held-out"] = run.stage("predict_two_stage", [
         ["nnunet_oar", "predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / "two_stage"), "-m", str(models),
          "--device", s.device, *tta]])
-    stages["baseline: predict held-out"] = run.stage("predict_baseline", [
-        ["nnUNetv2_predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / "baseline"), "-d", B, "-c", config,
-         "-f", "all", "-tr", seg_tr, "-npp", "1", "-nps", "1", *nnunet_tta, *dev]])
-
     # the organ stage alone: the same networks on boxes centred on the reference centroids
     stages["two-stage, reference boxes: predict held-out"] = run.stage("predict_reference_boxes", [
         ["nnunet_oar", "reference-boxes", "-r", str(test_raw / "labelsTr"), "--labels", str(test_raw / "dataset.json"),
@@ -313,7 +368,8 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
         ["nnunet_oar", "predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / "two_stage_reference_boxes"),
          "-m", str(models), "--boxes", str(work / "reference_boxes"), "--device", s.device,
          *tta]])
-    methods = {m: pred / m for m in ("baseline", "two_stage", "two_stage_reference_boxes")}
-    report = write_comparison(work, test_raw, methods, stages, asdict(s),
-                              {"localizer": loc_tr, "networks": seg_tr, "baseline_config": config})
+    methods = {m: pred / m for m in ("two_stage", "two_stage_reference_boxes")}
+    trainers = {"localizer": loc_tr, "networks": seg_tr}
+    _baselines(s, run, records, stages, methods, trainers, test_raw, pred)
+    report = write_comparison(work, test_raw, methods, stages, asdict(s), trainers)
     return report

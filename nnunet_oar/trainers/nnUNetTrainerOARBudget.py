@@ -25,3 +25,19 @@ class nnUNetTrainerOARCPU(ShortSchedule, nnUNetTrainer):
 class nnUNetTrainerOARGPU(ShortSchedule, nnUNetTrainer):
     """The GPU benchmark's budget per network (benchmarks/gpu_openkbp.sh): 1000 iterations (10 x 100)."""
     budget = (10, 100, 10)
+
+
+def __getattr__(name: str):
+    """``<budget trainer>_<E>epochs``: that trainer with E epochs of its iterations, made on first use
+    (nnU-Net's ``nnUNetTrainer_Xepochs`` for any X). The benchmark trains its equal-compute baseline this
+    way, with E fixed from measured times before the run (``nnunet_oar.evaluation.benchmark``)."""
+    base, _, tail = name.rpartition("_")
+    cls = globals().get(base)
+    if tail.endswith("epochs") and tail[:-len("epochs")].isdigit() and isinstance(cls, type) \
+            and issubclass(cls, ShortSchedule) and int(tail[:-len("epochs")]) > 0:
+        epochs = int(tail[:-len("epochs")])
+        variant = type(name, (cls,), {"budget": (epochs, *cls.budget[1:]), "__module__": __name__,
+                                      "__doc__": f"{base} with {epochs} epochs of {cls.budget[1]} iterations."})
+        globals()[name] = variant
+        return variant
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
