@@ -56,6 +56,23 @@ def test_likely_region_ignores_where_the_missing_organ_lies_and_keeps_the_rest_a
             == sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / f"{other}.nii.gz")))).all()
 
 
+def test_a_stage_resumed_after_an_interruption_says_so_and_its_epoch_times_count(tmp_path):
+    from nnunet_oar.evaluation.benchmark import _Runner, epoch_seconds
+    runner = _Runner(tmp_path)
+    first = runner.stage("plain", [["true"]])
+    assert "note" not in first and not (tmp_path / "stages" / "plain.started").exists()
+    (tmp_path / "stages" / "killed.started").write_text("2026-01-01T00:00:00\n")     # an attempt that died
+    rec = runner.stage("killed", [["true"]])
+    assert "resumed after an interruption" in rec["note"]
+    assert json.loads((tmp_path / "stages" / "killed.json").read_text())["note"] == rec["note"]
+    # the equal-time rule counts every epoch nnU-Net logged, across the attempts of a resumed training
+    fold = tmp_path / "fold_0"
+    fold.mkdir()
+    (fold / "training_log_1.txt").write_text("x: Epoch 0\nx: Epoch time: 10.5 s\nx: Epoch 1\nx: Epoch time: 11 s\n")
+    (fold / "training_log_2.txt").write_text("x: Epoch 2\nx: Epoch time: 9.25 s\n")
+    assert epoch_seconds(fold) == [10.5, 11.0, 9.25]
+
+
 @pytest.mark.slow
 def test_benchmark_on_phantoms_end_to_end(tmp_path):
     env = nnunet_environment(tmp_path / "env")
@@ -120,11 +137,15 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     md = (work / "report.md").read_text()
     assert "| baseline |" in md and "| two_stage |" in md and "boxplot_dice.png" in md
     assert (work / "boxplot_dice.png").stat().st_size > 5000
-    # the equal-time baseline's epochs follow the rule from the stage records, fixed before it trained
-    records = {f.stem: json.loads(f.read_text()) for f in (work / "stages").glob("*.json")}
-    two_stage_s = sum(r["wall_s"] for k, r in records.items() if k.startswith(("loc_train", "organ_train")))
-    per_epoch = records["baseline_train"]["wall_s"] / 2                         # nnUNetTrainerOARTiny: 2 epochs
-    epochs = max(1, round(two_stage_s / per_epoch))
+    # the equal-time baseline's epochs follow the rule from nnU-Net's logged epoch times, fixed before it trained
+    from nnunet_oar.evaluation.benchmark import epoch_seconds
+    res = work / "nnUNet_results"
+    two_stage = [t for d in [*res.glob("Dataset901_*/*__3d_loc/fold_[01]"), *res.glob("Dataset91[12]_*/*/fold_all")]
+                 for t in epoch_seconds(d)]
+    assert len(two_stage) == 2 * 2 + 2 * 2          # tiny budgets: 2 epochs per localizer fold and organ network
+    per_epoch = epoch_seconds(res / "Dataset906_VISCERALIgnore" / "nnUNetTrainerOARTiny__nnUNetPlans__3d_fullres"
+                              / "fold_all")
+    epochs = max(1, round(sum(two_stage) / (sum(per_epoch) / len(per_epoch))))
     assert report["trainers"]["baseline_equal_time"] == f"nnUNetTrainerOARTiny_{epochs}epochs"
     final = work / "nnUNet_results" / "Dataset906_VISCERALIgnore" / \
         f"nnUNetTrainerOARTiny_{epochs}epochs__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth"

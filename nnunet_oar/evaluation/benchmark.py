@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from nnunet_oar.evaluation.comparison import write_comparison
 from nnunet_oar.io import InputError, read_json, write_json
@@ -142,6 +142,10 @@ class _Runner:
             return rec
         print(f"[{name}] ...", flush=True)
         log = self.log if jobs == 1 else self.work / "stages" / f"{name}.log"
+        # an earlier attempt that never finished left this mark: the record will time this attempt only
+        started = self.work / "stages" / f"{name}.started"
+        resumed = started.is_file()
+        started.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         t0, peak = time.perf_counter(), 0
         for cmd in commands:
             exe = str(self.bin / cmd[0]) if (self.bin / cmd[0]).exists() else cmd[0]
@@ -159,9 +163,13 @@ class _Runner:
                                   + log.read_text()[-3000:])
         rec = {"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak / 1024 ** 2,
                "commands": [" ".join(c) for c in commands]}
-        if jobs > 1:
-            rec["note"] = f"ran beside other trainings, {jobs} at a time"
+        notes = [f"ran beside other trainings, {jobs} at a time"] if jobs > 1 else []
+        if resumed:
+            notes.append("resumed after an interruption: wall_s and peak_rss_gb cover the last attempt only")
+        if notes:
+            rec["note"] = "; ".join(notes)
         write_json(rec, self.work / "stages" / f"{name}.json")
+        started.unlink()
         print(f"[{name}] {rec['wall_s']:.0f} s, peak {rec['peak_rss_gb']:.1f} GB", flush=True)
         return rec
 
@@ -219,23 +227,45 @@ def _cap_patch(dataset_id: int, patch: List[int]) -> str:
     return name
 
 
-def _equal_time_epochs(records: Dict[str, dict], measured: str, baseline_id: str, config: str, trainer: str):
-    """Epochs E of the equal-time baseline, fixed before it trains: the two-stage method's training wall
-    time (localizer folds + organ networks, from their stage records) divided by the equal-iterations
-    baseline's wall time per epoch (its stage record over its ``num_epochs``, start-up included).
-    Returns ``(E, the rule with its numbers)``."""
-    two_stage = sum(r["wall_s"] for name, r in records.items()
-                    if name.startswith(("loc_train", "organ_train")))
-    folder = find_dataset(results_root(), int(baseline_id)) / f"{trainer}__nnUNetPlans__{config}" / "fold_all"
-    num_epochs = int(read_json(folder / "debug.json")["num_epochs"])
-    per_epoch = records[measured]["wall_s"] / num_epochs
-    epochs = max(1, round(two_stage / per_epoch))
-    return epochs, (f"{epochs} epochs = round(two-stage training {two_stage:.0f} s / "
-                    f"{per_epoch:.1f} s per epoch of the equal-iterations baseline)")
+def epoch_seconds(fold_dir: Path) -> List[float]:
+    """The training time of each epoch nnU-Net logged in a fold folder (``Epoch time: X s`` in its
+    ``training_log_*.txt``, all attempts of a resumed training), in seconds."""
+    import re
+    return [float(m) for log in sorted(Path(fold_dir).glob("training_log_*.txt"))
+            for m in re.findall(r"Epoch time: ([0-9.]+) s", log.read_text())]
+
+
+def _equal_time_epochs(loc: Tuple[str, str, List[str]], organs: Tuple[str, List[int]], baseline: Tuple[int, str, str]):
+    """Epochs E of the equal-time baseline, fixed before it trains: the two-stage method's training time
+    (the epoch times nnU-Net logged for every localizer fold and organ network, so an interrupted and
+    resumed training counts what it trained, and start-up is left out on both sides) divided by the mean
+    epoch time of the equal-iterations baseline.
+
+    Args:
+        loc: (train data set id, localizer trainer, folds); organs: (organ trainer, organ data set ids);
+        baseline: (data set id, configuration, trainer) of the equal-iterations baseline.
+
+    Returns:
+        ``(E, the rule with its numbers)``.
+    """
+    results = results_root()
+    train_id, loc_tr, folds = loc
+    loc_dir = find_dataset(results, int(train_id)) / f"{loc_tr}__nnUNetPlans__3d_loc"
+    times = [t for f in folds for t in epoch_seconds(loc_dir / f"fold_{f}")]
+    for i in organs[1]:
+        times += epoch_seconds(find_dataset(results, i) / f"{organs[0]}__nnUNetPlans__3d_fullres" / "fold_all")
+    b_id, config, trainer = baseline
+    per_epoch = epoch_seconds(find_dataset(results, b_id) / f"{trainer}__nnUNetPlans__{config}" / "fold_all")
+    if not times or not per_epoch:
+        raise InputError(f"{results}: no epoch times in the training logs; cannot size the equal-time baseline")
+    two_stage, per = sum(times), sum(per_epoch) / len(per_epoch)
+    epochs = max(1, round(two_stage / per))
+    return epochs, (f"{epochs} epochs = round(two-stage training {two_stage:.0f} s / {per:.1f} s per epoch of the "
+                    f"equal-iterations baseline), epoch times from nnU-Net's training logs")
 
 
 def _baselines(s: Settings, run: _Runner, records: Dict[str, dict], stages: Dict[str, dict],
-               methods: Dict[str, Path], trainers: dict, test_raw: Path, pred: Path) -> None:
+               methods: Dict[str, Path], trainers: dict, test_raw: Path, pred: Path, organ_ids: List[int]) -> None:
     """Train and predict the single-network baselines, one per partial-contour rule in
     ``s.baseline_ignore`` (data set ``baseline_id + k``), after the two-stage method so that its measured
     training time can set the equal-time budget. The first rule also trains the equal-iterations baseline
@@ -269,8 +299,10 @@ def _baselines(s: Settings, run: _Runner, records: Dict[str, dict], stages: Dict
             first = first or (tag, B)
         if s.baseline_budget == "time":
             if "baseline_equal_time" not in trainers:
-                epochs, trainers["baseline_equal_time_rule"] = _equal_time_epochs(records, f"{first[0]}_train",
-                                                                                  first[1], config, seg_tr)
+                loc_folds = [str(f) for f in range(s.loc_folds)] if s.organ_boxes == "oof" else ["all"]
+                epochs, trainers["baseline_equal_time_rule"] = _equal_time_epochs(
+                    (str(s.train_id), BUDGETS[s.budget][0], loc_folds), (seg_tr, organ_ids),
+                    (int(first[1]), config, seg_tr))
                 trainers["baseline_equal_time"] = f"{seg_tr}_{epochs}epochs"
             train_and_predict(f"{tag}_equal_time", B, config, trainers["baseline_equal_time"])
 
@@ -370,6 +402,6 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
          *tta]])
     methods = {m: pred / m for m in ("two_stage", "two_stage_reference_boxes")}
     trainers = {"localizer": loc_tr, "networks": seg_tr}
-    _baselines(s, run, records, stages, methods, trainers, test_raw, pred)
+    _baselines(s, run, records, stages, methods, trainers, test_raw, pred, organ_ids)
     report = write_comparison(work, test_raw, methods, stages, asdict(s), trainers)
     return report
