@@ -15,7 +15,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from nnunet_oar.evaluation.benchmark import run_benchmark, settings_for
+from nnunet_oar.evaluation.benchmark import run_benchmark
+from nnunet_oar.evaluation.settings import settings_for
+from nnunet_oar.contracts import read_boxes
 from nnunet_oar.io import read_json
 from nnunet_oar.paths import find_dataset, raw_root
 from nnunet_oar.report import organ_montage_png
@@ -33,6 +35,6 @@ def run_demo(output: Path, n_train: int = 20, n_test: int = 3, seed: int = 0) ->
     organ_montage_png(sitk.ReadImage(str(test_raw / "imagesTr" / f"{case}_0000.nii.gz")),
                       sitk.ReadImage(str(pred / f"{case}.nii.gz")),
                       read_json(pred / f"{case}.json")["labels"],
-                      read_json(pred / f"{case}_boxes.json"), output / "preview.png",
+                      read_boxes(pred, case), output / "preview.png",
                       title=f"held-out phantom {case}, two-stage")
     return report

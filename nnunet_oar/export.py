@@ -8,17 +8,16 @@ Used by ``nnunet_oar predict`` (flags ``--rtstruct``, ``--dicom-seg``, ``--previ
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_oar.contracts import BOXES_SUFFIX, LABELS_SUFFIX, STATS_SUFFIX, case_file, check_case_set, read_boxes
 from nnunet_oar.geometry import centroid_mm, index_box_to_world, mask_bbox_xyz
-from nnunet_oar.io import (InputError, atomic_path, case_id, geometry, read_image, read_json, same_geometry,
-                           sha256_file, write_json)
+from nnunet_oar.io import InputError, atomic_path, case_id, geometry, read_image, read_json, same_geometry, write_json
 
 STATS_COLUMNS = ["organ", "status", "localizer", "volume_ml", "mean_hu", "centroid_x_mm", "centroid_y_mm",
                  "centroid_z_mm", "box_min_x_mm", "box_min_y_mm", "box_min_z_mm", "box_max_x_mm", "box_max_y_mm",
@@ -68,57 +67,6 @@ def organ_stats(label_zyx: np.ndarray, ct_zyx: np.ndarray, geom: dict, labels: D
     return out
 
 
-# every file `predict` may write for one case: ``{case}{suffix}`` in the output folder
-CASE_OUTPUT_SUFFIXES = (".nii.gz", ".json", "_boxes.json", "_stats.json", "_stats.csv", "_rtstruct.dcm", "_seg.dcm",
-                        "_preview.png", "_manifest.json")
-MANIFEST_SUFFIX = "_manifest.json"
-
-
-def begin_case_set(output: Path, case: str) -> None:
-    """Before a case's files are (re)written: drop its manifest, so that until the new one is written
-    last, the set reads as incomplete (an interrupted run leaves no set that looks whole)."""
-    (Path(output) / f"{case}{MANIFEST_SUFFIX}").unlink(missing_ok=True)
-
-
-def finish_case_set(output: Path, case: str, files: Sequence[Path]) -> Path:
-    """Write ``{case}_manifest.json`` naming the run and the sha256 of each of its files; files of an
-    earlier run of this case that this run did not write are removed (they would be taken for its own)."""
-    output = Path(output)
-    names = {Path(f).name for f in files}
-    for suffix in CASE_OUTPUT_SUFFIXES:
-        old = output / f"{case}{suffix}"
-        if suffix != MANIFEST_SUFFIX and old.name not in names and old.is_file():
-            old.unlink()
-    manifest = output / f"{case}{MANIFEST_SUFFIX}"
-    write_json({"case": case, "written": datetime.datetime.now().isoformat(timespec="seconds"),
-                "files": {name: sha256_file(output / name) for name in sorted(names)}}, manifest)
-    return manifest
-
-
-def check_case_set(folder: Path, case: str) -> None:
-    """Refuse a case whose output set is incomplete (no manifest beside ``predict``'s files: the run was
-    interrupted) or was changed after it was written (a checksum differs). nnU-Net's own prediction
-    folders, which have none of our side files, pass.
-
-    Raises:
-        InputError: naming the file and what is wrong.
-    """
-    folder = Path(folder)
-    manifest = folder / f"{case}{MANIFEST_SUFFIX}"
-    if not manifest.is_file():
-        side = [folder / f"{case}{s}" for s in ("_boxes.json", "_stats.json") if (folder / f"{case}{s}").is_file()]
-        if side:
-            raise InputError(f"{manifest}: missing beside {side[0].name}: the output set of {case} is incomplete "
-                             "(an interrupted run?); run predict again")
-        return
-    for name, digest in read_json(manifest, "output manifest").get("files", {}).items():
-        if not (folder / name).is_file():
-            raise InputError(f"{folder / name}: listed in {manifest.name} but missing")
-        if sha256_file(folder / name) != digest:
-            raise InputError(f"{folder / name}: changed since the run that wrote {manifest.name}")
-
-
-
 def stats_csv(stats: Dict[str, dict]) -> str:
     """The statistics as CSV, one row per organ (empty cells where a value does not apply)."""
     buf = io.StringIO()
@@ -161,7 +109,7 @@ def write_outputs(ct: sitk.Image, seg: sitk.Image, labels: Dict[str, int], case:
     output = Path(output)
     label_zyx, ct_zyx = sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(ct)
     stats = organ_stats(label_zyx, ct_zyx, geometry(ct), labels, boxes)
-    written = {"stats": output / f"{case}_stats.json", "stats_csv": output / f"{case}_stats.csv"}
+    written = {"stats": case_file(output, case, STATS_SUFFIX), "stats_csv": output / f"{case}_stats.csv"}
     write_json({"case": case, "units": {"volume": "mL", "positions": "world mm (x, y, z)", "mean_hu": "HU"},
                 "input_warnings": (boxes or {}).get("input_warnings", []), "organs": stats}, written["stats"])
     with atomic_path(written["stats_csv"]) as tmp:
@@ -201,7 +149,7 @@ def export_label_map(labels_file: Path, ct_input: Path, output: Path, series_uid
     case = case_id(labels_file)
     check_case_set(labels_file.parent, case)
     if label_names is None:
-        names_file = labels_file.with_name(f"{case}.json")
+        names_file = case_file(labels_file.parent, case, LABELS_SUFFIX)
         if not names_file.is_file():
             raise InputError(f"{labels_file}: no {names_file.name} beside it naming the labels; give --labels")
         label_names = read_json(names_file)["labels"]
@@ -214,7 +162,6 @@ def export_label_map(labels_file: Path, ct_input: Path, output: Path, series_uid
         seg = sitk.DICOMOrient(seg, sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(ct.GetDirection()))
         if not same_geometry(ct, seg):
             raise InputError(f"{labels_file}: not on the grid of the CT {ct_input}")
-    boxes_file = labels_file.with_name(f"{case}_boxes.json")
-    boxes = read_json(boxes_file) if boxes_file.is_file() else None
+    boxes = read_boxes(labels_file.parent, case) if case_file(labels_file.parent, case, BOXES_SUFFIX).is_file() else None
     return write_outputs(ct, seg, label_names, case, Path(output), boxes, series, rtstruct, dicom_seg, preview,
                          roi_names)

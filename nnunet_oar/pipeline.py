@@ -19,8 +19,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_oar.contracts import (CASE_OUTPUT_SUFFIXES, LABELS_SUFFIX, begin_case_set, case_file, finish_case_set,
+                                  read_boxes, write_boxes)
 from nnunet_oar.io import (IMAGE_SUFFIXES, InputError, case_id, check_memory, check_writable, geometry, list_images,
-                           read_image, read_json, write_image, write_json)
+                           read_image, write_image, write_json)
 from nnunet_oar.models import models_folder, read_manifest
 from nnunet_oar.segmentation.predict import OARPredictor
 
@@ -43,8 +45,8 @@ def write_reference_boxes(reference: Path, labels: Dict[str, int], models: Path,
     files = list_images(reference)
     for f in files:
         img = read_image(f, "reference label map")
-        write_json(reference_boxes(sitk.GetArrayFromImage(img), geometry(img), labels, box_stats, margin, case_id(f)),
-                   Path(output) / f"{case_id(f)}_boxes.json")
+        write_boxes(reference_boxes(sitk.GetArrayFromImage(img), geometry(img), labels, box_stats, margin, case_id(f)),
+                    Path(output))
     return len(files)
 
 
@@ -61,7 +63,6 @@ def _inputs(inputs: Path) -> List[Tuple[str, Path]]:
 def _refuse_overwriting_inputs(sources: List[Tuple[str, Path]], output: Path) -> None:
     """No output may replace an input: an output folder holding the inputs (``-o`` = the input's folder)
     is refused, before any model is loaded, when a case's output name is one of the input files."""
-    from nnunet_oar.export import CASE_OUTPUT_SUFFIXES
     out = output.resolve()
     for case, path in sources:
         inputs = set(p.resolve() for p in (path.iterdir() if path.is_dir() else [path]))
@@ -75,7 +76,8 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
             organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
             series_uid: Optional[str] = None, rtstruct: bool = False, dicom_seg: bool = False,
             preview: bool = False, boxes_dir: Optional[Path] = None, roi_names: str = "tg263",
-            largest_component: Sequence[str] = (), keep_networks: Optional[int] = 1) -> Dict[str, str]:
+            largest_component: Sequence[str] = (), keep_networks: Optional[int] = 1, tile: str = "trained",
+            one_fold: bool = False) -> Dict[str, str]:
     """Segment every CT in ``inputs`` into ``output``.
 
     Args:
@@ -92,12 +94,14 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
             brings no nnU-Net ``postprocessing.pkl`` (which is applied whenever it does).
         keep_networks: organ networks kept loaded at once (``None``: all; docs/results/inference_benchmark.md
             measures the memory each choice takes).
+        tile, one_fold: see :class:`~nnunet_oar.segmentation.predict.OARPredictor` (``predict --tile``,
+            ``--preset fast``).
 
     Returns:
         ``{case: error}`` for inputs that could not be processed; the other cases are written.
     """
     from nnunet_oar.dicom.series import read_ct_series
-    from nnunet_oar.export import begin_case_set, finish_case_set, write_outputs
+    from nnunet_oar.export import write_outputs
     sources = _inputs(inputs)
     if (rtstruct or dicom_seg) and not any(p.is_dir() for _, p in sources):
         raise InputError(f"{inputs}: RTSTRUCT and DICOM SEG reference the CT's DICOM slices; give a DICOM series "
@@ -105,17 +109,14 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
     _refuse_overwriting_inputs(sources, Path(output))
     check_writable(output)
     predictor = OARPredictor(models_folder(models), folds, device, organs, tta, step_size, largest_component,
-                             keep_networks)
+                             keep_networks, tile=tile, one_fold=one_fold)
     output = Path(output)
     errors = {}
     for case, path in tqdm(sources, desc="predict"):
         try:
             series, given = None, None
             if boxes_dir is not None:
-                box_file = Path(boxes_dir) / f"{case}_boxes.json"
-                if not box_file.is_file():
-                    raise InputError(f"{box_file}: no boxes for case {case}")
-                given = read_json(box_file)
+                given = read_boxes(boxes_dir, case)
             if path.is_dir():
                 ct, series = read_ct_series(path, series_uid)
                 # nnU-Net reads files: the series goes to a temporary NIfTI, never beside the input
@@ -141,10 +142,10 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
                 clinical = False
         # the case's files form one set: its manifest goes first and comes back last
         begin_case_set(output, case)
-        files = [output / f"{case}.nii.gz", output / f"{case}.json", output / f"{case}_boxes.json"]
+        files = [output / f"{case}.nii.gz", case_file(output, case, LABELS_SUFFIX)]
         write_image(seg, files[0])
         write_json({"labels": predictor.labels, "image": geometry(ct)}, files[1])
-        write_json(boxes, files[2])
+        files.append(write_boxes({**boxes, "case": case}, output))
         written = write_outputs(ct, seg, predictor.labels, case, output, boxes, series, rtstruct and clinical,
                                 dicom_seg and clinical, preview, roi_names)
         finish_case_set(output, case, files + list(written.values()))

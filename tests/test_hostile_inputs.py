@@ -198,7 +198,7 @@ def test_an_roi_csv_without_header_keeps_its_first_row():
 
 
 def test_an_interrupted_or_edited_output_set_is_refused_by_its_readers(tmp_path):
-    from nnunet_oar.export import begin_case_set, check_case_set, finish_case_set
+    from nnunet_oar.contracts import begin_case_set, check_case_set, finish_case_set
     out = tmp_path / "out"
     out.mkdir()
     lab = np.zeros((8, 8, 8), np.uint8)
@@ -206,7 +206,8 @@ def test_an_interrupted_or_edited_output_set_is_refused_by_its_readers(tmp_path)
     files = [out / "c1.nii.gz", out / "c1.json", out / "c1_boxes.json", out / "c1_stats.json"]
     sitk.WriteImage(sitk.GetImageFromArray(lab), str(files[0]))
     files[1].write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
-    files[2].write_text(json.dumps({"organs": {}}))
+    from nnunet_oar.io import geometry
+    files[2].write_text(json.dumps({"case": "c1", "image": geometry(sitk.ReadImage(str(files[0]))), "organs": {}}))
     files[3].write_text("{}")
     (out / "c1_rtstruct.dcm").write_bytes(b"an earlier run's")
     finish_case_set(out, "c1", files)

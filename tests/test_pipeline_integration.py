@@ -64,18 +64,21 @@ def test_crops_from_localizer_boxes_report_missed_and_cut_organs(pipeline, tmp_p
     raw = pipeline["root"] / "nnUNet_raw" / "Dataset601_VISCERAL"
     annotations = json.loads((raw / "annotations.json").read_text())
     cases = [c for c in sorted(annotations) if "liver" in annotations[c]]
+    from nnunet_oar.contracts import write_boxes
+    from nnunet_oar.io import geometry
     boxes = tmp_path / "boxes"
     boxes.mkdir()
+
+    def write(case, liver, stop=None):
+        seg = sitk.ReadImage(str(raw / "labelsTr" / f"{case}.nii.gz"))
+        if stop is not None:
+            liver.update(box_index_xyz={"start": [0, 0, 0], "stop": stop(list(seg.GetSize()))}, clipped=False,
+                         centroid_mm=list(seg.GetOrigin()))
+        write_boxes({"case": case, "image": geometry(seg), "organs": {"liver": liver}}, boxes)
     for c in cases[2:]:                                        # the others: a box over the whole image
-        full = list(sitk.ReadImage(str(raw / "labelsTr" / f"{c}.nii.gz")).GetSize())
-        (boxes / f"{c}_boxes.json").write_text(json.dumps({"organs": {"liver": {
-            "status": "found", "box_index_xyz": {"start": [0, 0, 0], "stop": full}, "clipped": False}}}))
-    seg = sitk.ReadImage(str(raw / "labelsTr" / f"{cases[0]}.nii.gz"))
-    size = list(seg.GetSize())
-    half = [s // 2 for s in size]                              # a box holding only one corner of the image
-    (boxes / f"{cases[0]}_boxes.json").write_text(json.dumps({"organs": {"liver": {
-        "status": "found", "box_index_xyz": {"start": [0, 0, 0], "stop": half}, "clipped": False}}}))
-    (boxes / f"{cases[1]}_boxes.json").write_text(json.dumps({"organs": {"liver": {"status": "absent", "peak": 0.01}}}))
+        write(c, {"status": "found"}, lambda size: size)
+    write(cases[0], {"status": "found"}, lambda size: [s // 2 for s in size])   # one corner of the image only
+    write(cases[1], {"status": "absent", "peak": 0.01})
     with pytest.MonkeyPatch.context() as mp:
         for k, v in pipeline["env"].items():
             if k.startswith("nnUNet_"):
@@ -127,6 +130,35 @@ def test_predict_end_to_end_keeps_the_input_geometry(pipeline, tmp_path):
 
 
 @pytest.mark.slow
+def test_one_tile_per_crop_runs_each_organ_network_once_per_crop(pipeline):
+    """--tile crop: each crop goes through its network in one pass (a tile the size of the crop, padded to
+    the network's stride), where the trained patch slides over it in several; the output keeps the grid."""
+    from nnunet_oar.segmentation.predict import OARPredictor
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    ct = sitk.ReadImage(str(image))
+    calls = {}
+    for tile in ("crop", "trained"):
+        count = {"n": 0}
+
+        def hook(predictor, count=count):
+            predictor.network.register_forward_hook(lambda *_: count.__setitem__("n", count["n"] + 1))
+        p = OARPredictor(pipeline["models"], tta=False, tile=tile, one_fold=True, on_load=hook, max_loaded=None)
+        seg, boxes = p.predict_image(ct, image, "c")
+        assert seg.GetSize() == ct.GetSize() and seg.GetOrigin() == ct.GetOrigin()
+        calls[tile] = count["n"]
+        for organ in ORGANS:
+            entry = boxes["organs"][organ]
+            assert entry["tile"].startswith("crop" if tile == "crop" else "trained patch")
+            if tile == "crop":
+                trained = p._trained[organ]
+                tile_zyx = json.loads(entry["tile"].split(" ", 1)[1])
+                stride = np.prod(trained.network_arch_init_kwargs["strides"], axis=0)
+                assert all(t % s == 0 for t, s in zip(tile_zyx, stride))
+    assert calls["crop"] == len(ORGANS)                     # one forward pass per organ crop
+    assert calls["trained"] >= calls["crop"]                # the trained patch may need several tiles
+
+
+@pytest.mark.slow
 def test_a_models_zip_predicts_what_its_folder_predicts(pipeline, tmp_path):
     """export-models --zip -> install-models elsewhere -> predict, and predict -m models.zip directly:
     the same label map as from the exported folder."""
@@ -168,6 +200,11 @@ def test_a_2d_organ_network_from_its_best_checkpoint_predicts_end_to_end(pipelin
     assert seg.GetSize() == ct.GetSize() and seg.GetOrigin() == ct.GetOrigin()
     stats = json.loads((tmp_path / "pred" / f"{case}_stats.json").read_text())["organs"]
     assert stats["liver"]["status"] in ("found", "absent") and stats["liver"]["localizer"] == "found"
+    # one tile per crop is for 3D networks: a 2D one keeps its trained patch, and says why
+    run(["nnunet_oar", "predict", "-i", str(image), "-o", str(tmp_path / "pred_tile"), "-m", str(models),
+         "--preset", "fast", "--tile", "crop"], env)
+    entry = json.loads((tmp_path / "pred_tile" / f"{case}_boxes.json").read_text())["organs"]["liver"]
+    assert entry["tile"].startswith("trained patch") and entry["tile"].endswith("(a 2D network)")
 
 
 @pytest.mark.slow

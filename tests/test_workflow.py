@@ -90,3 +90,30 @@ def test_a_bad_training_config_is_refused_before_any_job_naming_the_key(tmp_path
         check_config("train", tmp_path / "c.yaml")
     assert "c.yaml" in str(e.value)
     assert not (tmp_path / "phantoms_tiny_work").exists()
+
+
+@pytest.mark.slow
+def test_the_tiny_recipe_runs_end_to_end_then_does_nothing_then_reruns_only_a_deleted_training(tmp_path):
+    """The shipped phantom example through `nnunet_oar workflow train`: models folder and zip at the end;
+    a second run has nothing to do; deleting one organ network's checkpoint re-runs that training and the
+    export, nothing else."""
+    from tests.nnunet_helpers import nnunet_environment
+    env = nnunet_environment(tmp_path / "env")
+    config, work = tmp_path / "phantoms_tiny.yaml", tmp_path / "w"
+    shutil.copy(HERE / "examples" / "phantoms_tiny.yaml", config)
+    cmd = ["nnunet_oar", "workflow", "train", "--config", str(config), "--work", str(work), "--cores", "2"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    manifest = work / "models" / "models.json"
+    assert manifest.is_file() and (work / "models.zip").is_file()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    checkpoint = next(work.glob("nnUNet_results/Dataset512_VISCERAL_spleen/*/fold_all/checkpoint_final.pth"))
+    checkpoint.unlink()
+    dry = subprocess.run([*cmd, "-n"], env=env, capture_output=True, text=True)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, re.M))
+    assert counts == {"train_organ": "1", "export_models": "1", "all": "1", "total": "3"}, dry.stdout
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0 and checkpoint.is_file()
+    assert "nnUNetv2_train 512 3d_fullres all" in rerun.stdout + rerun.stderr
+    assert "nnUNetv2_train 511" not in rerun.stdout + rerun.stderr

@@ -29,7 +29,8 @@ def _print_overall(report: dict) -> None:
 
 
 def _benchmark(a) -> None:
-    from nnunet_oar.evaluation.benchmark import run_benchmark, settings_for
+    from nnunet_oar.evaluation.benchmark import run_benchmark
+    from nnunet_oar.evaluation.settings import settings_for
     s = settings_for(a.dataset, a.budget)
     s.device = a.device
     if a.test_id:

@@ -29,8 +29,11 @@ def _install_models(a) -> None:
 
 def _predict(a) -> None:
     from nnunet_oar.pipeline import predict
+    from nnunet_oar.segmentation.predict import PRESETS
+    preset = PRESETS[a.preset]
     fail_on_errors(predict(Path(a.input), Path(a.output), Path(a.models), folds=a.folds, device=a.device,
-                           organs=a.organs, tta=not a.disable_tta, step_size=a.step_size, series_uid=a.series_uid,
+                           organs=a.organs, tta=preset["tta"] and not a.disable_tta, step_size=a.step_size,
+                           series_uid=a.series_uid, tile=a.tile, one_fold=preset["one_fold"],
                            largest_component=a.largest_component, keep_networks=a.keep_networks or None,
                            rtstruct=a.rtstruct, dicom_seg=a.dicom_seg, preview=a.preview,
                            boxes_dir=Path(a.boxes) if a.boxes else None, roi_names=a.roi_names))
@@ -96,6 +99,12 @@ def register(sub) -> None:
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--organs", nargs="+")
     s.add_argument("--disable-tta", action="store_true", help="no test-time mirroring in the organ networks")
+    s.add_argument("--preset", choices=["accurate", "fast"], default="accurate",
+                   help="accurate: every fold of each network, test-time mirroring (nnU-Net's defaults); fast: "
+                        "each network's first fold, no mirroring. --folds and --disable-tta override it")
+    s.add_argument("--tile", choices=["trained", "crop"], default="trained",
+                   help="organ networks: nnU-Net's sliding window with the trained patch (default), or each crop "
+                        "in one pass (a tile the size of the crop, where it is at most 4x the trained patch)")
     s.add_argument("--largest-component", nargs="+", default=[], metavar="ORGAN",
                    help="keep only the largest connected component of these organs (where their network has "
                    "no nnU-Net postprocessing.pkl, which is always applied)")

@@ -17,175 +17,28 @@ interrupted benchmark resumes and a finished one only re-scores. Everything live
 folder (its own ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results``).
 
 Budgets name the trainer classes (iterations are fixed in the class, as nnU-Net does it); the baseline
-and every organ network get the same trainer, the localizer its own. See ``BUDGETS``.
+and every organ network get the same trainer, the localizer its own
+(:mod:`nnunet_oar.evaluation.settings`). Stages: :mod:`~nnunet_oar.evaluation.stages`; the baselines
+at equal iterations and equal time: :mod:`~nnunet_oar.evaluation.baselines`.
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
+from nnunet_oar.evaluation.baselines import train_baselines
 from nnunet_oar.evaluation.comparison import write_comparison
+from nnunet_oar.evaluation.settings import BUDGETS, Settings
+from nnunet_oar.evaluation.stages import StageRunner
 from nnunet_oar.io import InputError, read_json, write_json
 from nnunet_oar.localization.plans import write_splits
-from nnunet_oar.paths import find_dataset, preprocessed_root, raw_root, results_root, use_nnunet_folders
-
-# the project workspace keeps the data beside the checkout; an installed package has no such default
-_SHARED_OPENKBP = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp"
-DEFAULT_OPENKBP = str(_SHARED_OPENKBP) if _SHARED_OPENKBP.is_dir() else None
-PHANTOM_ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
-
-# trainer class names: (localizer, baseline and organ networks)
-BUDGETS = {
-    "tiny": ("nnUNetTrainerOARHeatmap_tiny", "nnUNetTrainerOARTiny"),        # tests: 8 iterations each
-    "demo": ("nnUNetTrainerOARHeatmap_demo", "nnUNetTrainerOARDemo"),        # 250 / 200 iterations
-    "cpu": ("nnUNetTrainerOARHeatmap_cpu", "nnUNetTrainerOARCPU"),           # 1000 / 400 iterations
-    "gpu": ("nnUNetTrainerOARHeatmap_gpu", "nnUNetTrainerOARGPU"),           # 2000 / 1000 iterations
-    "full": ("nnUNetTrainerOARHeatmap", "nnUNetTrainer"),                    # nnU-Net's 1000 x 250
-}
+from nnunet_oar.paths import find_dataset, raw_root, use_nnunet_folders
 
 
-@dataclass
-class Settings:
-    """What a benchmark run does; written to ``settings.json`` and the report."""
-    dataset: str                       # phantoms | openkbp | <raw data set id>
-    budget: str = "cpu"
-    train_id: int = 100
-    test_id: int = 101
-    loc_spacing_mm: float = 3.0        # the paper's 3 mm
-    loc_fg_weight: float = 0.0         # the paper's plain L2
-    organ_spacing_mm: float = 1.0      # the paper's 1 mm; 0 keeps the data's median spacing
-    margin_mm: float = 10.0
-    baseline_patch: Optional[List[int]] = None   # cap of the baseline's patch (CPU budgets), voxels
-    device: str = "cpu"
-    tta: bool = False
-    organs: Optional[List[str]] = None
-    # organ networks' training crops: "oof" (the paper's: out-of-fold localizer boxes with calibrated
-    # margins, from loc_folds localizer folds) or "reference" (reference boxes + margin, randomly shifted)
-    organ_boxes: str = "oof"
-    # "iterations": the baseline gets the organ networks' trainer (equal iterations per network); "time":
-    # also a second baseline trained as long as the two-stage method's trainings took (see _equal_time_epochs)
-    baseline_budget: str = "iterations"
-    # partial contours: one baseline per rule of nnunet_oar.conversion.ignore ("body", "likely")
-    baseline_ignore: List[str] = field(default_factory=lambda: ["body"])
-    loc_folds: int = 5
-    phantoms: Dict[str, float] = field(default_factory=dict)
-    openkbp: Optional[str] = DEFAULT_OPENKBP  # folder with openkbp-{train,validation}.tar.xz (or such folders)
-
-    @property
-    def baseline_id(self) -> int:
-        return self.train_id + 5
-
-    @property
-    def first_organ_id(self) -> int:
-        return self.train_id + 10
-
-
-def settings_for(dataset: str, budget: str) -> Settings:
-    """Defaults per data set; every deviation from the paper is named here and in the report."""
-    s = _settings_for(dataset, budget)
-    s.loc_folds = 2 if budget in ("tiny", "demo", "cpu") else 5     # CPU budgets: two localizer folds
-    return s
-
-
-def _settings_for(dataset: str, budget: str) -> Settings:
-    if dataset == "phantoms":
-        # CPU shortcuts of the demo: coarser grids, foreground-weighted L2. The demo budget must finish in
-        # 15 min on 2 cores: 20 training phantoms, organ networks at 2.5 mm, the baseline's patch capped
-        # at 48^3 voxels (its uncapped 80 x 80 x 96 patch took 39 of the old demo's 54 minutes).
-        demo = budget == "demo"
-        return Settings("phantoms", budget, 901, 902, loc_spacing_mm=4.0, loc_fg_weight=20.0,
-                        organ_spacing_mm=2.5 if demo else 2.0, baseline_patch=[48, 48, 48] if demo else None,
-                        organs=PHANTOM_ORGANS, phantoms={"train": 20 if demo else 30, "test": 3, "seed": 0,
-                                                         "scale": 0.4})
-    if dataset == "openkbp":
-        # OpenKBP CT is 3.9 x 3.9 x 2.5 mm: organ networks on the native grid; on CPU the localizer
-        # works on an 8 mm grid (margin 20 mm, chosen before any run) and the baseline patch is capped.
-        # The GPU budget keeps these settings, so that it differs from the CPU run in the schedule alone.
-        small = budget in ("tiny", "demo", "cpu", "gpu")
-        return Settings("openkbp", budget, 100, 101, loc_spacing_mm=8.0 if small else 3.0,
-                        loc_fg_weight=20.0 if small else 0.0, organ_spacing_mm=0.0,
-                        margin_mm=20.0 if small else 10.0, baseline_patch=[64, 64, 64] if small else None,
-                        baseline_budget="time", baseline_ignore=["body", "likely"])
-    train_id = int(dataset)
-    return Settings(dataset, budget, train_id, train_id + 1)
-
-
-class StageFailed(InputError):
-    """A stage's command failed; the message names its log and ends with the log's last lines."""
-
-
-class _Runner:
-    """Runs the stages' commands, logs their output, and records wall time and peak memory."""
-
-    def __init__(self, work: Path):
-        self.work, self.log = work, work / "benchmark.log"
-        (work / "stages").mkdir(parents=True, exist_ok=True)
-        self.bin = Path(sys.executable).parent
-
-    def done(self, stage: str) -> Optional[dict]:
-        f = self.work / "stages" / f"{stage}.json"
-        return read_json(f) if f.is_file() else None
-
-    def stage(self, name: str, commands: List[List[str]], env: Optional[Dict[str, str]] = None,
-              jobs: int = 1) -> dict:
-        """Run ``commands`` in order unless the stage is already done; returns its record. Beside other
-        stages (``jobs`` > 1) it logs to ``stages/{name}.log`` and records that it shared the machine."""
-        rec = self.done(name)
-        if rec is not None:
-            print(f"[{name}] done before ({rec['wall_s']:.0f} s)", flush=True)
-            return rec
-        print(f"[{name}] ...", flush=True)
-        log = self.log if jobs == 1 else self.work / "stages" / f"{name}.log"
-        # an earlier attempt that never finished left this mark: the record will time this attempt only
-        started = self.work / "stages" / f"{name}.started"
-        resumed = started.is_file()
-        started.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-        t0, peak = time.perf_counter(), 0
-        for cmd in commands:
-            exe = str(self.bin / cmd[0]) if (self.bin / cmd[0]).exists() else cmd[0]
-            with open(log, "a") as fh:
-                fh.write(f"\n$ {' '.join(cmd)}\n")
-                fh.flush()
-                p = subprocess.Popen([exe, *cmd[1:]], stdout=fh, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-                _, status, usage = os.wait4(p.pid, 0)
-                p.returncode = os.waitstatus_to_exitcode(status)
-            peak = max(peak, usage.ru_maxrss)         # kB on Linux
-            if p.returncode:
-                # the command's own message (a bad input, a missing file) is at the end of its log
-                raise StageFailed(f"{log}: stage {name} failed: {' '.join(cmd)} exited with {p.returncode}:\n"
-                                  + log.read_text()[-3000:])
-        rec = {"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak / 1024 ** 2,
-               "commands": [" ".join(c) for c in commands]}
-        notes = [f"ran beside other trainings, {jobs} at a time"] if jobs > 1 else []
-        if resumed:
-            notes.append("resumed after an interruption: wall_s and peak_rss_gb cover the last attempt only")
-        if notes:
-            rec["note"] = "; ".join(notes)
-        write_json(rec, self.work / "stages" / f"{name}.json")
-        started.unlink()
-        print(f"[{name}] {rec['wall_s']:.0f} s, peak {rec['peak_rss_gb']:.1f} GB", flush=True)
-        return rec
-
-    def stages(self, stages: Dict[str, List[List[str]]], jobs: int = 1) -> Dict[str, dict]:
-        """Run independent stages ``jobs`` at a time, started in the given order (longest first), with
-        nnU-Net's data-augmentation workers shared out between them; returns their records by name."""
-        if jobs <= 1:
-            return {name: self.stage(name, commands) for name, commands in stages.items()}
-        from concurrent.futures import ThreadPoolExecutor
-        env = {"nnUNet_n_proc_DA": str(max(1, (os.cpu_count() or 1) // jobs))}
-        with ThreadPoolExecutor(jobs) as pool:
-            futures = {name: pool.submit(self.stage, name, commands, env, jobs) for name, commands in stages.items()}
-            return {name: f.result() for name, f in futures.items()}
-
-
-def _prepare_data(s: Settings, work: Path, run: _Runner) -> None:
+def _prepare_data(s: Settings, work: Path, run: StageRunner) -> None:
     if s.dataset == "phantoms":
         if run.done("data") is None:
             from nnunet_oar.conversion.visceral import convert_visceral
@@ -214,99 +67,6 @@ def _prepare_data(s: Settings, work: Path, run: _Runner) -> None:
             raise FileNotFoundError(f"{raw_root()}: no raw data set {dataset_id}")
 
 
-def _cap_patch(dataset_id: int, patch: List[int]) -> str:
-    """Add configuration ``3d_fullres_p{N}`` = nnU-Net's 3d_fullres with its patch capped at ``patch``
-    (same preprocessed data; nnU-Net's own ``inherits_from``). Returns its name."""
-    plans_file = find_dataset(preprocessed_root(), dataset_id) / "nnUNetPlans.json"
-    plans = read_json(plans_file)
-    full = plans["configurations"]["3d_fullres"]
-    name = f"3d_fullres_p{max(patch)}"
-    plans["configurations"][name] = {"inherits_from": "3d_fullres",
-                                     "patch_size": [min(a, b) for a, b in zip(full["patch_size"], patch)]}
-    write_json(plans, plans_file)
-    return name
-
-
-def epoch_seconds(fold_dir: Path) -> List[float]:
-    """The training time of each epoch nnU-Net logged in a fold folder (``Epoch time: X s`` in its
-    ``training_log_*.txt``, all attempts of a resumed training), in seconds."""
-    import re
-    return [float(m) for log in sorted(Path(fold_dir).glob("training_log_*.txt"))
-            for m in re.findall(r"Epoch time: ([0-9.]+) s", log.read_text())]
-
-
-def _equal_time_epochs(loc: Tuple[str, str, List[str]], organs: Tuple[str, List[int]], baseline: Tuple[int, str, str]):
-    """Epochs E of the equal-time baseline, fixed before it trains: the two-stage method's training time
-    (the epoch times nnU-Net logged for every localizer fold and organ network, so an interrupted and
-    resumed training counts what it trained, and start-up is left out on both sides) divided by the mean
-    epoch time of the equal-iterations baseline.
-
-    Args:
-        loc: (train data set id, localizer trainer, folds); organs: (organ trainer, organ data set ids);
-        baseline: (data set id, configuration, trainer) of the equal-iterations baseline.
-
-    Returns:
-        ``(E, the rule with its numbers)``.
-    """
-    results = results_root()
-    train_id, loc_tr, folds = loc
-    loc_dir = find_dataset(results, int(train_id)) / f"{loc_tr}__nnUNetPlans__3d_loc"
-    times = [t for f in folds for t in epoch_seconds(loc_dir / f"fold_{f}")]
-    for i in organs[1]:
-        times += epoch_seconds(find_dataset(results, i) / f"{organs[0]}__nnUNetPlans__3d_fullres" / "fold_all")
-    b_id, config, trainer = baseline
-    per_epoch = epoch_seconds(find_dataset(results, b_id) / f"{trainer}__nnUNetPlans__{config}" / "fold_all")
-    if not times or not per_epoch:
-        raise InputError(f"{results}: no epoch times in the training logs; cannot size the equal-time baseline")
-    two_stage, per = sum(times), sum(per_epoch) / len(per_epoch)
-    epochs = max(1, round(two_stage / per))
-    return epochs, (f"{epochs} epochs = round(two-stage training {two_stage:.0f} s / {per:.1f} s per epoch of the "
-                    f"equal-iterations baseline), epoch times from nnU-Net's training logs")
-
-
-def _baselines(s: Settings, run: _Runner, records: Dict[str, dict], stages: Dict[str, dict],
-               methods: Dict[str, Path], trainers: dict, test_raw: Path, pred: Path, organ_ids: List[int]) -> None:
-    """Train and predict the single-network baselines, one per partial-contour rule in
-    ``s.baseline_ignore`` (data set ``baseline_id + k``), after the two-stage method so that its measured
-    training time can set the equal-time budget. The first rule also trains the equal-iterations baseline
-    (``baseline``), whose time per epoch the equal-time rule uses. Adds their stages, prediction folders
-    and trainers in place."""
-    seg_tr = BUDGETS[s.budget][1]
-    dev, n_proc = ["-device", s.device], os.environ["nnUNet_def_n_proc"]
-    nnunet_tta = [] if s.tta else ["--disable_tta"]
-
-    def train_and_predict(method: str, dataset_id: str, config: str, trainer: str) -> None:
-        label = method.replace("_equal_time", ", equal time")
-        # alone, not beside other trainings: its wall time is its own
-        stages[f"{label}: train"] = records[f"{method}_train"] = run.stage(f"{method}_train", [
-            ["nnUNetv2_train", dataset_id, config, "all", "-tr", trainer, "--c", *dev]])
-        stages[f"{label}: predict held-out"] = run.stage(f"predict_{method}", [
-            ["nnUNetv2_predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / method), "-d", dataset_id,
-             "-c", config, "-f", "all", "-tr", trainer, "-npp", "1", "-nps", "1", *nnunet_tta, *dev]])
-        methods[method] = pred / method
-
-    first = None
-    for k, rule in enumerate(s.baseline_ignore):
-        tag, B = ("baseline" if rule == "body" else f"baseline_{rule}"), str(s.baseline_id + k)
-        stages[f"{tag}: ignore label + plan + preprocess"] = run.stage(f"{tag}_plan", [
-            ["nnunet_oar", "ignore-label", "-d", str(s.train_id), "-t", B, "--region", rule],
-            ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc,
-             "--verify_dataset_integrity"]])
-        config = _cap_patch(int(B), s.baseline_patch) if s.baseline_patch else "3d_fullres"
-        trainers["baseline_config"] = config
-        if first is None or s.baseline_budget == "iterations":
-            train_and_predict(tag, B, config, seg_tr)                           # equal iterations per network
-            first = first or (tag, B)
-        if s.baseline_budget == "time":
-            if "baseline_equal_time" not in trainers:
-                loc_folds = [str(f) for f in range(s.loc_folds)] if s.organ_boxes == "oof" else ["all"]
-                epochs, trainers["baseline_equal_time_rule"] = _equal_time_epochs(
-                    (str(s.train_id), BUDGETS[s.budget][0], loc_folds), (seg_tr, organ_ids),
-                    (int(first[1]), config, seg_tr))
-                trainers["baseline_equal_time"] = f"{seg_tr}_{epochs}epochs"
-            train_and_predict(f"{tag}_equal_time", B, config, trainers["baseline_equal_time"])
-
-
 def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     """Train, predict and score both methods; writes ``report.md``, ``report.json`` and figures into
     ``work``. ``jobs`` trainings run at a time (a GPU has room for several small networks; on a CPU,
@@ -314,7 +74,7 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
     s = settings
     work = Path(work).resolve()
     use_nnunet_folders(work)
-    run = _Runner(work)
+    run = StageRunner(work)
     previous = work / "settings.json"
     # a setting added after a run started takes this run's value (nothing trained so far depended on it)
     if previous.is_file() and {**json.loads(json.dumps(asdict(s))), **read_json(previous)} != json.loads(
@@ -402,6 +162,6 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
          *tta]])
     methods = {m: pred / m for m in ("two_stage", "two_stage_reference_boxes")}
     trainers = {"localizer": loc_tr, "networks": seg_tr}
-    _baselines(s, run, records, stages, methods, trainers, test_raw, pred, organ_ids)
+    train_baselines(s, run, records, stages, methods, trainers, test_raw, pred, organ_ids)
     report = write_comparison(work, test_raw, methods, stages, asdict(s), trainers)
     return report

@@ -112,10 +112,10 @@ def _budget_lines(trainers: dict, stages: Dict[str, dict]) -> list:
     if "baseline_equal_time" in trainers:
         lines[-1] += (f" The equal-time baselines (`{trainers['baseline_equal_time']}`) were trained for "
                       f"{trainers['baseline_equal_time_rule']}.")
-        for label, rec in stages.items():
-            if label.endswith(", equal time: train"):
-                lines[-1] += (f" `{label[:-len(', equal time: train')]}_equal_time` took {rec['wall_s']:.0f} s, "
-                              f"{rec['wall_s'] / max(two_stage, 1e-9):.2f}× the two-stage method's training.")
+        for key, seconds in trainers.items():
+            if key.endswith("_equal_time_training_s"):
+                lines[-1] += (f" `{key[:-len('_training_s')]}` trained {seconds:.0f} s by the same measure, "
+                              f"{seconds / max(trainers['two_stage_training_s'], 1e-9):.2f}× the two-stage method.")
     lines.append("Partial contours (`nnunet_oar ignore-label --region`): `baseline*` ignores the in-body "
                  "background of partially contoured cases, `baseline_likely*` only inside the box where each "
                  "missing organ is likely to lie. The reference baseline of the paired statistics is the "

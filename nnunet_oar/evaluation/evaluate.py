@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_oar.export import check_case_set
+from nnunet_oar.contracts import BOXES_SUFFIX, case_file, check_case_set, read_boxes
 from nnunet_oar.io import IMAGE_SUFFIXES, InputError, atomic_path, geometry, read_image, read_json, same_geometry, write_json
 from nnunet_oar.evaluation.metrics import localization_metrics, organ_metrics, summarize_localization
 
@@ -105,8 +105,7 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, annotations: Optional[Dict[s
                              f"({geometry(pred_img)} vs {geometry(ref_img)})")
         ref, pred = sitk.GetArrayFromImage(ref_img), sitk.GetArrayFromImage(pred_img)
         spacing_zyx = ref_img.GetSpacing()[::-1]
-        boxes_file = pred_dir / f"{case}_boxes.json"
-        boxes = read_json(boxes_file)["organs"] if boxes_file.is_file() else None
+        boxes = read_boxes(pred_dir, case)["organs"] if case_file(pred_dir, case, BOXES_SUFFIX).is_file() else None
         ref_geom = geometry(ref_img)
         annotated = annotations.get(case) if annotations is not None else None
         per_case[case], skipped[case] = {}, {}

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_oar.contracts import write_boxes
 from nnunet_oar.io import InputError, geometry, read_json, write_json
 from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, calibrate_margin,
                                           inside_counts, organ_box)
@@ -100,7 +101,7 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
             if entry["status"] == "found":
                 entry.update(margin_mm=margin_of[organ], **organ_box(
                     boxes["image"], entry["centroid_mm"], sizes[organ], margin_of[organ]))
-        write_json(boxes, output / f"{case}_boxes.json")
+        write_boxes(boxes, output)
         per_case[case], per_case_guess[case] = score_case(
             boxes, gt_zyx, labels, _annotated(annotations, case, list(boxes["organs"])), stats_of[case], margin_of)
     write_json(margins, output / "margins.json")

@@ -15,8 +15,9 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
+from nnunet_oar.contracts import write_boxes
 from nnunet_oar.io import (InputError, atomic_path, case_id, check_writable, geometry, image_from_geometry,
-                           list_images, read_image, read_json, write_json)
+                           list_images, read_image, read_json)
 from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, heatmap_region,
                                           organ_box)
 from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry
@@ -58,8 +59,7 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
         readout: centroid read-out of the region (:func:`~nnunet_oar.localization.boxes.heatmap_region`).
 
     Returns:
-        The ``{case}_boxes.json`` content (see LAYOUT: image geometry, and per organ status, peak,
-        centroid_mm, box_index_xyz (SimpleITK x,y,z; stop exclusive), box_mm, clipped).
+        The ``{case}_boxes.json`` content (:class:`nnunet_oar.contracts.CaseBoxes`).
     """
     organs = {}
     for k, name in enumerate(organ_names):
@@ -234,7 +234,7 @@ def localize(inputs: Path, output: Path, model_folder: Path, folds: Optional[Seq
             errors[case] = str(e)
             tqdm.write(f"skipped: {e}")
             continue
-        write_json(boxes, Path(output) / f"{case}_boxes.json")
+        write_boxes(boxes, Path(output))
         if heat is not None:
             write_heatmaps(heat, localizer.organ_names, boxes["image"], Path(output) / f"{case}_heatmaps.npz")
     return errors

@@ -13,6 +13,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_oar.contracts import read_boxes
 from nnunet_oar.io import read_image, read_json
 from nnunet_oar.localization.boxes import constant_guess_boxes
 from nnunet_oar.evaluation.metrics import localization_metrics, summarize_localization
@@ -60,7 +61,7 @@ def score_folder(raw: Path, boxes_dir: Path, box_stats: Dict[str, dict],
     for label_file in sorted((raw / "labelsTr").glob(f"*{dataset['file_ending']}")):
         case = label_file.name[:-len(dataset["file_ending"])]
         organs = annotations[case] if annotations is not None else list(labels)
-        boxes = read_json(boxes_dir / f"{case}_boxes.json", "localization boxes")
+        boxes = read_boxes(boxes_dir, case)
         label_zyx = sitk.GetArrayFromImage(read_image(label_file, "reference label map"))
         loc, guess = score_case(boxes, label_zyx, labels, organs, box_stats, margin_mm)
         yield case, boxes, label_zyx, loc, guess

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_oar import organs as catalogue
+from nnunet_oar.contracts import read_boxes
 from nnunet_oar.conversion.dataset import build_dataset, read_annotations
 from nnunet_oar.geometry import crop_image, crop_zyx, index_box_to_world, mask_bbox_xyz, world_box_to_index
 from nnunet_oar.io import InputError, geometry, read_image, read_json, write_json
@@ -142,7 +143,4 @@ def crop_rois(source_id: int, first_id: int, boxes_dir: Optional[Path] = None, o
 
 
 def _localizer_entries(boxes_dir: Path, case: str) -> Dict[str, dict]:
-    path = boxes_dir / f"{case}_boxes.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no localizer boxes for case {case}")
-    return read_json(path)["organs"]
+    return read_boxes(boxes_dir, case)["organs"]

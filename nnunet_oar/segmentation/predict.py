@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -30,6 +30,40 @@ from nnunet_oar.segmentation import postprocessing
 from nnunet_oar.segmentation.merge import THRESHOLD, MaxProbabilityMerger
 
 
+TILES = ("crop", "trained")
+# what `predict --preset` sets: nnU-Net's defaults (every fold, test-time mirroring), or one fold without
+PRESETS = {"accurate": {"tta": True, "one_fold": False}, "fast": {"tta": False, "one_fold": True}}
+# a crop's single tile may hold this many times the trained patch's voxels; beyond, the trained patch
+# slides (inference keeps no activations for backpropagation, training held a batch of 2 patches and them)
+MAX_TILE_FACTOR = 4.0
+
+
+def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configuration_manager,
+              transpose_forward: Sequence[int]) -> Optional[List[int]]:
+    """The tile that covers a whole crop in one pass of a 3D nnU-Net network.
+
+    Args:
+        shape_zyx, spacing_zyx: the crop as the network's predictor receives it (voxels, mm).
+        configuration_manager: the network's nnU-Net configuration (target spacing, patch, strides).
+        transpose_forward: the plans' axis order.
+
+    Returns:
+        The crop's shape at the network's spacing (nnU-Net's ``compute_new_shape``), in the network's axis
+        order, rounded up to a multiple of the network's total stride per axis; ``None`` for a 2D network
+        or when the tile exceeds ``MAX_TILE_FACTOR`` times the trained patch's voxels (the trained patch
+        slides then).
+    """
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+    patch = configuration_manager.patch_size
+    if len(patch) != 3:
+        return None
+    shape = compute_new_shape([shape_zyx[i] for i in transpose_forward], [spacing_zyx[i] for i in transpose_forward],
+                              configuration_manager.spacing)
+    stride = np.prod(np.asarray(configuration_manager.network_arch_init_kwargs["strides"]), axis=0)
+    tile = (np.ceil(np.maximum(shape, 1) / stride) * stride).astype(int)
+    return None if np.prod(tile) > MAX_TILE_FACTOR * np.prod(patch) else tile.tolist()
+
+
 def _expected(models: Path, organ: str, entry: dict, box_stats: Dict[str, dict]) -> dict:
     """What an organ looked like in training (see :mod:`nnunet_oar.plausibility`)."""
     fingerprint = models / entry["results_folder"] / "dataset_fingerprint.json"
@@ -47,6 +81,7 @@ class OARPredictor:
     Args:
         models: models folder with ``models.json``.
         folds: folds to ensemble for every network (default: those in the manifest).
+        one_fold: each network's first fold in the manifest only (when ``folds`` is not given).
         device: ``cpu`` or ``cuda``.
         organs: organs to segment (default: all in the manifest).
         tta: nnU-Net's test-time mirroring for the organ networks.
@@ -58,17 +93,24 @@ class OARPredictor:
             used dropped); ``None`` keeps every one loaded (fastest for many cases, most memory).
         on_load: called with each organ's ``nnUNetPredictor`` when it is loaded (benchmarks time the
             networks this way).
+        tile: ``"crop"``: each crop in one pass, its tile the crop itself (:func:`crop_tile`), where that
+            fits ``MAX_TILE_FACTOR``; ``"trained"``: nnU-Net's sliding window with the trained patch.
     """
 
     def __init__(self, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
                  organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
                  largest_component: Sequence[str] = (), max_loaded: Optional[int] = 1,
-                 on_load: Optional[Callable] = None):
+                 on_load: Optional[Callable] = None, tile: str = "trained", one_fold: bool = False):
         ensure_trainer_path()
+        if tile not in TILES:
+            raise InputError(f"tile must be one of {', '.join(TILES)}, got {tile!r}")
+        self.tile = tile
         models = Path(models)
         manifest = read_manifest(models)
         loc = manifest["localizer"]
-        self.localizer = Localizer(models / loc["results_folder"], folds or loc["folds"], device, loc["margin_mm"],
+        def folds_of(entry: dict) -> list:
+            return list(folds) if folds else entry["folds"][:1] if one_fold else entry["folds"]
+        self.localizer = Localizer(models / loc["results_folder"], folds_of(loc), device, loc["margin_mm"],
                                    loc.get("tau", DEFAULT_TAU), readout=loc.get("readout", DEFAULT_READOUT))
         available = manifest["organs"]
         self.organs = list(organs) if organs else list(available)
@@ -80,13 +122,14 @@ class OARPredictor:
         self._specs = {}
         for organ in self.organs:
             checkpoint = available[organ].get("checkpoint", "checkpoint_final.pth")
-            organ_folds = folds or available[organ]["folds"]
+            organ_folds = folds_of(available[organ])
             for f in organ_folds:
                 check_checkpoint(models / available[organ]["results_folder"] / f"fold_{f}" / checkpoint)
             self._specs[organ] = (str(models / available[organ]["results_folder"]), organ_folds, checkpoint)
         self._settings = dict(tile_step_size=step_size, use_mirroring=tta, device=torch.device(device))
         self.max_loaded, self.on_load = max_loaded, on_load
         self._loaded: "OrderedDict[str, object]" = OrderedDict()
+        self._trained: Dict[str, object] = {}        # each organ network's configuration as trained
         self.expected = {o: _expected(models, o, available[o], self.localizer.box_stats) for o in self.organs}
         self.postprocess = {}
         for o in self.organs:
@@ -109,12 +152,31 @@ class OARPredictor:
                             device=dev, verbose=False, allow_tqdm=False)
         folder, folds, checkpoint = self._specs[organ]
         p.initialize_from_trained_model_folder(folder, folds, checkpoint)
+        self._trained[organ] = p.configuration_manager
         if self.on_load is not None:
             self.on_load(p)
         self._loaded[organ] = p
         while self.max_loaded is not None and len(self._loaded) > self.max_loaded:
             self._loaded.popitem(last=False)
         return p
+
+    def _set_tile(self, organ: str, shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> str:
+        """Give the organ's predictor the tile for this crop (its own configuration with another patch,
+        through nnU-Net's ``manual_initialization``); returns how the crop is tiled, for the boxes."""
+        from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+        p = self.network(organ)
+        trained = self._trained[organ]
+        tile = crop_tile(shape_zyx, spacing_zyx, trained, p.plans_manager.transpose_forward) \
+            if self.tile == "crop" else None
+        cm = trained if tile is None else ConfigurationManager({**trained.configuration, "patch_size": tile})
+        if cm.patch_size != p.configuration_manager.patch_size:
+            p.manual_initialization(p.network, p.plans_manager, cm, p.list_of_parameters, p.dataset_json,
+                                    p.trainer_name, p.allowed_mirroring_axes)
+        if tile is not None:
+            return f"crop {tile}"
+        why = "" if self.tile == "trained" else (" (a 2D network)" if len(trained.patch_size) != 3 else
+                                                 f" (the crop exceeds {MAX_TILE_FACTOR:g}x its voxels)")
+        return f"trained patch {list(trained.patch_size)}{why}"
 
     def predict_image(self, ct: sitk.Image, image_file: Path, case: str, boxes: Optional[dict] = None):
         """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict).
@@ -131,8 +193,9 @@ class OARPredictor:
             # the organ networks were trained on RAS-reoriented arrays (SimpleITKIOWithReorient)
             crop = sitk.DICOMOrient(crop_image(ct, box["start"], box["stop"]), NETWORK_ORIENTATION)
             data = sitk.GetArrayFromImage(crop)[None].astype(np.float32)
-            _, prob = self.network(organ).predict_single_npy_array(
-                data, {"spacing": list(crop.GetSpacing())[::-1]}, None, None, True)
+            spacing_zyx = list(crop.GetSpacing())[::-1]
+            entry["tile"] = self._set_tile(organ, data.shape[1:], spacing_zyx)
+            _, prob = self.network(organ).predict_single_npy_array(data, {"spacing": spacing_zyx}, None, None, True)
             prob_img = sitk.GetImageFromArray(np.asarray(prob[1], dtype=np.float32))
             prob_img.CopyInformation(crop)
             prob_zyx = sitk.GetArrayFromImage(sitk.DICOMOrient(prob_img, orientation))

@@ -25,6 +25,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 
+from nnunet_oar.contracts import write_boxes
 from nnunet_oar.io import geometry, read_json, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_TAU, heatmap_region, mean_box_sizes
 from nnunet_oar.localization.heatmaps import DEFAULT_SIGMA2_MM2, HeatmapLoss, heatmap_targets, label_centroids
@@ -189,7 +190,7 @@ class nnUNetTrainerOARHeatmap(ShortSchedule, nnUNetTrainer):
             gt_zyx, geom = sitk.GetArrayFromImage(gt), geometry(gt)
             boxes = boxes_for_case(heat, self.organ_names, properties, self.plans_manager.transpose_forward,
                                    box_stats, geom, case=k)
-            write_json(boxes, join(out_dir, f"{k}_boxes.json"))
+            write_boxes(boxes, out_dir)
             np.savez_compressed(join(out_dir, f"{k}_heatmaps_3d_loc.npz"),
                                 **{n: heat[i].astype(np.float16) for i, n in enumerate(self.organ_names)})
             annotated = self.annotations.get(k, self.organ_names) if self.annotations is not None else self.organ_names

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from nnunet_oar.contracts import MANIFEST_SUFFIX, case_file
 from nnunet_oar.io import InputError
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +56,7 @@ def check_config(workflow: str, config: Path, work: Optional[Path] = None) -> di
         cfg = yaml.safe_load(Path(config).read_text()) or {}
     except yaml.YAMLError as e:
         raise InputError(f"{config}: not YAML ({e})") from None
-    required = {"train": ("work", "dataset_id", "organs", "localizer", "organ_networks"),
+    required = {"train": ("work", "dataset_id", "dataset_name", "organs", "localizer", "organ_networks"),
                 "predict": ("input", "output", "models")}[workflow]
     missing = [k for k in required if k not in cfg and not (k == "work" and work is not None)]
     if missing:
@@ -82,9 +83,12 @@ def check_config(workflow: str, config: Path, work: Optional[Path] = None) -> di
     if not cfg.get("convert"):
         from nnunet_oar.paths import find_dataset
         raw = Path(work or base / cfg["work"]).resolve() / "nnUNet_raw"
-        if find_dataset(raw, int(cfg["dataset_id"])) is None:
+        found = find_dataset(raw, int(cfg["dataset_id"]))
+        if found is None:
             raise InputError(f"{config}: dataset_id: no data set {cfg['dataset_id']} under {raw}, and no convert "
                              "command to make it")
+        if found.name.split("_", 1)[1] != str(cfg["dataset_name"]):
+            raise InputError(f"{config}: dataset_name: {cfg['dataset_name']!r}, but the data set is {found.name}")
     return cfg
 
 
@@ -129,4 +133,4 @@ def unfinished_cases(config: Path) -> List[str]:
     base = Path(config).resolve().parent
     out = base / cfg["output"]
     return [case_id(f) for f in prediction_inputs(base / cfg["input"])
-            if not (out / f"{case_id(f)}_manifest.json").is_file()]
+            if not case_file(out, case_id(f), MANIFEST_SUFFIX).is_file()]

@@ -12,6 +12,13 @@ IDS = organ_dataset_ids(int(ORG["first_id"]), ORGANS)      # organ k in catalogu
 DEVICE = config.get("device", "cpu")
 NP = int(config.get("num_processes", 2))
 DONE = f"{W}/workflow"                                     # one record per finished step
+NAME = config["dataset_name"]                              # Dataset{ID}_{NAME}, as the convert step names it
+RESULTS = f"{W}/nnUNet_results"
+# a training's output is its final checkpoint: deleting one re-runs that training and what depends on it
+LOC_CKPT = (f"{RESULTS}/Dataset{ID:03d}_{NAME}/{LOC['trainer']}__nnUNetPlans__{LOC['configuration']}"
+            "/fold_{fold}/checkpoint_final.pth")
+ORG_CKPT = (f"{RESULTS}/Dataset{{dataset}}_{NAME}_{{organ}}/{ORG['trainer']}__nnUNetPlans__"
+            f"{ORG.get('configuration', '3d_fullres')}/fold_{{fold}}/checkpoint_final.pth")
 GPU = 1 if DEVICE == "cuda" else 0
 # nnU-Net's three folders under the work folder, for every command
 ENV = (f"export nnUNet_raw={W}/nnUNet_raw nnUNet_preprocessed={W}/nnUNet_preprocessed "
@@ -44,7 +51,7 @@ rule plan_localizer:
 
 rule train_localizer:
     input: rules.plan_localizer.output
-    output: touch(f"{DONE}/localizer_fold_{{fold}}.done")
+    output: LOC_CKPT
     resources: gpu=GPU
     log: f"{DONE}/logs/localizer_fold_{{fold}}.log"
     # --c continues an interrupted training (and starts one where there is no checkpoint yet)
@@ -54,7 +61,7 @@ rule train_localizer:
 
 
 rule localize_cross_validation:
-    input: expand(f"{DONE}/localizer_fold_{{fold}}.done", fold=LOC["folds"])
+    input: expand(LOC_CKPT, fold=LOC["folds"])
     output: f"{W}/boxes_cv/margins.json"
     resources: gpu=GPU
     log: f"{DONE}/logs/localize_cross_validation.log"
@@ -83,18 +90,18 @@ rule plan_organs:
 
 rule train_organ:
     input: rules.plan_organs.output
-    output: touch(f"{DONE}/organ_{{organ}}_fold_{{fold}}.done")
-    params: dataset=lambda w: IDS[w.organ]
+    output: ORG_CKPT
+    wildcard_constraints: dataset=r"\d+", fold=r"\d+|all"
     resources: gpu=GPU
-    log: f"{DONE}/logs/organ_{{organ}}_fold_{{fold}}.log"
+    log: f"{DONE}/logs/organ_{{dataset}}_{{organ}}_fold_{{fold}}.log"
     shell:
-        ENV + "nnUNetv2_train {params.dataset} " + f"{ORG.get('configuration', '3d_fullres')} " +
+        ENV + "nnUNetv2_train {wildcards.dataset} " + f"{ORG.get('configuration', '3d_fullres')} " +
         "{wildcards.fold} " + f"-tr {ORG['trainer']} -device {DEVICE} --c > {{log}} 2>&1"
 
 
 rule export_models:
     input:
-        expand(f"{DONE}/organ_{{organ}}_fold_{{fold}}.done", organ=ORGANS, fold=ORG["folds"]),
+        [ORG_CKPT.format(dataset=f"{IDS[o]:03d}", organ=o, fold=f) for o in ORGANS for f in ORG["folds"]],
         margins=rules.localize_cross_validation.output
     output: f"{W}/models/models.json"
     params: zip=f"--zip {W}/models.zip" if config.get("zip") else ""
