@@ -21,9 +21,10 @@ from tqdm import tqdm
 
 from nnunet_oar.contracts import (CASE_OUTPUT_SUFFIXES, LABELS_SUFFIX, begin_case_set, case_file, finish_case_set,
                                   read_boxes, write_boxes)
-from nnunet_oar.io import (IMAGE_SUFFIXES, InputError, case_id, check_memory, check_writable, geometry, list_images,
+from nnunet_oar.io import (IMAGE_SUFFIXES, InputError, case_id, geometry, list_images,
                            read_image, write_image, write_json)
 from nnunet_oar.models import models_folder, read_manifest
+from nnunet_oar.preflight import check_memory, check_writable
 from nnunet_oar.segmentation.predict import OARPredictor
 
 # predict's peak memory per CT voxel, bytes: a 458 x 379 x 224 CT peaked at 4.0 GB (organ networks loaded one

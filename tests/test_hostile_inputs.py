@@ -159,7 +159,7 @@ def test_device_cuda_without_a_gpu_is_refused_before_models_load(tmp_path):
 
 
 def test_unwritable_output_and_impossible_sizes_are_refused_before_work_starts(tmp_path):
-    from nnunet_oar.io import check_memory, check_writable
+    from nnunet_oar.preflight import check_memory, check_writable
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(InputError, match="not writable") as e:

@@ -16,12 +16,13 @@ import torch
 from tqdm import tqdm
 
 from nnunet_oar.contracts import write_boxes
-from nnunet_oar.io import (InputError, atomic_path, case_id, check_writable, geometry, image_from_geometry,
+from nnunet_oar.io import (InputError, atomic_path, case_id, geometry, image_from_geometry,
                            list_images, read_image, read_json)
 from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, heatmap_region,
                                           organ_box)
 from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry
 from nnunet_oar.paths import ensure_trainer_path
+from nnunet_oar.preflight import check_writable
 from nnunet_oar.safe_load import check_checkpoint
 
 BOX_STATS = "box_stats.json"

@@ -27,8 +27,13 @@ for k, v in config.get("env", {}).items():
     ENV += f"export {k}={v}; "
 
 
+# the checkpoints are targets too: Snakemake does not rebuild a deleted intermediate file whose consumers
+# are up to date, so a deleted checkpoint re-runs its training (and then the export) only when asked for
+ORG_CKPTS = [ORG_CKPT.format(dataset=f"{IDS[o]:03d}", organ=o, fold=f) for o in ORGANS for f in ORG["folds"]]
+
+
 rule all:
-    input: f"{W}/models/models.json"
+    input: f"{W}/models/models.json", expand(LOC_CKPT, fold=LOC["folds"]), ORG_CKPTS
 
 
 rule convert:
@@ -101,7 +106,7 @@ rule train_organ:
 
 rule export_models:
     input:
-        [ORG_CKPT.format(dataset=f"{IDS[o]:03d}", organ=o, fold=f) for o in ORGANS for f in ORG["folds"]],
+        ORG_CKPTS,
         margins=rules.localize_cross_validation.output
     output: f"{W}/models/models.json"
     params: zip=f"--zip {W}/models.zip" if config.get("zip") else ""
