@@ -28,7 +28,7 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 from tqdm import tqdm
 
 from nnunet_oar.conversion.dataset import READER_WRITER
-from nnunet_oar.geometry import centroid_mm, crop_zyx, index_box_to_world, index_to_world, mask_bbox_xyz, world_box_to_index
+from nnunet_oar.geometry import crop_zyx, index_to_world, world_box_to_index
 from nnunet_oar.io import InputError, atomic_dir, geometry, read_image, read_json, write_image, write_json
 from nnunet_oar.paths import dataset_folder_name, find_dataset, raw_root
 
@@ -47,27 +47,18 @@ def ignore_unannotated(label_zyx: np.ndarray, ct_zyx: np.ndarray, ignore_value: 
     return out
 
 
-def organ_positions(label_files: Dict[str, Path], labels: Dict[str, int], annotations: Dict[str, list],
-                    progress: bool = True) -> Dict[str, dict]:
-    """Where each organ lies over the cases that contoured it: ``{organ: {"mean_offset_mm", "sd_offset_mm",
-    "mean_size_mm", "n"}}``, offsets of the centroid from the image centre and bounding-box sizes, world
-    x,y,z mm."""
-    offsets: Dict[str, list] = {}
-    sizes: Dict[str, list] = {}
-    for case, f in tqdm(sorted(label_files.items()), desc="organ positions", disable=not progress):
-        seg = read_image(f, "label map")
-        arr, geom = sitk.GetArrayViewFromImage(seg), geometry(seg)
-        centre = index_to_world(geom, (np.asarray(geom["size_xyz"], float) - 1) / 2)
-        for organ in annotations.get(case, []):
-            mask = arr == labels[organ]
-            bb = mask_bbox_xyz(mask)
-            if bb is None:
-                continue
-            offsets.setdefault(organ, []).append(centroid_mm(geom, mask) - centre)
-            lo, hi = index_box_to_world(geom, *bb)
-            sizes.setdefault(organ, []).append(hi - lo)
-    return {o: {"mean_offset_mm": np.mean(v, 0).tolist(), "sd_offset_mm": np.std(v, 0).tolist(),
-                "mean_size_mm": np.mean(sizes[o], 0).tolist(), "n": len(v)} for o, v in offsets.items()}
+def organ_positions(raw: Path, progress: bool = True) -> Dict[str, dict]:
+    """Where each organ lies over the cases of a raw data set that contoured it: ``{organ: {"mean_offset_mm",
+    "sd_offset_mm", "mean_size_mm", "n"}}``, the centroid's offset from the image centre and the
+    bounding-box size, world x,y,z mm (the localizer's own box statistics, plus the offsets' spread)."""
+    # the statistics the localizer's constant guess uses; only the spread is added here
+    from nnunet_oar.localization.boxes import mean_box_sizes
+    from nnunet_oar.localization.plans import case_box_sizes
+    sizes, offsets = case_box_sizes(raw, progress)
+    positions = mean_box_sizes(sizes, list(sizes), offsets)
+    for organ, stats in positions.items():
+        stats["sd_offset_mm"] = np.std([o[organ] for o in offsets.values() if organ in o], 0).tolist()
+    return positions
 
 
 def likely_region(geom: dict, positions: Dict[str, dict], organs: Sequence[str], sd: float = LIKELY_SD
@@ -106,8 +97,7 @@ def with_ignore_label(source_id: int, target_id: int, body_hu: float = BODY_HU, 
     organs = [n for n in ds["labels"] if n != "background"]
     ignore = max(ds["labels"].values()) + 1
     name = dataset_folder_name(target_id, src.name.split("_", 1)[1] + ("Ignore" if region == "body" else "IgnoreLikely"))
-    label_files = {case: src / "labelsTr" / f"{case}{ds['file_ending']}" for case in annotations}
-    positions = organ_positions(label_files, ds["labels"], annotations, progress) if region == "likely" else None
+    positions = organ_positions(src, progress) if region == "likely" else None
     partial = {}
     with atomic_dir(raw_root() / name) as tmp:
         (tmp / "imagesTr").mkdir()

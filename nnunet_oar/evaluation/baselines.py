@@ -66,8 +66,8 @@ def equal_time_epochs(loc: Tuple[str, str, List[str]], organs: Tuple[str, List[i
                     f"nnU-Net's logs (logged total {raw:.0f} s, longer where cores were shared)")
 
 
-def train_baselines(s: Settings, run: StageRunner, records: Dict[str, dict], stages: Dict[str, dict],
-                    methods: Dict[str, Path], trainers: dict, test_raw: Path, pred: Path, organ_ids: List[int]) -> None:
+def train_baselines(s: Settings, run: StageRunner, stages: Dict[str, dict], methods: Dict[str, Path], trainers: dict,
+                    test_raw: Path, pred: Path, organ_ids: List[int]) -> None:
     """Train and predict the single-network baselines, one per partial-contour rule in
     ``s.baseline_ignore`` (data set ``baseline_id + k``), after the two-stage method so that its measured
     training time can set the equal-time budget. The first rule also trains the equal-iterations baseline
@@ -80,7 +80,7 @@ def train_baselines(s: Settings, run: StageRunner, records: Dict[str, dict], sta
     def train_and_predict(method: str, dataset_id: str, config: str, trainer: str) -> None:
         label = method.replace("_equal_time", ", equal time")
         # alone, not beside other trainings: its wall time is its own
-        stages[f"{label}: train"] = records[f"{method}_train"] = run.stage(f"{method}_train", [
+        stages[f"{label}: train"] = run.stage(f"{method}_train", [
             ["nnUNetv2_train", dataset_id, config, "all", "-tr", trainer, "--c", *dev]])
         stages[f"{label}: predict held-out"] = run.stage(f"predict_{method}", [
             ["nnUNetv2_predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / method), "-d", dataset_id,

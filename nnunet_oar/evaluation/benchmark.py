@@ -162,6 +162,6 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
          *tta]])
     methods = {m: pred / m for m in ("two_stage", "two_stage_reference_boxes")}
     trainers = {"localizer": loc_tr, "networks": seg_tr}
-    train_baselines(s, run, records, stages, methods, trainers, test_raw, pred, organ_ids)
+    train_baselines(s, run, stages, methods, trainers, test_raw, pred, organ_ids)
     report = write_comparison(work, test_raw, methods, stages, asdict(s), trainers)
     return report

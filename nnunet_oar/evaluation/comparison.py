@@ -51,24 +51,22 @@ def _reference_baseline(results: Dict[str, dict]) -> Optional[str]:
     return max(pool, key=lambda m: results[m]["overall"]["dice"]["mean"] or 0.0, default=None)
 
 
-def _paired_vs_baseline(results: Dict[str, dict]) -> Dict[str, dict]:
+def _paired_vs_baseline(results: Dict[str, dict], ref: Optional[str]) -> Dict[str, dict]:
     """Every other method's paired Dice differences against the reference baseline (none without one)."""
     from nnunet_oar.evaluation.statistics import compare_methods
-    ref = _reference_baseline(results)
     if ref is None:
         return {}
     return {m: compare_methods(r["per_case"], results[ref]["per_case"]) for m, r in results.items() if m != ref}
 
 
 def _largest_difference_figure(work: Path, test_raw: Path, methods: Dict[str, Path], results: Dict[str, dict],
-                               k: int = 3) -> Optional[str]:
+                               ref: str, k: int = 3) -> Optional[str]:
     """``cases_largest_difference.png``: CT, reference and both methods' contours for the ``k`` held-out
     cases whose two-stage − baseline Dice differs most. Returns the file name (None: no paired case)."""
     import SimpleITK as sitk
     from nnunet_oar.evaluation.evaluate import prediction_labels
     from nnunet_oar.evaluation.statistics import largest_differences
     from nnunet_oar.report import method_comparison_png
-    ref = _reference_baseline(results)
     chosen = largest_differences(results["two_stage"]["per_case"], results[ref]["per_case"], k)
     if not chosen:
         return None
@@ -144,7 +142,8 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
         write_metrics(results[method], work / f"metrics_{method}.json")
     box_plots(results, work / "boxplot_dice.png", "dice")
     box_plots(results, work / "boxplot_hd95.png", "hd95_mm")
-    paired = _paired_vs_baseline(results)
+    reference = _reference_baseline(results)
+    paired = _paired_vs_baseline(results, reference)
     report = {"settings": settings, "trainers": trainers, "machine": _machine(settings["device"]),
               "test_cases": len(annotations), "tolerance_mm": tolerance_mm,
               "overall": {m: r["overall"] for m, r in results.items()},
@@ -161,7 +160,7 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
              f"baseline and organ networks `{trainers['networks']}`; baseline configuration "
              f"`{trainers['baseline_config']}`. NSD tolerance {tolerance_mm} mm.", "",
              "## Table I: mean ± std over scored (case, organ) pairs", "",
-             f"Δ Dice: the mean paired difference (method − {_reference_baseline(results)}) over the (case, organ) "
+             f"Δ Dice: the mean paired difference (method − {reference}) over the (case, organ) "
              "pairs both scored, with its bootstrap 95 % interval (BCa, 10,000 resamples) and the Wilcoxon "
              "signed-rank p-value.", *_budget_lines(trainers, stages), "",
              "| method | Dice | HD95 (mm) | NSD | pairs | Δ Dice vs baseline [95 % CI] | p (Wilcoxon) |",
@@ -172,13 +171,13 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
                      + (_fmt_diff(paired[m]["overall"]) if m in paired else "- | -") + " |")
     names = list(results)
     for m, stats in paired.items():
-        lines += ["", f"### Paired Dice difference per organ: {m} − {_reference_baseline(results)}", "",
-                  f"| organ | pairs | Dice {_reference_baseline(results)} | Dice {m} | Δ Dice [95 % CI] | p (Wilcoxon) |",
+        lines += ["", f"### Paired Dice difference per organ: {m} − {reference}", "",
+                  f"| organ | pairs | Dice {reference} | Dice {m} | Δ Dice [95 % CI] | p (Wilcoxon) |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {organ} | {d['n']} | {_num(d['mean_b'])} | {_num(d['mean_a'])} | {_fmt_diff(d)} |"
                   for organ, d in stats["per_organ"].items()]
     if "two_stage" in paired:
-        figure = _largest_difference_figure(work, test_raw, methods, results)
+        figure = _largest_difference_figure(work, test_raw, methods, results, reference)
         if figure:
             lines += ["", "### The three held-out cases where the two methods differ most (the paper's Fig. 4)", "",
                       f"![{figure}]({figure})"]
