@@ -20,7 +20,7 @@ demo: venv
 	$(BIN)/nnunet_oar demo -o $(DEMO_DIR)
 
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 # day-to-day: everything but the trainings that need minutes (marked slow)
 test-fast: venv

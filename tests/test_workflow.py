@@ -92,6 +92,21 @@ def test_a_bad_training_config_is_refused_before_any_job_naming_the_key(tmp_path
     assert not (tmp_path / "phantoms_tiny_work").exists()
 
 
+def test_a_cpu_command_uses_every_cpu_whatever_omp_num_threads_says(tmp_path):
+    """Snakemake exports OMP_NUM_THREADS=1 to its jobs: a workflow's predict must still use the CPUs it is
+    given, and the same number as a `nnunet_oar predict` outside the workflow (the same sums, the same labels)."""
+    import os
+    import torch
+    from nnunet_oar.cli import main
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["predict", "-i", str(tmp_path / "none"), "-o", str(tmp_path / "o"), "-m", str(tmp_path)]) == 2
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 def test_the_tiny_recipe_runs_end_to_end_then_does_nothing_then_reruns_only_a_deleted_training(tmp_path):
     """The shipped phantom example through `nnunet_oar workflow train`: models folder and zip at the end;

@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _use_every_cpu() -> None:
+    """torch's CPU threads: every CPU this process may run on, as nnU-Net's own entry points set them.
+    Snakemake exports OMP_NUM_THREADS=1 to a job without ``threads:``, which would make prediction single
+    threaded and its floating-point sums differ from a run outside the workflow; the affinity mask is what
+    SLURM and taskset actually grant."""
+    import torch
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -41,6 +50,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             from nnunet_oar import organs
             organs.load_catalogue(Path(args.catalogue))
             os.environ[organs.CATALOGUE_ENV] = str(Path(args.catalogue).resolve())   # for subprocesses
+        if getattr(args, "device", None) == "cpu":
+            _use_every_cpu()
         args.func(args)
     except (InputError, OSError) as e:         # anything else is a bug: its traceback shows
         print(f"nnunet_oar {args.command}: error: {e}", file=sys.stderr)
