@@ -1,16 +1,24 @@
-"""Two-stage inference against one nnU-Net 3d_fullres multi-organ network, on the same CT, on CPU.
+"""Two-stage inference against one nnU-Net 3d_fullres multi-organ network, on the same CT and settings.
 
 The real CT of ../shared/data/totalsegmentator (abdomen-pelvis, 3 mm) is resampled to a clinical grid
 (0.8 x 0.8 x 1.5 mm). Its TotalSegmentator map gives 15 VISCERAL structures. Every network is planned by
 nnU-Net's own planner on data of the right size (the full CT for the baseline and for the 3 mm
 localizer; each organ's 10 mm-margin crop for its organ network, at the paper's 1 mm), and gets random
-weights (timing does not need trained ones). The two methods then run through their real code paths:
-``nnUNetPredictor.predict_single_npy_array`` for the baseline, ``nnunet_oar.pipeline.OARPredictor`` for
-the two-stage method (tau = -1, so every organ is "found" and its mean-size box is processed), and the
-localizer alone (``Localizer.localize_file``: nnU-Net preprocessing to 3 mm, the network, boxes).
-No test-time mirroring in either. Each method runs in its own process, so peak memory is its own.
+weights (timing does not need trained ones), the same for each of 5 folds. The two methods then run
+through their real code paths: ``nnUNetPredictor.predict_single_npy_array`` for the baseline,
+``nnunet_oar.segmentation.predict.OARPredictor`` for the two-stage method (tau = -1, so every organ is
+"found" and its mean-size box is processed), and the localizer alone (``Localizer.localize_file``:
+nnU-Net preprocessing to 3 mm, the network, boxes). Each method runs in its own process, so peak memory
+is its own.
 
-    python benchmarks/inference_two_stage_vs_fullres.py [--work /tmp/bench] [--out docs/results/inference_benchmark.json]
+Presets, both methods at the same settings: ``fast`` (one fold, no test-time mirroring; ``predict
+--preset fast``) always; ``accurate`` (5 folds, mirroring on 3 axes: nnU-Net's and ``predict``'s
+defaults) with ``--accurate``, which on CPU takes hours for the baseline (40x its fast time): run it on
+a GPU (``--device cuda``).
+
+    python benchmarks/inference_two_stage_vs_fullres.py [--work /tmp/bench] [--device cpu|cuda] [--accurate]
+
+writes docs/results/inference_benchmark.json and .md.
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +44,17 @@ TS_TO_ORGAN = {"spleen": [1], "kidney_right": [2], "kidney_left": [3], "gallblad
                "lung_right": [12, 13, 14], "urinary_bladder": [21], "vertebra_L1": [31], "aorta": [52],
                "psoas_major_left": [88], "psoas_major_right": [89]}
 BASE_ID, FIRST_ORGAN_ID = 801, 811
+FOLDS = 5
+# method -> (what it is, preset); "two_stage*" run OARPredictor, "baseline*" nnU-Net's predictor
+METHODS = {
+    "localizer": ("localizer alone (3 mm), one fold", "fast"),
+    "two_stage": ("two-stage, trained patch sliding in each crop (`--tile trained`, the default)", "fast"),
+    "two_stage_crop_tile": ("two-stage, one tile per crop (`--tile crop`)", "fast"),
+    "two_stage_all_loaded": ("two-stage, all organ networks loaded first (`--keep-networks 0`)", "fast"),
+    "baseline": ("nnU-Net 3d_fullres, 15 labels (baseline)", "fast"),
+    "two_stage_accurate": ("two-stage, 5 folds, mirroring (`--preset accurate`)", "accurate"),
+    "baseline_accurate": ("nnU-Net 3d_fullres, 5 folds, mirroring", "accurate"),
+}
 
 
 class NetworkTimer:
@@ -56,7 +76,7 @@ class NetworkTimer:
         self.calls += 1
 
 
-def prepare(work: Path) -> None:
+def prepare(work: Path, spacing) -> None:
     """Clinical-grid CT, raw data sets, nnU-Net plans and random-weight checkpoints, models folder."""
     import torch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
@@ -70,11 +90,13 @@ def prepare(work: Path) -> None:
     from nnunet_oar.localization.plans import plan_localizer
     from nnunet_oar.models import export_models
 
+    for sub in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "models"):     # another grid before
+        shutil.rmtree(work / sub, ignore_errors=True)
     ct3 = sitk.ReadImage(str(SHARED / "example_ct.nii.gz"))
     seg3 = sitk.ReadImage(str(SHARED / "example_seg.nii.gz"))
-    size = [int(round(n * s / t)) for n, s, t in zip(ct3.GetSize(), ct3.GetSpacing(), CLINICAL_SPACING)]
+    size = [int(round(n * s / t)) for n, s, t in zip(ct3.GetSize(), ct3.GetSpacing(), spacing)]
     ref = sitk.Image(size, sitk.sitkInt16)
-    ref.SetSpacing(CLINICAL_SPACING)
+    ref.SetSpacing(spacing)
     ref.SetOrigin(ct3.GetOrigin())
     ref.SetDirection(ct3.GetDirection())
     ct = sitk.Cast(sitk.Resample(ct3, ref, sitk.Transform(), sitk.sitkLinear, -1024), sitk.sitkInt16)
@@ -107,7 +129,7 @@ def prepare(work: Path) -> None:
         plans = json.loads((pre / "nnUNetPlans.json").read_text())
         dataset_json = json.loads((pre / "dataset.json").read_text())
         out = work / "nnUNet_results" / pre.name / f"{trainer}__nnUNetPlans__{configuration}"
-        (out / "fold_0").mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         write_json(plans, out / "plans.json")
         write_json(dataset_json, out / "dataset.json")
         write_json(json.loads((pre / "dataset_fingerprint.json").read_text()), out / "dataset_fingerprint.json")
@@ -116,11 +138,15 @@ def prepare(work: Path) -> None:
         cls = recursive_find_trainer_class_by_name(trainer)
         net = cls.build_network_architecture(pm, cm, determine_num_input_channels(pm, cm, dataset_json),
                                              pm.get_label_manager(dataset_json).num_segmentation_heads, False)
-        torch.save({"network_weights": net.state_dict(), "trainer_name": trainer,
-                    "init_args": {"configuration": configuration}, "inference_allowed_mirroring_axes": None},
-                   out / "fold_0" / "checkpoint_final.pth")
-        for name, obj in (extra or {}).items():
-            write_json(obj, out / "fold_0" / name)
+        # nnU-Net mirrors on all axes; our localizer never (nnUNetTrainerOARHeatmap: left/right channels)
+        axes = None if configuration == "3d_loc" else (0, 1, 2)
+        for fold in range(FOLDS):           # the same weights in every fold: the time is what counts
+            (out / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+            torch.save({"network_weights": net.state_dict(), "trainer_name": trainer,
+                        "init_args": {"configuration": configuration}, "inference_allowed_mirroring_axes": axes},
+                       out / f"fold_{fold}" / "checkpoint_final.pth")
+            for name, obj in (extra or {}).items():
+                write_json(obj, out / f"fold_{fold}" / name)
         return out, cm
 
     summary = {}
@@ -133,48 +159,54 @@ def prepare(work: Path) -> None:
         _, cm = fake_results(dataset_id, "3d_fullres", "nnUNetTrainer")
         summary["organ_patches"][organ] = cm.patch_size
     export_models(work / "models", BASE_ID, organ_ids, tau=-1.0)
-    summary["ct_size_xyz"] = list(ct.GetSize())
+    summary["ct_size_xyz"], summary["spacing_xyz_mm"] = list(ct.GetSize()), list(spacing)
     summary["organs"] = organs
     write_json(summary, work / "prepared.json")
 
 
-def run_method(work: Path, method: str) -> dict:
+def run_method(work: Path, method: str, device: str) -> dict:
     """Time one method in this process (called in a child process by ``main``)."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    torch.set_num_threads(2)
+    accurate = METHODS[method][1] == "accurate"
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
     ct = sitk.ReadImage(str(work / "ct_clinical.nii.gz"))
     t0 = time.perf_counter()
     timer = NetworkTimer()
-    if method == "baseline":
+    if method.startswith("baseline"):
         folder = next((work / "nnUNet_results").glob(f"Dataset{BASE_ID}_*")) / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-        p = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, perform_everything_on_device=False,
-                            device=torch.device("cpu"), allow_tqdm=False)
-        p.initialize_from_trained_model_folder(str(folder), [0])
+        p = nnUNetPredictor(tile_step_size=0.5, use_mirroring=accurate, perform_everything_on_device=dev.type != "cpu",
+                            device=dev, allow_tqdm=False)
+        p.initialize_from_trained_model_folder(str(folder), list(range(FOLDS)) if accurate else [0])
         timer.attach(p.network)
         t_start = time.perf_counter()
         data = sitk.GetArrayFromImage(sitk.DICOMOrient(ct, "RAS"))[None].astype(np.float32)
         p.predict_single_npy_array(data, {"spacing": list(ct.GetSpacing())[::-1]}, None, None, False)
     elif method == "localizer":
         from nnunet_oar.localization.localize import Localizer
-        loc = Localizer(next((work / "models").glob("localizer")), tau=-1.0)
+        loc = Localizer(next((work / "models").glob("localizer")), folds=[0], device=device, tau=-1.0)
         timer.attach(loc.predictor.network)
         t_start = time.perf_counter()
         loc.localize_file(work / "ct_clinical.nii.gz", "ct")
     else:
-        from nnunet_oar.segmentation.predict import OARPredictor
-        # two_stage: the default (one organ network loaded at a time, each loaded when needed, inside the
-        # wall time); two_stage_all_loaded: every network loaded before the clock starts (multi-case runs)
+        from nnunet_oar.segmentation.predict import PRESETS, OARPredictor
+        # the default loads one organ network at a time, when needed (inside the wall time);
+        # two_stage_all_loaded loads every one before the clock starts (what multi-case runs amortize)
         keep = None if method == "two_stage_all_loaded" else 1
-        p = OARPredictor(work / "models", device="cpu", tta=False, step_size=1.0 if method.endswith("step1") else 0.5,
-                         max_loaded=keep, on_load=lambda net: timer.attach(net.network))
+        p = OARPredictor(work / "models", device=device, max_loaded=keep, on_load=lambda net: timer.attach(net.network),
+                         tile="crop" if method == "two_stage_crop_tile" else "trained",
+                         **PRESETS["accurate" if accurate else "fast"])
         timer.attach(p.localizer.predictor.network)
         if keep is None:
             for organ in p.organs:
                 p.network(organ)
         t_start = time.perf_counter()
         p.predict_image(ct, work / "ct_clinical.nii.gz", "ct")
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     wall = time.perf_counter() - t_start
     return {"method": method, "wall_s": wall, "load_s": t_start - t0, "network_s": timer.seconds,
             "network_calls": timer.calls, "voxels_through_networks": timer.voxels,
@@ -182,41 +214,94 @@ def run_method(work: Path, method: str) -> dict:
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
 
 
+def write_markdown(results: dict, path: Path, command: str) -> None:
+    """The results as docs/results/inference_benchmark.md: table, ratios, targets (issue 13)."""
+    prep = results["prepared"]
+    lines = ["# Inference: two-stage vs one nnU-Net 3d_fullres network", "",
+             f"Machine: {results['machine']}; torch {results['torch']}, nnU-Net {results['nnunetv2']}. "
+             f"Date: {results['date']}.", "", f"Command: `{command}` (raw numbers: `{path.with_suffix('.json').name}`; "
+             "this file is written by the script).", "",
+             f"CT: `../shared/data/totalsegmentator/example_ct.nii.gz` resampled to "
+             f"{' x '.join(map(str, results['clinical_spacing_xyz_mm']))} mm, {prep['ct_size_xyz']} voxels (x, y, z); "
+             f"{len(prep['organs'])} structures from its TotalSegmentator map. Random weights; sliding-window step 0.5. "
+             "Each method in its own process; the wall time excludes loading the networks, except where a method "
+             "loads them one at a time when needed.", "",
+             f"Patches planned by nnU-Net: baseline 3d_fullres {prep['baseline_patch']}; localizer 3d_loc "
+             f"{prep['localizer_patch']} at 3 mm; organ networks at 1 mm: "
+             + ", ".join(f"{o} {p}" for o, p in prep["organ_patches"].items()) + ".", "",
+             "| method | preset | wall s | in networks s | outside networks | network calls | voxels through networks | peak RSS GB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m, (label, preset) in METHODS.items():
+        if m in results:
+            r = results[m]
+            lines.append(f"| {label} | {preset} | {r['wall_s']:.0f} | {r['network_s']:.0f} | "
+                         f"{100 * r['share_outside_networks']:.0f} % | {r['network_calls']} | "
+                         f"{r['voxels_through_networks'] / 1e6:.1f} M | {r['peak_rss_gb']:.2f} |")
+    lines += ["", "Wall-time ratios, two-stage / baseline at the same preset (one run of each, side by side):", ""]
+    lines += [f"- `{k}`: **{v:.3f}**" for k, v in results.items() if k.startswith("ratio_wall")]
+    if "two_stage" in results and "baseline" in results:
+        t, b, loc = results["two_stage"], results["baseline"], results.get("localizer", {})
+        lines += ["", "Targets (issue 13), fast preset:", "",
+                  f"- wall time <= 0.20x the baseline's: {results['ratio_wall_two_stage_over_baseline']:.3f}x",
+                  f"- peak RSS <= the baseline's: {t['peak_rss_gb']:.2f} vs {b['peak_rss_gb']:.2f} GB",
+                  f"- localization <= 15 s: {loc.get('wall_s', float('nan')):.1f} s",
+                  f"- non-network share <= 5 %: {100 * t['share_outside_networks']:.0f} %"]
+    if "baseline_accurate" not in results:
+        lines += ["", "The accurate preset (5 folds, mirroring) was not run here: `--accurate`, on a GPU."]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/nnunet_oar_bench")
-    ap.add_argument("--out", default=str(REPO / "docs" / "results" / "inference_benchmark.json"))
-    ap.add_argument("--method", choices=["baseline", "two_stage", "two_stage_all_loaded", "two_stage_step1", "localizer"],
-                    help=argparse.SUPPRESS)
-    ap.add_argument("--only", nargs="+", help="run only these methods and merge them into an existing --out")
+    ap.add_argument("--out", default=str(REPO / "docs" / "results" / "inference_benchmark.json"),
+                    help="JSON to write; the Markdown table goes beside it (.md)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--accurate", action="store_true", help="also the accurate preset (5 folds, mirroring): hours on CPU")
+    ap.add_argument("--spacing", nargs=3, type=float, default=CLINICAL_SPACING, metavar=("X", "Y", "Z"),
+                    help="the CT's grid in mm (default: clinical 0.8 0.8 1.5; coarser for a quick rehearsal)")
+    ap.add_argument("--method", choices=list(METHODS), help=argparse.SUPPRESS)
     a = ap.parse_args()
     work = Path(a.work)
     from nnunet_oar.paths import use_nnunet_folders
     use_nnunet_folders(work)
     if a.method:
-        print(json.dumps(run_method(work, a.method)))
+        print(json.dumps(run_method(work, a.method, a.device)))
         return
-    if not (work / "prepared.json").is_file():
-        prepare(work)
-    results = {"machine": f"{os.cpu_count()} CPU cores, torch threads 2", "clinical_spacing_xyz_mm": CLINICAL_SPACING,
-               "prepared": json.loads((work / "prepared.json").read_text())}
-    if a.only and Path(a.out).is_file():
-        results = json.loads(Path(a.out).read_text())
-    for method in a.only or ("localizer", "two_stage", "two_stage_all_loaded", "two_stage_step1", "baseline"):
-        r = subprocess.run([sys.executable, __file__, "--work", str(work), "--method", method],
+    prepared = work / "prepared.json"
+    if not prepared.is_file() or json.loads(prepared.read_text()).get("spacing_xyz_mm") != list(a.spacing):
+        prepare(work, tuple(a.spacing))
+    import nnunetv2
+    import torch
+    machine = (f"{torch.cuda.get_device_name(0)}" if a.device == "cuda" else
+               f"{len(os.sched_getaffinity(0))} CPU cores (torch threads: all), "
+               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1024 ** 3:.0f} GB RAM")
+    results = {"machine": machine, "device": a.device, "torch": torch.__version__,
+               "nnunetv2": getattr(nnunetv2, "__version__", "2.8.1"), "date": time.strftime("%Y-%m-%d"),
+               "clinical_spacing_xyz_mm": list(a.spacing), "prepared": json.loads(prepared.read_text())}
+    for method, (_, preset) in METHODS.items():
+        if preset == "accurate" and not a.accurate:
+            continue
+        r = subprocess.run([sys.executable, __file__, "--work", str(work), "--method", method, "--device", a.device],
                            capture_output=True, text=True, env=os.environ)
         if r.returncode:
             raise SystemExit(r.stderr[-3000:])
         results[method] = json.loads(r.stdout.strip().splitlines()[-1])
         print(json.dumps(results[method], indent=1), flush=True)
-    for method in ("two_stage", "two_stage_all_loaded", "two_stage_step1"):
-        if method in results and "baseline" in results:
-            results[f"ratio_wall_{method}_over_baseline"] = results[method]["wall_s"] / results["baseline"]["wall_s"]
-            results[f"ratio_voxels_{method}_over_baseline"] = (results[method]["voxels_through_networks"] /
-                                                               results["baseline"]["voxels_through_networks"])
-            print(f"{method} / baseline wall time: {results[f'ratio_wall_{method}_over_baseline']:.3f}")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
+    for method, (_, preset) in METHODS.items():
+        base = "baseline_accurate" if preset == "accurate" else "baseline"
+        if method.startswith("two_stage") and method in results and base in results:
+            # keys kept across versions: ratio_wall_two_stage_over_baseline(_accurate)
+            key = f"{method.replace('_accurate', '')}_over_{base}"
+            results[f"ratio_wall_{key}"] = results[method]["wall_s"] / results[base]["wall_s"]
+            results[f"ratio_voxels_{key}"] = (results[method]["voxels_through_networks"] /
+                                              results[base]["voxels_through_networks"])
+            print(f"{method} / {base} wall time: {results[f'ratio_wall_{key}']:.3f}")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, out.with_suffix(".md"), "python benchmarks/inference_two_stage_vs_fullres.py "
+                   + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

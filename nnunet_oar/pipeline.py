@@ -12,7 +12,10 @@ on request RTSTRUCT, DICOM SEG and a preview (:mod:`nnunet_oar.export`), and las
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -101,8 +104,6 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
     Returns:
         ``{case: error}`` for inputs that could not be processed; the other cases are written.
     """
-    from nnunet_oar.dicom.series import read_ct_series
-    from nnunet_oar.export import write_outputs
     sources = _inputs(inputs)
     if (rtstruct or dicom_seg) and not any(p.is_dir() for _, p in sources):
         raise InputError(f"{inputs}: RTSTRUCT and DICOM SEG reference the CT's DICOM slices; give a DICOM series "
@@ -112,42 +113,82 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
     predictor = OARPredictor(models_folder(models), folds, device, organs, tta, step_size, largest_component,
                              keep_networks, tile=tile, one_fold=one_fold)
     output = Path(output)
+    clinical = {"rtstruct": rtstruct, "dicom_seg": dicom_seg, "preview": preview, "roi_names": roi_names}
     errors = {}
-    for case, path in tqdm(sources, desc="predict"):
-        try:
-            series, given = None, None
-            if boxes_dir is not None:
-                given = read_boxes(boxes_dir, case)
-            if path.is_dir():
-                ct, series = read_ct_series(path, series_uid)
-                # nnU-Net reads files: the series goes to a temporary NIfTI, never beside the input
-                with tempfile.TemporaryDirectory() as tmp:
-                    image_file = Path(tmp) / f"{case}_0000.nii.gz"
-                    sitk.WriteImage(ct, str(image_file))
-                    seg, boxes = predictor.predict_image(ct, image_file, case, given)
-            else:
-                check_memory(path, PEAK_BYTES_PER_VOXEL, "CT")
-                ct = read_image(path, "CT")
-                seg, boxes = predictor.predict_image(ct, path, case, given)
-        except InputError as e:
-            errors[case] = str(e)
-            tqdm.write(f"skipped: {e}")
-            continue
-        clinical = rtstruct or dicom_seg
-        if clinical:
+    # the next case is read and the last one written while the networks run (SimpleITK and the compression
+    # release the GIL): one case ahead, one behind, so at most three CTs are in memory
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        ahead = reader.submit(_read_case, *sources[0], series_uid, boxes_dir) if sources else None
+        written = None
+        for k, (case, path) in enumerate(tqdm(sources, desc="predict")):
+            current, ahead = ahead, (reader.submit(_read_case, *sources[k + 1], series_uid, boxes_dir)
+                                     if k + 1 < len(sources) else None)
             try:
-                series.require_uids("RTSTRUCT/SEG")
-            except InputError as e:          # the label map and statistics are still written
+                with current.result() as (ct, image_file, series, given):
+                    seg, boxes = predictor.predict_image(ct, image_file, case, given)
+            except InputError as e:
                 errors[case] = str(e)
-                tqdm.write(f"warning: {e}")
-                clinical = False
-        # the case's files form one set: its manifest goes first and comes back last
-        begin_case_set(output, case)
-        files = [output / f"{case}.nii.gz", case_file(output, case, LABELS_SUFFIX)]
-        write_image(seg, files[0])
-        write_json({"labels": predictor.labels, "image": geometry(ct)}, files[1])
-        files.append(write_boxes({**boxes, "case": case}, output))
-        written = write_outputs(ct, seg, predictor.labels, case, output, boxes, series, rtstruct and clinical,
-                                dicom_seg and clinical, preview, roi_names)
-        finish_case_set(output, case, files + list(written.values()))
+                tqdm.write(f"skipped: {e}")
+                continue
+            if written is not None:
+                _collect(*written, errors)
+            written = case, writer.submit(_write_case, output, case, ct, seg, boxes, series, predictor.labels,
+                                          clinical)
+        if written is not None:
+            _collect(*written, errors)
     return errors
+
+
+@contextmanager
+def _opened(ct: sitk.Image, image_file: Path, series, given: Optional[dict], tmp: Optional[str] = None):
+    try:
+        yield ct, image_file, series, given
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_case(case: str, path: Path, series_uid: Optional[str], boxes_dir: Optional[Path]):
+    """One input, read for :func:`predict`: a context of ``(ct, image file for nnU-Net, DICOM series or
+    None, given boxes or None)``; a DICOM series goes to a temporary NIfTI (nnU-Net reads files), never
+    beside the input, removed when the context closes."""
+    from nnunet_oar.dicom.series import read_ct_series
+    given = read_boxes(boxes_dir, case) if boxes_dir is not None else None
+    if not path.is_dir():
+        check_memory(path, PEAK_BYTES_PER_VOXEL, "CT")
+        return _opened(read_image(path, "CT"), path, None, given)
+    ct, series = read_ct_series(path, series_uid)
+    tmp = tempfile.mkdtemp(prefix="nnunet_oar_")
+    image_file = Path(tmp) / f"{case}_0000.nii.gz"
+    sitk.WriteImage(ct, str(image_file))
+    return _opened(ct, image_file, series, given, tmp)
+
+
+def _write_case(output: Path, case: str, ct: sitk.Image, seg: sitk.Image, boxes: dict, series,
+                labels: Dict[str, int], clinical: dict) -> Optional[str]:
+    """Write one case's files as one set (its manifest goes first and comes back last). Returns the
+    reason its RTSTRUCT / SEG could not be written (the label map and statistics still are), or None."""
+    from nnunet_oar.export import write_outputs
+    problem, dicom = None, clinical["rtstruct"] or clinical["dicom_seg"]
+    if dicom:
+        try:
+            series.require_uids("RTSTRUCT/SEG")
+        except InputError as e:
+            problem, dicom = str(e), False
+            tqdm.write(f"warning: {e}")
+    begin_case_set(output, case)
+    files = [output / f"{case}.nii.gz", case_file(output, case, LABELS_SUFFIX)]
+    write_image(seg, files[0])
+    write_json({"labels": labels, "image": geometry(ct)}, files[1])
+    files.append(write_boxes({**boxes, "case": case}, output))
+    written = write_outputs(ct, seg, labels, case, output, boxes, series, clinical["rtstruct"] and dicom,
+                            clinical["dicom_seg"] and dicom, clinical["preview"], clinical["roi_names"])
+    finish_case_set(output, case, files + list(written.values()))
+    return problem
+
+
+def _collect(case: str, written: Future, errors: Dict[str, str]) -> None:
+    """Wait for a case's files (a failed write raises here, as it would have in line)."""
+    problem = written.result()
+    if problem is not None:
+        errors[case] = problem

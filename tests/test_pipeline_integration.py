@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_oar import organs as catalogue
+from nnunet_oar.io import geometry
 from tests.nnunet_helpers import LOC_TRAINER, run
 
 ORGANS = ["liver", "kidney_left"]
@@ -266,12 +267,18 @@ def test_batch_prediction_workflow_finishes_the_good_cases_names_the_bad_and_res
     r = subprocess.run(cmd, env=pipeline["env"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "out" / f"{cases[0]}.nii.gz").stat().st_mtime_ns == first_chunk    # not predicted again
-    # the same label maps as `nnunet_oar predict` on the folder, file by file
+    # the same files as `nnunet_oar predict` on the folder, and the same label maps: voxel-exact where both
+    # runs sum in the same order; a job on other cores may sum otherwise, so up to 0.1 % of the voxels
+    # (a wrong organ set or other settings change far more)
     run(["nnunet_oar", "predict", "-i", str(cts), "-o", str(tmp_path / "direct"), "-m", str(pipeline["models"]),
          "--disable-tta", "--organs", "liver"], pipeline["env"])
+    assert sorted(f.name for f in (tmp_path / "out").iterdir() if f.is_file()) == \
+        sorted(f.name for f in (tmp_path / "direct").iterdir() if f.is_file())
     for case in cases:
         a, b = (sitk.ReadImage(str(tmp_path / d / f"{case}.nii.gz")) for d in ("out", "direct"))
-        assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)) and a.GetOrigin() == b.GetOrigin()
+        assert geometry(a) == geometry(b)
+        a, b = sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)
+        assert set(np.unique(a)) == set(np.unique(b)) and np.mean(a != b) <= 1e-3, (case, int((a != b).sum()))
 
 
 @pytest.mark.slow

@@ -185,7 +185,7 @@ class OARPredictor:
             boxes, _ = self.localizer.localize_file(image_file, case, requested=self.organs)
         merger = MaxProbabilityMerger(ct.GetSize()[::-1])
         orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(ct.GetDirection())
-        for organ in self.organs:
+        for organ in tqdm(self.organs, desc=case, unit="organ", leave=False):
             entry = boxes["organs"].get(organ, {})
             if entry.get("status") != "found":
                 continue
