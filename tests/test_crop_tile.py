@@ -18,6 +18,12 @@ def test_the_tile_is_the_crop_at_network_spacing_rounded_up_to_the_stride():
     assert crop_tile((70, 50, 30), (1.0, 1.0, 1.5), _configuration((64, 64, 32)), (2, 1, 0)) == [48, 56, 72]
 
 
+def test_a_crop_of_one_bottleneck_voxel_gets_the_trained_patch():
+    # 5 x 6 x 3 voxels -> [8, 8, 4]: one voxel at the bottleneck, which instance norm cannot normalise
+    assert crop_tile((5, 6, 3), (1.0, 1.0, 1.0), _configuration((64, 64, 32)), (0, 1, 2)) == [64, 64, 32]
+    assert crop_tile((9, 6, 3), (1.0, 1.0, 1.0), _configuration((64, 64, 32)), (0, 1, 2)) == [16, 8, 4]
+
+
 def test_a_crop_beyond_the_memory_factor_or_a_2d_network_keeps_the_trained_patch():
     cm = _configuration((32, 32, 32))
     side = int((MAX_TILE_FACTOR * 32 ** 3) ** (1 / 3)) + 8          # just over the limit once rounded up

@@ -49,7 +49,8 @@ def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configurat
 
     Returns:
         The crop's shape at the network's spacing (nnU-Net's ``compute_new_shape``), in the network's axis
-        order, rounded up to a multiple of the network's total stride per axis; ``None`` for a 2D network
+        order, rounded up to a multiple of the network's total stride per axis (a crop that would leave one
+        voxel at the bottleneck gets the trained patch, as nnU-Net pads it); ``None`` for a 2D network
         or when the tile exceeds ``MAX_TILE_FACTOR`` times the trained patch's voxels (the trained patch
         slides then).
     """
@@ -61,6 +62,8 @@ def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configurat
                               configuration_manager.spacing)
     stride = np.prod(np.asarray(configuration_manager.network_arch_init_kwargs["strides"]), axis=0)
     tile = (np.ceil(np.maximum(shape, 1) / stride) * stride).astype(int)
+    if np.prod(tile // stride) < 2:     # instance norm needs more than one voxel at the bottleneck
+        tile = np.maximum(tile, patch)
     return None if np.prod(tile) > MAX_TILE_FACTOR * np.prod(patch) else tile.tolist()
 
 
