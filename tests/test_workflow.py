@@ -48,6 +48,19 @@ def test_a_slurm_dry_run_lists_every_job_with_its_resources_without_a_cluster(tm
     assert all("slurm_partition=cpu" in res for rule, res in blocks if rule in ("convert", "crop_rois"))
 
 
+def test_the_visceral_example_is_the_papers_job_count(tmp_path):
+    """20 organs x 5 folds + 5 localizer folds + 6 steps (+ the target rule): the job table in
+    docs/results/workflow_jobs_visceral.md."""
+    config = tmp_path / "visceral.yaml"
+    shutil.copy(HERE / "examples" / "visceral.yaml", config)
+    r = subprocess.run([sys.executable, "-c", "import sys; from nnunet_oar.cli import main; sys.exit(main())",
+                        "workflow", "train", "--config", str(config), "-n"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
+    assert counts["train_organ"] == "100" and counts["train_localizer"] == "5" and counts["total"] == "112"
+
+
 def test_work_and_profile_options_reach_snakemake(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("work: w\n")
