@@ -56,15 +56,24 @@ def test_likely_region_ignores_where_the_missing_organ_lies_and_keeps_the_rest_a
             == sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / f"{other}.nii.gz")))).all()
 
 
-def test_a_stage_resumed_after_an_interruption_says_so_and_its_epoch_times_count(tmp_path):
-    from nnunet_oar.evaluation.stages import StageRunner, epoch_seconds
-    runner = StageRunner(tmp_path)
-    first = runner.stage("plain", [["true"]])
-    assert "note" not in first and not (tmp_path / "stages" / "plain.started").exists()
-    (tmp_path / "stages" / "killed.started").write_text("2026-01-01T00:00:00\n")     # an attempt that died
-    rec = runner.stage("killed", [["true"]])
-    assert "resumed after an interruption" in rec["note"]
-    assert json.loads((tmp_path / "stages" / "killed.json").read_text())["note"] == rec["note"]
+def test_stages_run_as_snakemake_jobs_in_order_once_and_a_failure_names_its_log(tmp_path):
+    from nnunet_oar.evaluation.stages import Plan, StageFailed, epoch_seconds
+    plan = Plan(tmp_path)
+    out = tmp_path / "order.txt"
+    plan.add("first", [["sh", "-c", f"echo first >> {out}"]], label="the first stage")
+    plan.add("second", [["sh", "-c", f"echo second >> {out}"], ["sh", "-c", f"echo again >> {out}"]], ["first"],
+             label="the second stage")
+    plan.run()
+    assert out.read_text().split() == ["first", "second", "again"]
+    records = plan.records()
+    assert list(records) == ["the first stage", "the second stage"]
+    assert records["the second stage"]["wall_s"] >= 0 and len(records["the second stage"]["commands"]) == 2
+    plan.run()                                          # everything done: nothing runs again
+    assert out.read_text().split() == ["first", "second", "again"]
+    plan.add("broken", [["sh", "-c", "echo the reason >&2; exit 3"]], ["second"])
+    with pytest.raises(StageFailed, match="broken") as e:
+        plan.run()
+    assert "the reason" in str(e.value) and not (tmp_path / "stages" / "broken.done").exists()
     # the equal-time rule counts every epoch nnU-Net logged, across the attempts of a resumed training
     fold = tmp_path / "fold_0"
     fold.mkdir()
@@ -131,14 +140,15 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     md = (work / "report.md").read_text()
     assert "constant guess" in md and set(report["constant_guess"]) == {"liver", "kidney_left"}
     assert set(report["cut_by_box"]) >= {"liver", "kidney_left"}
-    for stage in ("loc_train_0", "loc_train_1", "loc_cv", "organ_train_911", "organ_train_912", "baseline_train",
-                  "baseline_equal_time_train", "predict_two_stage", "predict_baseline", "predict_baseline_equal_time"):
-        rec = json.loads((work / "stages" / f"{stage}.json").read_text())
+    # every stage ran as a Snakemake job with its own log and measurement, which the report reads
+    for name in ("loc_train_0", "loc_train_1", "loc_cv", "organ_train_911", "organ_train_912", "baseline_train",
+                 "baseline_equal_time_train", "predict_two_stage", "predict_baseline", "predict_baseline_equal_time"):
+        assert (work / "stages" / f"{name}.done").is_file() and (work / "stages" / f"{name}.log").is_file()
+    for label in ("localizer: train fold 0", "localizer: train fold 1", "organs: out-of-fold boxes",
+                  "organ network liver: train", "organ network kidney_left: train", "baseline: train",
+                  "baseline, equal time: train", "two-stage: predict held-out", "baseline: predict held-out"):
+        rec = report["stages"][label]
         assert rec["wall_s"] > 0 and rec["peak_rss_gb"] > 0.1 and rec["commands"]
-        # --jobs 2: the two-stage trainings ran two at a time, each with its own log; the baseline alone
-        beside = "_train" in stage and not stage.startswith("baseline")
-        assert ("2 at a time" in rec.get("note", "")) == beside
-        assert (work / "stages" / f"{stage}.log").is_file() == beside
     md = (work / "report.md").read_text()
     assert "| baseline |" in md and "| two_stage |" in md and "boxplot_dice.png" in md
     assert (work / "boxplot_dice.png").stat().st_size > 5000
@@ -167,7 +177,9 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     # another setting in the same work folder is refused: it would mix networks of two runs
     other = subprocess.run([*cmd[:7], "5", "2", *cmd[9:]], env=env, capture_output=True, text=True)
     assert other.returncode == 2 and "other settings" in other.stderr
-    # a rerun resumes: every stage is found done, the scores are the same
-    out = run(cmd, env)
-    assert out.count("done before") >= 11
+    # a rerun resumes: every stage is found done (Snakemake runs nothing), the scores are the same
+    done = {f: f.stat().st_mtime_ns for f in (work / "stages").glob("*.done")}
+    run(cmd, env)
+    assert len(done) >= 15 and done == {f: f.stat().st_mtime_ns for f in (work / "stages").glob("*.done")}
+    assert "Nothing to be done" in (work / "benchmark.log").read_text().rsplit("Building DAG", 1)[-1]
     assert json.loads((work / "report.json").read_text())["overall"] == report["overall"]

@@ -4,15 +4,21 @@ equal total training time with the two-stage method."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from nnunet_oar.evaluation.settings import BUDGETS, Settings
-from nnunet_oar.evaluation.stages import StageRunner, epoch_seconds
+from nnunet_oar.evaluation.stages import Plan, epoch_seconds
 from nnunet_oar.io import InputError, read_json, write_json
 from nnunet_oar.paths import find_dataset, preprocessed_root, results_root
+
+
+# where an equal-time baseline's stage puts its trainer, known only when the stage starts
+TRAINER = "{equal_time_trainer}"
 
 
 def cap_patch(dataset_id: int, patch: List[int]) -> str:
@@ -66,46 +72,90 @@ def equal_time_epochs(loc: Tuple[str, str, List[str]], organs: Tuple[str, List[i
                     f"nnU-Net's logs (logged total {raw:.0f} s, longer where cores were shared)")
 
 
-def train_baselines(s: Settings, run: StageRunner, stages: Dict[str, dict], methods: Dict[str, Path], trainers: dict,
-                    test_raw: Path, pred: Path, organ_ids: List[int]) -> None:
-    """Train and predict the single-network baselines, one per partial-contour rule in
-    ``s.baseline_ignore`` (data set ``baseline_id + k``), after the two-stage method so that its measured
-    training time can set the equal-time budget. The first rule also trains the equal-iterations baseline
-    (``baseline``), whose time per epoch the equal-time rule uses. Adds their stages, prediction folders
-    and trainers in place."""
+def plan_baselines(s: Settings, plan: Plan, methods: Dict[str, Path], trainers: dict, test_raw: Path, pred: Path,
+                   organ_ids: List[int]) -> None:
+    """Add the single-network baselines to ``plan``, one per partial-contour rule in ``s.baseline_ignore``
+    (data set ``baseline_id + k``). The first rule also trains the equal-iterations baseline
+    (``baseline``), whose time per epoch the equal-time rule uses; an equal-time baseline waits for every
+    two-stage training, whose logged epoch times set its epochs (:func:`equal_time_epochs`, run by the
+    stage itself: ``python -m nnunet_oar.evaluation.baselines``). Adds their prediction folders and
+    trainers in place."""
     seg_tr = BUDGETS[s.budget][1]
     dev, n_proc = ["-device", s.device], os.environ["nnUNet_def_n_proc"]
     nnunet_tta = [] if s.tta else ["--disable_tta"]
+    two_stage = [n for n in plan.steps if n.startswith(("loc_train", "organ_train_"))]
+    loc_folds = [str(f) for f in range(s.loc_folds)] if s.organ_boxes == "oof" else ["all"]
 
-    def train_and_predict(method: str, dataset_id: str, config: str, trainer: str) -> None:
+    def train_and_predict(method: str, dataset_id: str, config: str, trainer: str, after: List[str],
+                          wrap: List[str] = ()) -> None:
         label = method.replace("_equal_time", ", equal time")
-        # alone, not beside other trainings: its wall time is its own
-        stages[f"{label}: train"] = run.stage(f"{method}_train", [
-            ["nnUNetv2_train", dataset_id, config, "all", "-tr", trainer, "--c", *dev]])
-        stages[f"{label}: predict held-out"] = run.stage(f"predict_{method}", [
-            ["nnUNetv2_predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred / method), "-d", dataset_id,
-             "-c", config, "-f", "all", "-tr", trainer, "-npp", "1", "-nps", "1", *nnunet_tta, *dev]])
+        plan.add(f"{method}_train", [[*wrap, "nnUNetv2_train", dataset_id, config, "all", "-tr", trainer, "--c", *dev]],
+                 after, gpu=True, label=f"{label}: train")
+        plan.add(f"predict_{method}", [[*wrap, "nnUNetv2_predict", "-i", test_raw / "imagesTr", "-o", pred / method, "-d",
+                                        dataset_id, "-c", config, "-f", "all", "-tr", trainer, "-npp", "1", "-nps", "1",
+                                        *nnunet_tta, *dev]], [f"{method}_train"], gpu=True,
+                 label=f"{label}: predict held-out")
         methods[method] = pred / method
 
     first = None
     for k, rule in enumerate(s.baseline_ignore):
         tag, B = ("baseline" if rule == "body" else f"baseline_{rule}"), str(s.baseline_id + k)
-        stages[f"{tag}: ignore label + plan + preprocess"] = run.stage(f"{tag}_plan", [
-            ["nnunet_oar", "ignore-label", "-d", str(s.train_id), "-t", B, "--region", rule],
-            ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc,
-             "--verify_dataset_integrity"]])
-        config = cap_patch(int(B), s.baseline_patch) if s.baseline_patch else "3d_fullres"
+        config = f"3d_fullres_p{max(s.baseline_patch)}" if s.baseline_patch else "3d_fullres"
+        plan.add(f"{tag}_plan", [
+            ["nnunet_oar", "ignore-label", "-d", s.train_id, "-t", B, "--region", rule],
+            ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc, "--verify_dataset_integrity"],
+            *([[sys.executable, "-m", "nnunet_oar.evaluation.baselines", "cap-patch", B, *s.baseline_patch]]
+              if s.baseline_patch else [])], label=f"{tag}: ignore label + plan + preprocess")
         trainers["baseline_config"] = config
         if first is None or s.baseline_budget == "iterations":
-            train_and_predict(tag, B, config, seg_tr)                           # equal iterations per network
+            # equal iterations per network; after the two-stage trainings, so that each trains alone on one core
+            train_and_predict(tag, B, config, seg_tr, [f"{tag}_plan", *two_stage])
             first = first or (tag, B)
         if s.baseline_budget == "time":
-            if "baseline_equal_time" not in trainers:
-                loc_folds = [str(f) for f in range(s.loc_folds)] if s.organ_boxes == "oof" else ["all"]
-                epochs, trainers["two_stage_training_s"], trainers["baseline_equal_time_rule"] = equal_time_epochs(
-                    (str(s.train_id), BUDGETS[s.budget][0], loc_folds), (seg_tr, organ_ids),
-                    (int(first[1]), config, seg_tr))
-                trainers["baseline_equal_time"] = f"{seg_tr}_{epochs}epochs"
-            train_and_predict(f"{tag}_equal_time", B, config, trainers["baseline_equal_time"])
-            folder = find_dataset(results_root(), int(B)) / f"{trainers['baseline_equal_time']}__nnUNetPlans__{config}"
-            trainers[f"{tag}_equal_time_training_s"] = training_seconds(epoch_seconds(folder / "fold_all"))
+            # its trainer is known only when it starts: the stage fixes it (equal_time.json) and fills it in
+            wrap = [sys.executable, "-m", "nnunet_oar.evaluation.baselines", "equal-time", plan.work, s.train_id,
+                    BUDGETS[s.budget][0], ",".join(loc_folds), seg_tr, ",".join(map(str, organ_ids)), first[1], config,
+                    "--"]
+            train_and_predict(f"{tag}_equal_time", B, config, TRAINER, [f"{tag}_plan", f"{first[0]}_train", *two_stage],
+                              wrap)
+
+
+def equal_time_run(work: Path, train_id: str, loc_tr: str, loc_folds: str, seg_tr: str, organ_ids: str,
+                   first_id: str, config: str, command: List[str]) -> None:
+    """An equal-time baseline's stage: fix its trainer by :func:`equal_time_epochs` (once, in
+    ``equal_time.json``: a resumed run and the prediction read it again), put it in place of
+    :data:`TRAINER` in ``command`` (nnU-Net's ``nnUNetv2_train`` or ``nnUNetv2_predict``) and run it."""
+    record = work / "equal_time.json"
+    if not record.is_file():
+        epochs, seconds, rule = equal_time_epochs((train_id, loc_tr, loc_folds.split(",")),
+                                                  (seg_tr, [int(i) for i in organ_ids.split(",")]),
+                                                  (int(first_id), config, seg_tr))
+        write_json({"trainer": f"{seg_tr}_{epochs}epochs", "two_stage_training_s": seconds, "rule": rule}, record)
+    trainer = read_json(record)["trainer"]
+    subprocess.run([trainer if a == TRAINER else a for a in command], check=True)
+
+
+def equal_time_record(s: Settings, work: Path, trainers: dict) -> None:
+    """After the run: the equal-time rule with its numbers, and each equal-time baseline's training
+    seconds by the same measure, into ``trainers`` (for the report)."""
+    record = work / "equal_time.json"
+    if s.baseline_budget != "time" or not record.is_file():
+        return
+    r = read_json(record)
+    trainers.update(baseline_equal_time=r["trainer"], two_stage_training_s=r["two_stage_training_s"],
+                    baseline_equal_time_rule=r["rule"])
+    for k, rule in enumerate(s.baseline_ignore):
+        tag = "baseline" if rule == "body" else f"baseline_{rule}"
+        folder = (find_dataset(results_root(), s.baseline_id + k) /
+                  f"{r['trainer']}__nnUNetPlans__{trainers['baseline_config']}" / "fold_all")
+        trainers[f"{tag}_equal_time_training_s"] = training_seconds(epoch_seconds(folder))
+
+
+if __name__ == "__main__":
+    # the stages' own steps (see plan_baselines): cap-patch ID N N N | equal-time ARGS -- COMMAND
+    step, args = sys.argv[1], sys.argv[2:]
+    if step == "cap-patch":
+        cap_patch(int(args[0]), [int(a) for a in args[1:]])
+    else:
+        k = args.index("--")
+        equal_time_run(Path(args[0]), *args[1:k], command=args[k + 1:])

@@ -1,86 +1,98 @@
-"""The benchmark's stages: each a list of real commands run in subprocesses, timed and measured on
-their own (wall time, and the largest resident set of the stage's processes from ``wait4``). A finished
-stage leaves ``stages/{name}.json``; a rerun skips it, so an interrupted benchmark resumes."""
+"""The benchmark's stages, run by Snakemake (``nnunet_oar/workflows/benchmark.smk``).
+
+A :class:`Plan` names each stage, its commands (real ``nnunet_oar`` / ``nnUNetv2_*`` command lines) and the
+stages it waits for; :meth:`Plan.run` hands it to Snakemake, which runs what is not done yet (an
+interrupted benchmark resumes; an interrupted nnU-Net training continues with ``--c``), as many at a time
+as ``cores`` and ``gpus`` allow, and measures each stage (``stages/{name}.tsv``: wall time and the peak
+memory of its processes). :meth:`Plan.records` reads those measurements for the report.
+"""
 from __future__ import annotations
 
+import csv
 import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
-from nnunet_oar.io import InputError, read_json, write_json
+import yaml
+
+from nnunet_oar.io import InputError
+
+SNAKEFILE = Path(__file__).resolve().parents[1] / "workflows" / "benchmark.smk"
 
 
 class StageFailed(InputError):
     """A stage's command failed; the message names its log and ends with the log's last lines."""
 
 
-class StageRunner:
-    """Runs the stages' commands, logs their output, and records wall time and peak memory."""
+class Plan:
+    """The stages of one benchmark run, in the order the report lists them."""
 
     def __init__(self, work: Path):
-        self.work, self.log = work, work / "benchmark.log"
-        (work / "stages").mkdir(parents=True, exist_ok=True)
-        self.bin = Path(sys.executable).parent
+        self.work = Path(work)
+        self.steps: Dict[str, dict] = {}
+        self.labels: Dict[str, str] = {}
 
-    def done(self, stage: str) -> Optional[dict]:
-        f = self.work / "stages" / f"{stage}.json"
-        return read_json(f) if f.is_file() else None
+    def add(self, name: str, commands: List[List[str]], after: Sequence[str] = (), gpu: bool = False,
+            label: Optional[str] = None) -> str:
+        """Add stage ``name`` (its ``commands`` run in order, after the stages ``after``); ``label`` puts it
+        in the report's table of stages. Returns ``name``."""
+        self.steps[name] = {"commands": [list(map(str, c)) for c in commands], "after": list(after), "gpu": int(gpu)}
+        if label:
+            self.labels[name] = label
+        return name
 
-    def stage(self, name: str, commands: List[List[str]], env: Optional[Dict[str, str]] = None,
-              jobs: int = 1) -> dict:
-        """Run ``commands`` in order unless the stage is already done; returns its record. Beside other
-        stages (``jobs`` > 1) it logs to ``stages/{name}.log`` and records that it shared the machine."""
-        rec = self.done(name)
-        if rec is not None:
-            print(f"[{name}] done before ({rec['wall_s']:.0f} s)", flush=True)
-            return rec
-        print(f"[{name}] ...", flush=True)
-        log = self.log if jobs == 1 else self.work / "stages" / f"{name}.log"
-        # an earlier attempt that never finished left this mark: the record will time this attempt only
-        started = self.work / "stages" / f"{name}.started"
-        resumed = started.is_file()
-        started.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-        t0, peak = time.perf_counter(), 0
-        for cmd in commands:
-            exe = str(self.bin / cmd[0]) if (self.bin / cmd[0]).exists() else cmd[0]
-            with open(log, "a") as fh:
-                fh.write(f"\n$ {' '.join(cmd)}\n")
-                fh.flush()
-                p = subprocess.Popen([exe, *cmd[1:]], stdout=fh, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-                _, status, usage = os.wait4(p.pid, 0)
-                p.returncode = os.waitstatus_to_exitcode(status)
-            peak = max(peak, usage.ru_maxrss)         # kB on Linux
-            if p.returncode:
-                # the command's own message (a bad input, a missing file) is at the end of its log
-                raise StageFailed(f"{log}: stage {name} failed: {' '.join(cmd)} exited with {p.returncode}:\n"
-                                  + log.read_text()[-3000:])
-        rec = {"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak / 1024 ** 2,
-               "commands": [" ".join(c) for c in commands]}
-        notes = [f"ran beside other trainings, {jobs} at a time"] if jobs > 1 else []
-        if resumed:
-            notes.append("resumed after an interruption: wall_s and peak_rss_gb cover the last attempt only")
-        if notes:
-            rec["note"] = "; ".join(notes)
-        write_json(rec, self.work / "stages" / f"{name}.json")
-        started.unlink()
-        print(f"[{name}] {rec['wall_s']:.0f} s, peak {rec['peak_rss_gb']:.1f} GB", flush=True)
-        return rec
+    def run(self, cores: int = 1, gpus: int = 1) -> None:
+        """Run every stage not done yet through Snakemake; raise :class:`StageFailed` naming the log of a
+        failed one."""
+        try:
+            import snakemake  # noqa: F401
+        except ImportError:
+            raise InputError("the benchmark runs its stages on Snakemake: pip install 'nnunet_oar[workflow]'") from None
+        stages = self.work / "stages"
+        stages.mkdir(parents=True, exist_ok=True)
+        config = stages / "plan.yaml"
+        config.write_text(yaml.safe_dump({"work": str(self.work), "steps": self.steps}))
+        # the commands from this Python's environment, also when it is not activated
+        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--configfile", str(config), "--cores",
+               str(cores), "--resources", f"gpu={gpus}", "--rerun-incomplete", "--keep-going"]
+        with open(self.work / "benchmark.log", "a") as log:
+            rc = subprocess.call(cmd, cwd=self.work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if rc:
+            failed = [n for n in self.steps if not (stages / f"{n}.done").is_file() and (stages / f"{n}.log").is_file()]
+            logs = "\n".join(f"{stages / n}.log:\n" + (stages / f"{n}.log").read_text()[-3000:] for n in failed[:1])
+            raise StageFailed(f"{self.work / 'benchmark.log'}: stage(s) {', '.join(failed) or '?'} failed\n{logs}")
 
-    def stages(self, stages: Dict[str, List[List[str]]], jobs: int = 1) -> Dict[str, dict]:
-        """Run independent stages ``jobs`` at a time, started in the given order (longest first), with
-        nnU-Net's data-augmentation workers shared out between them; returns their records by name."""
-        if jobs <= 1:
-            return {name: self.stage(name, commands) for name, commands in stages.items()}
-        from concurrent.futures import ThreadPoolExecutor
-        env = {"nnUNet_n_proc_DA": str(max(1, (os.cpu_count() or 1) // jobs))}
-        with ThreadPoolExecutor(jobs) as pool:
-            futures = {name: pool.submit(self.stage, name, commands, env, jobs) for name, commands in stages.items()}
-            return {name: f.result() for name, f in futures.items()}
+    def records(self) -> Dict[str, dict]:
+        """``{label: {"wall_s", "peak_rss_gb", "commands"}}`` of the labelled stages, from Snakemake's
+        measurements; a training run more than once (interrupted, then resumed) says so."""
+        out = {}
+        for name, label in self.labels.items():
+            with open(self.work / "stages" / f"{name}.tsv") as f:
+                row = next(csv.DictReader(f, delimiter="\t"))
+            rec = {"wall_s": float(row["s"]), "commands": [" ".join(c) for c in self.steps[name]["commands"]]}
+            if row.get("max_rss", "NA") not in ("NA", "-", ""):
+                rec["peak_rss_gb"] = float(row["max_rss"]) / 1024
+            if _resumed(self.steps[name]["commands"]):
+                rec["note"] = "resumed after an interruption: wall_s covers the last attempt only"
+            out[label] = rec
+        return out
+
+
+def _resumed(commands: List[List[str]]) -> bool:
+    """Whether an nnU-Net training among ``commands`` started more than once (one log per start)."""
+    from nnunet_oar.paths import find_dataset, results_root
+    for c in commands:
+        if c[0] == "nnUNetv2_train":
+            dataset, config, fold, trainer = c[1], c[2], c[3], c[c.index("-tr") + 1]
+            folder = find_dataset(results_root(), int(dataset))
+            if folder is not None and len(list((folder / f"{trainer}__nnUNetPlans__{config}" / f"fold_{fold}")
+                                               .glob("training_log_*.txt"))) > 1:
+                return True
+    return False
 
 
 def epoch_seconds(fold_dir: Path) -> List[float]:
