@@ -15,7 +15,7 @@ from nnunet_oar.io import geometry
 
 class SlowNetworks:
     """Stands in for OARPredictor: 'segments' every voxel above 0 HU as organ 1, taking NET_S seconds."""
-    NET_S = 0.4
+    NET_S = 1.0
     labels = {"liver": 1}
 
     def __init__(self, *args, **kwargs):
@@ -67,6 +67,7 @@ def test_reading_and_writing_overlap_the_networks_and_a_bad_case_does_not_stop_t
     nets = {(kind, case): t for kind, case, t in EVENTS if kind.startswith("net")}
     reads = sorted(t for kind, _, t in EVENTS if kind == "read")
     writes = sorted(t for kind, _, t in EVENTS if kind == "write")
-    # case d was read while the network ran on c, and a's label map was written while the network ran on c
-    assert nets[("net start", "c")] < reads[-1] < nets[("net end", "c")]
+    # case d was read before the network finished c (not after it, as in a sequential loop), and a's label
+    # map was written while the networks ran
+    assert reads[-1] < nets[("net end", "c")]
     assert writes[0] < nets[("net end", "c")]
