@@ -21,13 +21,18 @@ from nnunet_oar.paths import find_dataset, preprocessed_root, results_root
 TRAINER = "{equal_time_trainer}"
 
 
+def capped_configuration(patch: List[int]) -> str:
+    """The name :func:`cap_patch` gives the configuration with its patch capped at ``patch``."""
+    return f"3d_fullres_p{max(patch)}"
+
+
 def cap_patch(dataset_id: int, patch: List[int]) -> str:
     """Add configuration ``3d_fullres_p{N}`` = nnU-Net's 3d_fullres with its patch capped at ``patch``
     (same preprocessed data; nnU-Net's own ``inherits_from``). Returns its name."""
     plans_file = find_dataset(preprocessed_root(), dataset_id) / "nnUNetPlans.json"
     plans = read_json(plans_file)
     full = plans["configurations"]["3d_fullres"]
-    name = f"3d_fullres_p{max(patch)}"
+    name = capped_configuration(patch)
     plans["configurations"][name] = {"inherits_from": "3d_fullres",
                                      "patch_size": [min(a, b) for a, b in zip(full["patch_size"], patch)]}
     write_json(plans, plans_file)
@@ -100,7 +105,7 @@ def plan_baselines(s: Settings, plan: Plan, methods: Dict[str, Path], trainers: 
     first = None
     for k, rule in enumerate(s.baseline_ignore):
         tag, B = ("baseline" if rule == "body" else f"baseline_{rule}"), str(s.baseline_id + k)
-        config = f"3d_fullres_p{max(s.baseline_patch)}" if s.baseline_patch else "3d_fullres"
+        config = capped_configuration(s.baseline_patch) if s.baseline_patch else "3d_fullres"
         plan.add(f"{tag}_plan", [
             ["nnunet_oar", "ignore-label", "-d", s.train_id, "-t", B, "--region", rule],
             ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc, "--verify_dataset_integrity"],
