@@ -12,11 +12,13 @@ makes a case's output set whole. The README's "Outputs" section describes the sa
                               "box_mm": {"min": [x, y, z], "max": [x, y, z]}, "clipped": false,
                               "cut_by_box": ["z-"]},
                 "larynx": {"status": "absent", "peak": 0.04},
-                "mandible": {"status": "not_requested"}}}
+                "mandible": {"status": "not_requested"}},
+     "scan_z_mm": [-180.5, 207.6]}
 
 ``image`` is the geometry of the original CT (:func:`nnunet_oar.io.geometry`): boxes are voxel indices
 of that image in SimpleITK's x, y, z order, ``start`` inclusive and ``stop`` exclusive; ``*_mm`` are
-world (LPS) millimetres. ``predict`` adds its findings per organ (``cut_by_box``: faces of the box the
+world (LPS) millimetres. ``scan_z_mm`` is the world z extent of the scanned patient; a box the localizer
+had to move into it along z says by how much (``moved_into_scan_mm``). ``predict`` adds its findings per organ (``cut_by_box``: faces of the box the
 organ touches inside the image; ``implausible``, ``flags``, ``postprocessing``) and the case's
 ``input_warnings``.
 
@@ -57,6 +59,7 @@ class OrganBox(TypedDict, total=False):
     box_index_xyz: IndexBox
     box_mm: Dict[str, List[float]]     # {"min": [x, y, z], "max": [x, y, z]}, world mm
     clipped: bool           # the box was clipped to the image
+    moved_into_scan_mm: float   # z move (mm) that kept the box in the scanned extent
     cut_by_box: List[str]   # faces ("x-", ..., "z+") the predicted organ touches inside the image
 
 
@@ -64,6 +67,7 @@ class CaseBoxes(TypedDict, total=False):
     case: str
     image: Dict[str, list]  # geometry record of the original image
     organs: Dict[str, OrganBox]
+    scan_z_mm: List[float]  # world z (min, max) mm of the voxels that hold the patient
     source: str             # who made the boxes, when not the localizer (e.g. the constant guess)
     input_warnings: List[str]
 

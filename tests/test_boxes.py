@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from nnunet_oar.geometry import index_box_to_world
-from nnunet_oar.localization.boxes import (calibrate_margin, heatmap_region, inside_counts, mean_box_sizes,
-                                          organ_box)
+from nnunet_oar.localization.boxes import (calibrate_margin, heatmap_region, inside_counts, into_scan,
+                                          mean_box_sizes, organ_box)
+from nnunet_oar.localization.grid import BODY_HU, body_threshold, scanned_extent_mm
 from nnunet_oar.localization.localize import boxes_for_case
 
 
@@ -70,6 +71,56 @@ def test_boxes_for_case_maps_heatmap_peaks_to_world_and_reports_absent():
     assert out["organs"]["spleen"] == {"status": "absent", "peak": pytest.approx(0.01, abs=1e-3)}
     out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, geom, requested=["spleen"])
     assert out["organs"]["liver"] == {"status": "not_requested"}
+
+
+def test_a_box_is_moved_into_the_scan_along_z_as_little_as_needed():
+    assert np.allclose(into_scan([1, 2, 90], [10, 10, 20], (0.0, 100.0)), [1, 2, 90])     # inside: unchanged
+    assert np.allclose(into_scan([1, 2, 130], [10, 10, 20], (0.0, 100.0)), [1, 2, 90])    # above: down to fit
+    assert np.allclose(into_scan([1, 2, -30], [10, 10, 20], (0.0, 100.0)), [1, 2, 10])
+    assert np.allclose(into_scan([1, 2, 130], [10, 10, 300], (0.0, 100.0)), [1, 2, 50])   # scan too short: centred
+    assert np.allclose(into_scan([1, 2, 130], [10, 10, 20], None), [1, 2, 130])
+
+
+def test_boxes_stay_in_the_scanned_slab_and_say_how_far_they_moved():
+    """A scan whose upper slices hold no patient (OpenKBP pt_221): the organ the network puts there is
+    moved down into the slices with anatomy; an organ inside them stays where it is."""
+    shape_zyx = (20, 30, 40)
+    data = np.full((1, *shape_zyx), -3.0, np.float32)       # preprocessed air/padding
+    data[0, 5:15, 10:20, 10:30] = 1.0                       # the patient: z slices 5..14
+    heat = np.stack([_blob(shape_zyx, (1, 12, 14)), _blob(shape_zyx, (10, 12, 14))])
+    props = {"sitk_stuff": {"spacing": (2.0, 1.0, 3.0), "origin": (10.0, -5.0, 100.0),
+                            "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)},
+             "spacing": [3.0, 1.0, 2.0], "shape_before_cropping": shape_zyx,
+             "bbox_used_for_cropping": [[0, 20], [0, 30], [0, 40]],
+             "shape_after_cropping_and_before_resampling": shape_zyx}
+    lo, hi = scanned_extent_mm(data, 0.0, props, [0, 1, 2])
+    assert np.allclose([lo[2], hi[2]], [100 + 4.5 * 3, 100 + 14.5 * 3])          # cell edges of slices 5 and 14
+    assert np.allclose([lo[0], hi[0]], [10 + 9.5 * 2, 10 + 29.5 * 2])
+    assert scanned_extent_mm(data, 5.0, props, [0, 1, 2]) is None
+    stats = {"liver": {"mean_size_mm": [10.0, 10.0, 12.0]}, "spleen": {"mean_size_mm": [10.0, 10.0, 12.0]}}
+    geom = {"size_xyz": [40, 30, 20], "spacing_xyz": [2.0, 1.0, 3.0], "origin_xyz": [10.0, -5.0, 100.0],
+            "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
+    out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, geom, 0.0, 0.1, case="c",
+                         scan_z_mm=(lo[2], hi[2]))
+    liver, spleen = out["organs"]["liver"], out["organs"]["spleen"]
+    assert liver["centroid_mm"][2] == pytest.approx(lo[2] + 6.0)                 # the box's lower face on the scan's
+    heat_z_mm = 100 + heatmap_region(heat[0])["centroid"][0] * 3.0             # where the heat map put it
+    assert heat_z_mm < lo[2]
+    assert liver["moved_into_scan_mm"] == pytest.approx(lo[2] + 6.0 - heat_z_mm, abs=0.05)
+    assert liver["box_index_xyz"]["start"][2] == 5
+    assert spleen["centroid_mm"][2] == pytest.approx(100 + 10 * 3.0) and "moved_into_scan_mm" not in spleen
+    assert out["scan_z_mm"] == pytest.approx([lo[2], hi[2]])
+
+
+def test_the_body_threshold_is_minus_500_hu_in_ct_normalised_units_and_none_otherwise():
+    from types import SimpleNamespace
+    props = {"mean": 100.0, "std": 200.0, "percentile_00_5": -1000.0, "percentile_99_5": 1500.0}
+    plans = SimpleNamespace(foreground_intensity_properties_per_channel={"0": props})
+    ct = SimpleNamespace(normalization_schemes=["CTNormalization"])
+    assert body_threshold(plans, ct) == pytest.approx((BODY_HU - 100.0) / 200.0)
+    props["percentile_00_5"] = -100.0             # a floor above -500 HU: just above the floor
+    assert body_threshold(plans, ct) == pytest.approx((-50.0 - 100.0) / 200.0)
+    assert body_threshold(plans, SimpleNamespace(normalization_schemes=["ZScoreNormalization"])) is None
 
 
 def test_mean_box_sizes_over_the_given_cases_only():

@@ -9,7 +9,10 @@ means the organ is absent (or missed): no box.
 
 Box: the organ's mean box size from the training labels (world mm, per world axis), centred on the
 centroid, plus a margin v mm on every side, converted to voxel indices of the original image and
-clipped to it.
+clipped to it. Along the body axis (world z) the box is kept in the scanned part of the image
+(:func:`into_scan`): where a scan ends at the skull base or a slab of slices holds no data, the network's
+centroid of an organ it cannot see runs off into the empty slices (OpenKBP pt_221: the brainstem 74 mm
+above the last slice with anatomy, containment 0).
 """
 from __future__ import annotations
 
@@ -55,6 +58,28 @@ def heatmap_region(heatmap: np.ndarray, tau: float = DEFAULT_TAU, readout: str =
     else:
         raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
     return {"peak": float(heatmap[region].max()), "centroid": centroid, "mask": region}
+
+
+def into_scan(centroid_mm: Sequence[float], size_mm: Sequence[float],
+              scan_z_mm: Optional[Sequence[float]]) -> np.ndarray:
+    """The centroid moved along world z, as little as needed, so that the organ's mean-size box (without
+    margin) lies in the scanned extent; centred on it when the scan is shorter than the box.
+
+    Args:
+        centroid_mm: world centroid (x, y, z) mm.
+        size_mm: mean box size (x, y, z) mm.
+        scan_z_mm: ``(min, max)`` world z (mm) of the voxels that hold the patient
+            (:func:`nnunet_oar.localization.grid.scanned_extent_mm`); ``None``: unchanged.
+
+    Returns:
+        (3,) world centroid, mm.
+    """
+    c = np.array(centroid_mm, float)
+    if scan_z_mm is not None:
+        lo, hi = scan_z_mm
+        half = float(size_mm[2]) / 2
+        c[2] = (lo + hi) / 2 if hi - lo < 2 * half else float(np.clip(c[2], lo + half, hi - half))
+    return c
 
 
 def box_sizes_mm(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int]) -> Dict[str, list]:

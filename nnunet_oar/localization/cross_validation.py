@@ -76,6 +76,8 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
     stats_of: Dict[str, dict] = {}          # case -> box_stats of the fold that localized it
     for fold in folds:
         localizer = Localizer(model_folder, [fold], device, 0.0, tau, checkpoint, readout)
+        # boxes of the ensemble's size from the start, so that keeping them in the scan moves them as inference will
+        localizer.box_stats = {o: {**st, "mean_size_mm": sizes[o]} for o, st in localizer.box_stats.items()}
         labels = localizer.predictor.dataset_json["labels"]
         ending = localizer.predictor.dataset_json["file_ending"]
         folder = pre / localizer.predictor.configuration_manager.data_identifier
@@ -84,7 +86,8 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
             data, _, _, properties = dataset.load_case(case)
             gt = sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}"))
             gt_zyx, geom = sitk.GetArrayViewFromImage(gt), geometry(gt)
-            boxes = localizer.boxes(localizer.heatmaps(np.asarray(data[:])), properties, geom, case)
+            data = np.asarray(data[:])
+            boxes = localizer.boxes(data, localizer.heatmaps(data), properties, geom, case)
             found[case], stats_of[case] = boxes, localizer.box_stats
             for organ in _annotated(annotations, case, localizer.organ_names):
                 entry, mask = boxes["organs"][organ], gt_zyx == labels[organ]

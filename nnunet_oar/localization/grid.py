@@ -8,10 +8,14 @@ continuous voxel coordinate of a preprocessed array (e.g. a heat-map centroid on
 continuous index of the image the reader produced, and so to a world point in mm, with no resampling of
 any array. World points do not depend on the orientation; voxel boxes are then computed on the original
 image's own grid.
+
+The same mapping gives the scanned extent (:func:`scanned_extent_mm`): the world extent of the voxels that
+hold the patient, which boxes are kept in along the body axis (:func:`nnunet_oar.localization.boxes.into_scan`).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+import itertools
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,3 +59,54 @@ def preprocessed_to_world(coord: np.ndarray, preprocessed_shape: Sequence[int], 
     """Continuous preprocessed voxel coordinates (..., 3) -> world points (..., 3) in mm."""
     index = preprocessed_to_original_index(coord, preprocessed_shape, properties, transpose_forward)
     return index_to_world(reader_geometry(properties, transpose_forward), index)
+
+
+BODY_HU = -500.0    # between air (or a scanner's padding, -1024) and every tissue: a slice with voxels above it holds the patient
+
+
+def body_threshold(plans_manager, configuration_manager) -> Optional[float]:
+    """:data:`BODY_HU` in the preprocessed (normalised) intensities of a CT-normalised configuration;
+    ``None`` for other normalisations (no scanned extent is then taken).
+
+    nnU-Net's ``CTNormalization`` clips to the foreground's 0.5-99.5 percentiles before it normalises; where
+    that floor lies above ``BODY_HU``, the threshold is 50 HU above the floor, clear of the overshoot of
+    nnU-Net's cubic resampling at the edge of the scan.
+    """
+    if configuration_manager.normalization_schemes[0] != "CTNormalization":
+        return None
+    p = plans_manager.foreground_intensity_properties_per_channel["0"]
+    hu = max(BODY_HU, p["percentile_00_5"] + 50.0)
+    return (hu - p["mean"]) / max(p["std"], 1e-8)
+
+
+def scanned_extent_mm(data: np.ndarray, threshold: float, properties: dict, transpose_forward: Sequence[int]
+                      ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """World extent of the voxels of a preprocessed case above ``threshold`` (:func:`body_threshold`).
+
+    Args:
+        data: preprocessed case (channels, *spatial), channel 0 the CT.
+        threshold: preprocessed intensity that separates the patient from air and padding.
+        properties: nnU-Net's properties of the case; transpose_forward: the plans' ``transpose_forward``.
+
+    Returns:
+        ``(min_mm, max_mm)``, each (3,) world x,y,z in mm, voxel cells included; ``None`` when no voxel is
+        above the threshold.
+    """
+    body = np.asarray(data[0]) > threshold
+    if not body.any():
+        return None
+    lo = np.array([np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != k)))[[0, -1]] for k in range(3)])
+    edges = np.stack([lo[:, 0] - 0.5, lo[:, 1] + 0.5], 1)        # (3, 2): cell edges of the first and last voxel
+    corners = np.array([[edges[k, b] for k, b in enumerate(bits)] for bits in itertools.product((0, 1), repeat=3)])
+    world = preprocessed_to_world(corners, body.shape, properties, transpose_forward)
+    return world.min(0), world.max(0)
+
+
+def scan_z_mm(data: np.ndarray, properties: dict, plans_manager, configuration_manager
+              ) -> Optional[Tuple[float, float]]:
+    """World z extent ``(min, max)`` in mm of the patient in a preprocessed case (:func:`scanned_extent_mm`
+    at :func:`body_threshold`), or ``None`` when it cannot be told."""
+    threshold = body_threshold(plans_manager, configuration_manager)
+    extent = None if threshold is None else scanned_extent_mm(data, threshold, properties,
+                                                              plans_manager.transpose_forward)
+    return None if extent is None else (float(extent[0][2]), float(extent[1][2]))

@@ -19,8 +19,8 @@ from nnunet_oar.contracts import write_boxes
 from nnunet_oar.io import (InputError, atomic_path, case_id, geometry, image_from_geometry,
                            list_images, read_image, read_json)
 from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, heatmap_region,
-                                          organ_box)
-from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry
+                                          into_scan, organ_box)
+from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry, scan_z_mm
 from nnunet_oar.paths import ensure_trainer_path
 from nnunet_oar.preflight import check_writable
 from nnunet_oar.safe_load import check_checkpoint
@@ -42,8 +42,8 @@ def read_margins(path: Path) -> Dict[str, float]:
 def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dict,
                    transpose_forward: Sequence[int], box_stats: Dict[str, dict], image_geom: Dict[str, list],
                    margin_mm: Margins = DEFAULT_MARGIN_MM, tau: float = DEFAULT_TAU,
-                   requested: Optional[Sequence[str]] = None, case: str = "", readout: str = DEFAULT_READOUT
-                   ) -> dict:
+                   requested: Optional[Sequence[str]] = None, case: str = "", readout: str = DEFAULT_READOUT,
+                   scan_z_mm: Optional[Sequence[float]] = None) -> dict:
     """Boxes from one case's heat maps.
 
     Args:
@@ -58,6 +58,8 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
         requested: organs to report; the others get ``status: not_requested``.
         case: case id for the JSON.
         readout: centroid read-out of the region (:func:`~nnunet_oar.localization.boxes.heatmap_region`).
+        scan_z_mm: world z extent (min, max) mm of the scanned patient; each box is kept in it
+            (:func:`~nnunet_oar.localization.boxes.into_scan`, ``moved_into_scan_mm`` records the move).
 
     Returns:
         The ``{case}_boxes.json`` content (:class:`nnunet_oar.contracts.CaseBoxes`).
@@ -73,11 +75,18 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
             continue
         if name not in box_stats:
             raise InputError(f"no box size for {name}: it was never annotated in the localizer's training cases")
-        c_mm = preprocessed_to_world(region["centroid"], heat.shape[1:], properties, transpose_forward)
+        size = box_stats[name]["mean_size_mm"]
+        heat_mm = preprocessed_to_world(region["centroid"], heat.shape[1:], properties, transpose_forward)
+        c_mm = into_scan(heat_mm, size, scan_z_mm)
         v = margin_mm[name] if isinstance(margin_mm, dict) else margin_mm
         organs[name] = {"status": "found", "peak": region["peak"], "centroid_mm": c_mm.tolist(), "margin_mm": v,
-                        **organ_box(image_geom, c_mm, box_stats[name]["mean_size_mm"], v)}
-    return {"case": case, "image": image_geom, "organs": organs}
+                        **organ_box(image_geom, c_mm, size, v)}
+        if c_mm[2] != heat_mm[2]:
+            organs[name]["moved_into_scan_mm"] = round(float(c_mm[2] - heat_mm[2]), 1)
+    out = {"case": case, "image": image_geom, "organs": organs}
+    if scan_z_mm is not None:
+        out["scan_z_mm"] = [float(z) for z in scan_z_mm]
+    return out
 
 
 def heatmaps_on_original_grid(heat: np.ndarray, properties: dict, plans_manager, configuration_manager,
@@ -187,10 +196,13 @@ class Localizer:
                                                     p.configuration_manager, p.dataset_json)
         return data, properties
 
-    def boxes(self, heat: np.ndarray, properties: dict, image_geom: Dict[str, list], case: str,
+    def boxes(self, data: np.ndarray, heat: np.ndarray, properties: dict, image_geom: Dict[str, list], case: str,
               requested: Optional[Sequence[str]] = None) -> dict:
-        return boxes_for_case(heat, self.organ_names, properties, self.predictor.plans_manager.transpose_forward,
-                              self.box_stats, image_geom, self.margin_mm, self.tau, requested, case, self.readout)
+        """Boxes of one case from its preprocessed data (1, *shape) and heat maps (:meth:`heatmaps`)."""
+        p = self.predictor
+        return boxes_for_case(heat, self.organ_names, properties, p.plans_manager.transpose_forward,
+                              self.box_stats, image_geom, self.margin_mm, self.tau, requested, case, self.readout,
+                              scan_z_mm(data, properties, p.plans_manager, p.configuration_manager))
 
     def localize_file(self, image_file: Path, case: str, requested: Optional[Sequence[str]] = None,
                       with_heatmaps: bool = False):
@@ -203,7 +215,7 @@ class Localizer:
             orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(image.GetDirection())
             full = heatmaps_on_original_grid(heat, properties, self.predictor.plans_manager,
                                              self.predictor.configuration_manager, orientation)
-        return self.boxes(heat, properties, geometry(image), case, requested), full
+        return self.boxes(data, heat, properties, geometry(image), case, requested), full
 
 
 def write_heatmaps(heat_zyx: np.ndarray, organ_names: Sequence[str], geom: dict, dst: Path) -> None:

@@ -29,6 +29,7 @@ from nnunet_oar.contracts import write_boxes
 from nnunet_oar.io import geometry, read_json, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_TAU, heatmap_region, mean_box_sizes
 from nnunet_oar.localization.heatmaps import DEFAULT_SIGMA2_MM2, HeatmapLoss, heatmap_targets, label_centroids
+from nnunet_oar.localization.grid import scan_z_mm
 from nnunet_oar.localization.localize import BOX_STATS, boxes_for_case
 from nnunet_oar.localization.report import markdown_table, score_case, summarize
 from nnunet_oar.training import ShortSchedule, init_output_layer, plot_centroid_errors
@@ -189,7 +190,8 @@ class nnUNetTrainerOARHeatmap(ShortSchedule, nnUNetTrainer):
                                      k + self.dataset_json["file_ending"]))
             gt_zyx, geom = sitk.GetArrayFromImage(gt), geometry(gt)
             boxes = boxes_for_case(heat, self.organ_names, properties, self.plans_manager.transpose_forward,
-                                   box_stats, geom, case=k)
+                                   box_stats, geom, case=k, scan_z_mm=scan_z_mm(data, properties, self.plans_manager,
+                                                                                self.configuration_manager))
             write_boxes(boxes, out_dir)
             np.savez_compressed(join(out_dir, f"{k}_heatmaps_3d_loc.npz"),
                                 **{n: heat[i].astype(np.float16) for i, n in enumerate(self.organ_names)})
