@@ -167,7 +167,8 @@ def main() -> None:
 def score(test: Path, boxes_dir: Path, model: Path, fold: str, margins_file: Path) -> dict:
     """The held-out patients' boxes against their contours, beside the constant guess of the trained fold."""
     import SimpleITK as sitk
-    from nnunet_oar.localization.localize import load_box_stats, read_margins
+    from nnunet_oar.localization.localize import load_box_stats
+    from nnunet_oar.localization.margins import read_margins
     from nnunet_oar.localization.report import score_folder, summarize
     labels = json.loads((test / "dataset.json").read_text())["labels"]
     box_stats = load_box_stats(model, [int(fold) if fold.isdigit() else fold])

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from nnunet_oar.geometry import index_box_to_world
-from nnunet_oar.localization.boxes import (calibrate_margin, heatmap_region, inside_counts, into_scan,
-                                          mean_box_sizes, organ_box)
+from nnunet_oar.localization.boxes import heatmap_region, into_scan, mean_box_sizes, organ_box
 from nnunet_oar.localization.grid import BODY_HU, body_threshold, scanned_extent_mm
 from nnunet_oar.localization.localize import boxes_for_case
+from nnunet_oar.localization.margins import calibrate_margin, inside_counts
 
 
 def _blob(shape, centre, sigma_vox=3.0):

@@ -18,7 +18,7 @@ def labels_file(path: str) -> Dict[str, int]:
 def margins(a) -> Union[float, Dict[str, float]]:
     """``--margin`` (one value, mm) or ``--margins margins.json`` (per organ, from cross-validation)."""
     if a.margins:
-        from nnunet_oar.localization.localize import read_margins
+        from nnunet_oar.localization.margins import read_margins
         return read_margins(Path(a.margins))
     return a.margin
 

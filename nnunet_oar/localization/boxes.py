@@ -174,46 +174,6 @@ def constant_guess_boxes(geom: dict, box_stats: Dict[str, dict], margin_mm: Unio
     return {"case": case, "image": geom, "organs": organs, "source": "constant guess (training-set mean position)"}
 
 
-def inside_counts(mask_zyx: np.ndarray, geom: dict, centroid_mm: Sequence[float], size_mm: Sequence[float],
-                  margins_mm: Sequence[float]) -> np.ndarray:
-    """Voxels of one organ's reference mask inside its box, for each candidate margin.
-
-    Args:
-        mask_zyx: reference mask (z, y, x) on the image grid of ``geom``.
-        geom: geometry record of the image.
-        centroid_mm: predicted centroid (x, y, z) mm; size_mm: mean box size (x, y, z) mm.
-        margins_mm: candidate margins v, mm.
-
-    Returns:
-        int64 array, one count per margin.
-    """
-    from nnunet_oar.geometry import crop_zyx
-    out = np.zeros(len(margins_mm), np.int64)
-    for i, v in enumerate(margins_mm):
-        b = organ_box(geom, centroid_mm, size_mm, float(v))["box_index_xyz"]
-        out[i] = int(crop_zyx(mask_zyx, b["start"], b["stop"]).sum())
-    return out
-
-
-def calibrate_margin(inside: np.ndarray, total: int, margins_mm: Sequence[float], target: float = 0.99
-                     ) -> Dict[str, float]:
-    """Smallest margin v (mm) for which the pooled containment of one organ reaches ``target``.
-
-    Args:
-        inside: voxels inside the boxes at each margin, summed over cases (:func:`inside_counts`).
-        total: the organ's reference voxels over the same cases (missed cases included).
-        margins_mm: the candidate margins, ascending.
-
-    Returns:
-        ``{"margin_mm": v, "containment": fraction at v, "reached": bool}``; the largest candidate when
-        none reaches the target.
-    """
-    frac = np.asarray(inside, float) / max(int(total), 1)
-    ok = frac >= target
-    i = int(np.argmax(ok)) if ok.any() else len(frac) - 1
-    return {"margin_mm": float(margins_mm[i]), "containment": float(frac[i]), "reached": bool(ok[i])}
-
-
 def cut_faces(mask_zyx: np.ndarray, start_xyz: Sequence[int], stop_xyz: Sequence[int], size_xyz: Sequence[int]
               ) -> list:
     """Faces of a box that cut an organ: where the organ's mask predicted in the box touches a face that

@@ -11,9 +11,9 @@ from tqdm import tqdm
 
 from nnunet_oar.contracts import write_boxes
 from nnunet_oar.io import InputError, geometry, read_json, write_json
-from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, calibrate_margin,
-                                          inside_counts, organ_box)
+from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, organ_box
 from nnunet_oar.localization.localize import Localizer, load_box_stats
+from nnunet_oar.localization.margins import calibrate_margin, inside_counts
 from nnunet_oar.localization.report import score_case, summarize
 from nnunet_oar.paths import find_dataset, preprocessed_root, results_root
 

@@ -21,22 +21,13 @@ from nnunet_oar.io import (InputError, atomic_path, case_id, geometry, image_fro
 from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, heatmap_region,
                                           into_scan, organ_box)
 from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry, scan_z_mm
+from nnunet_oar.localization.margins import read_margins
 from nnunet_oar.paths import ensure_trainer_path
 from nnunet_oar.preflight import check_writable
 from nnunet_oar.safe_load import check_checkpoint
 
 BOX_STATS = "box_stats.json"
 Margins = Union[float, Dict[str, float]]
-
-
-def read_margins(path: Path) -> Dict[str, float]:
-    """Per-organ margins (mm) from a ``margins.json`` written by ``localize --cross-validation``."""
-    path = Path(path)
-    try:
-        content = read_json(path)
-        return {organ: float(m["margin_mm"]) for organ, m in content.items()}
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise InputError(f"{path}: not a margins file ({{organ: {{margin_mm: ...}}}}): {e}") from e
 
 
 def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dict,
