@@ -1,0 +1,65 @@
+"""The margin v around each box: calibrated on out-of-fold boxes (``localize --cross-validation``), read back
+by inference from ``margins.json``.
+
+Calibration keeps, per organ, only the voxel counts inside its boxes at every candidate margin, so memory is
+one case's masks whatever the number of cases.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Sequence
+
+import numpy as np
+
+from nnunet_oar.geometry import crop_zyx
+from nnunet_oar.io import InputError, read_json
+from nnunet_oar.localization.boxes import organ_box
+
+
+def read_margins(path: Path) -> Dict[str, float]:
+    """Per-organ margins (mm) from a ``margins.json`` written by ``localize --cross-validation``."""
+    path = Path(path)
+    try:
+        content = read_json(path)
+        return {organ: float(m["margin_mm"]) for organ, m in content.items()}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{path}: not a margins file ({{organ: {{margin_mm: ...}}}}): {e}") from e
+
+
+def inside_counts(mask_zyx: np.ndarray, geom: dict, centroid_mm: Sequence[float], size_mm: Sequence[float],
+                  margins_mm: Sequence[float]) -> np.ndarray:
+    """Voxels of one organ's reference mask inside its box, for each candidate margin.
+
+    Args:
+        mask_zyx: reference mask (z, y, x) on the image grid of ``geom``.
+        geom: geometry record of the image.
+        centroid_mm: predicted centroid (x, y, z) mm; size_mm: mean box size (x, y, z) mm.
+        margins_mm: candidate margins v, mm.
+
+    Returns:
+        int64 array, one count per margin.
+    """
+    out = np.zeros(len(margins_mm), np.int64)
+    for i, v in enumerate(margins_mm):
+        b = organ_box(geom, centroid_mm, size_mm, float(v))["box_index_xyz"]
+        out[i] = int(crop_zyx(mask_zyx, b["start"], b["stop"]).sum())
+    return out
+
+
+def calibrate_margin(inside: np.ndarray, total: int, margins_mm: Sequence[float], target: float = 0.99
+                     ) -> Dict[str, float]:
+    """Smallest margin v (mm) for which the pooled containment of one organ reaches ``target``.
+
+    Args:
+        inside: voxels inside the boxes at each margin, summed over cases (:func:`inside_counts`).
+        total: the organ's reference voxels over the same cases (missed cases included).
+        margins_mm: the candidate margins, ascending.
+
+    Returns:
+        ``{"margin_mm": v, "containment": fraction at v, "reached": bool}``; the largest candidate when
+        none reaches the target.
+    """
+    frac = np.asarray(inside, float) / max(int(total), 1)
+    ok = frac >= target
+    i = int(np.argmax(ok)) if ok.any() else len(frac) - 1
+    return {"margin_mm": float(margins_mm[i]), "containment": float(frac[i]), "reached": bool(ok[i])}
