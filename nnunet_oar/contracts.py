@@ -17,8 +17,11 @@ makes a case's output set whole. The README's "Outputs" section describes the sa
 
 ``image`` is the geometry of the original CT (:func:`nnunet_oar.io.geometry`): boxes are voxel indices
 of that image in SimpleITK's x, y, z order, ``start`` inclusive and ``stop`` exclusive; ``*_mm`` are
-world (LPS) millimetres. ``scan_z_mm`` is the world z extent of the scanned patient; a box the localizer
-had to move into it along z says by how much (``moved_into_scan_mm``). ``predict`` adds its findings per organ (``cut_by_box``: faces of the box the
+world (LPS) millimetres. ``scan_z_mm`` (localizer boxes of CT-normalised models only) is the world z extent
+of the scanned patient; ``centroid_mm`` is the box centre after any move into it, and a moved box says by
+how much (``moved_into_scan_mm``: the heat map's z was ``centroid_mm[2] - moved_into_scan_mm``, to 0.1 mm;
+a move larger than half the box means the network put the organ outside the scan: worth a look).
+``predict`` adds its findings per organ (``cut_by_box``: faces of the box the
 organ touches inside the image; ``implausible``, ``flags``, ``postprocessing``) and the case's
 ``input_warnings``.
 

@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from nnunet_oar.geometry import index_box_to_world
 from tests.nnunet_helpers import LOC_ORGANS as ORGANS, LOC_TRAINER as TRAINER, run
 
 pytestmark = pytest.mark.slow      # every test here uses the trained localizer
@@ -60,6 +61,10 @@ def test_localize_heldout_keeps_the_input_geometry(trained_localizer, tmp_path):
     assert np.allclose(boxes["image"]["origin_xyz"], ct.GetOrigin())
     assert np.allclose(boxes["image"]["direction"], ct.GetDirection())
     assert set(boxes["organs"]) == set(ORGANS)
+    # the phantom's body runs through every slice: the scanned extent is the image's along z (within a
+    # localizer voxel), read from nnU-Net's real CT normalisation of the localizer's input
+    lo, hi = index_box_to_world(boxes["image"], [0, 0, 0], ct.GetSize())
+    assert np.allclose(boxes["scan_z_mm"], [lo[2], hi[2]], atol=4.0)
     for entry in boxes["organs"].values():
         assert entry["status"] in ("found", "absent")
         if entry["status"] == "found":

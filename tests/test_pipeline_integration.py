@@ -132,8 +132,9 @@ def test_predict_end_to_end_keeps_the_input_geometry(pipeline, tmp_path):
 
 @pytest.mark.slow
 def test_one_tile_per_crop_runs_each_organ_network_once_per_crop(pipeline):
-    """--tile crop: each crop goes through its network in one pass (a tile the size of the crop, padded to
-    the network's stride), where the trained patch slides over it in several; the output keeps the grid."""
+    """--tile crop: each crop goes through its network in one pass (a tile the size of the crop rounded up
+    to the network's stride, never below the trained patch), where the trained patch may slide over it in
+    several; the output keeps the grid."""
     from nnunet_oar.segmentation.predict import OARPredictor
     image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
     ct = sitk.ReadImage(str(image))

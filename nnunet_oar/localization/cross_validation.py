@@ -34,7 +34,8 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
     boxes hold ``calibrate_target`` of the organ's voxels, pooled over cases. The ``{case}_boxes.json``
     written here use those margins and the fold ensemble's mean box sizes, and ``margins.json`` records
     the margins, so that ``export-models --margins`` gives inference the box sizes the organ networks
-    trained on. (The constant guess of each case comes from the fold that did not train on it.) Memory is
+    trained on. (The constant guess of each case takes its mean position from the fold that did not train on
+it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
     bounded by one case: per organ only the voxel counts inside each candidate margin are kept.
 
     Args:

@@ -61,7 +61,9 @@ def preprocessed_to_world(coord: np.ndarray, preprocessed_shape: Sequence[int], 
     return index_to_world(reader_geometry(properties, transpose_forward), index)
 
 
-BODY_HU = -500.0    # between air (or a scanner's padding, -1024) and every tissue: a slice with voxels above it holds the patient
+# above air and a scanner's padding (-1024), below soft tissue and bone (lung lies below it, but no slice
+# through a patient is all lung): a slice with voxels above it holds the patient
+BODY_HU = -500.0
 
 
 def body_threshold(plans_manager, configuration_manager) -> Optional[float]:

@@ -48,11 +48,13 @@ def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configurat
         transpose_forward: the plans' axis order.
 
     Returns:
-        The crop's shape at the network's spacing (nnU-Net's ``compute_new_shape``), in the network's axis
-        order, rounded up to a multiple of the network's total stride per axis (a crop that would leave one
-        voxel at the bottleneck gets the trained patch, as nnU-Net pads it); ``None`` for a 2D network
-        or when the tile exceeds ``MAX_TILE_FACTOR`` times the trained patch's voxels (the trained patch
-        slides then).
+        Per axis, in the network's axis order, the larger of the trained patch and the crop's shape at the
+        network's spacing (nnU-Net's ``compute_new_shape``) rounded up to a multiple of the network's total
+        stride: where a crop is smaller than the patch it is padded to the patch as in training (a tile of
+        the bare crop cost 0.009 Dice on OpenKBP: the network's instance norms saw less padding than they
+        trained with), where it is larger it goes through in one pass instead of overlapping tiles.
+        ``None`` for a 2D network or when the tile exceeds ``MAX_TILE_FACTOR`` times the trained patch's
+        voxels (the trained patch slides then).
     """
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
     patch = configuration_manager.patch_size
@@ -61,10 +63,8 @@ def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configurat
     shape = compute_new_shape([shape_zyx[i] for i in transpose_forward], [spacing_zyx[i] for i in transpose_forward],
                               configuration_manager.spacing)
     stride = np.prod(np.asarray(configuration_manager.network_arch_init_kwargs["strides"]), axis=0)
-    tile = (np.ceil(np.maximum(shape, 1) / stride) * stride).astype(int)
-    if np.prod(tile // stride) < 2:     # instance norm needs more than one voxel at the bottleneck
-        tile = np.maximum(tile, patch)
-    return None if np.prod(tile) > MAX_TILE_FACTOR * np.prod(patch) else tile.tolist()
+    tile = np.maximum((np.ceil(np.maximum(shape, 1) / stride) * stride).astype(int), patch)
+    return None if np.prod(tile) > MAX_TILE_FACTOR * np.prod(patch) else [int(t) for t in tile]
 
 
 def _expected(models: Path, organ: str, entry: dict, box_stats: Dict[str, dict]) -> dict:

@@ -184,8 +184,9 @@ class nnUNetTrainerOARHeatmap(ShortSchedule, nnUNetTrainer):
         per_case, per_case_guess = {}, {}
         for k in dataset.identifiers:
             data, _, _, properties = dataset.load_case(k)
+            data = np.asarray(data[:])
             with torch.no_grad():
-                heat = predictor.predict_sliding_window_return_logits(torch.from_numpy(data[:]))[1:].float().cpu().numpy()
+                heat = predictor.predict_sliding_window_return_logits(torch.from_numpy(data))[1:].float().cpu().numpy()
             gt = sitk.ReadImage(join(self.preprocessed_dataset_folder_base, "gt_segmentations",
                                      k + self.dataset_json["file_ending"]))
             gt_zyx, geom = sitk.GetArrayFromImage(gt), geometry(gt)
