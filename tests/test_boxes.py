@@ -186,6 +186,10 @@ def test_constant_guess_is_the_mean_offset_from_the_image_centre():
     assert stats["liver"]["mean_offset_mm"] == [4.0, -2.0, 1.5]
     guess = constant_guess_boxes(g, stats, {"liver": 3.0}, "c")["organs"]["liver"]
     assert np.allclose(guess["centroid_mm"], image_centre_mm(g) + [4.0, -2.0, 1.5]) and guess["margin_mm"] == 3.0
+    # kept in the scanned slices like the localizer's boxes: a scan ending 2 mm above the guess's centre
+    top = image_centre_mm(g)[2] + 1.5 + 2.0
+    kept = constant_guess_boxes(g, stats, 3.0, "c", scan_z_mm=(top - 100.0, top))["organs"]["liver"]
+    assert kept["centroid_mm"][2] == pytest.approx(top - 6.0)
 
 
 def test_cut_faces_are_box_faces_inside_the_image_that_the_organ_touches():

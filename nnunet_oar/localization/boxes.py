@@ -158,16 +158,17 @@ def mean_box_sizes(per_case: Dict[str, Dict[str, list]], cases: Sequence[str],
 
 
 def constant_guess_boxes(geom: dict, box_stats: Dict[str, dict], margin_mm: Union[float, Dict[str, float]],
-                         case: str = "") -> dict:
+                         case: str = "", scan_z_mm: Optional[Sequence[float]] = None) -> dict:
     """The floor every localizer must beat: each organ at its training-set mean position relative to the
     image centre (``mean_offset_mm`` of ``box_stats``), boxed like the localizer's boxes (mean size +
-    margin; an organ missing from a per-organ ``margin_mm`` gets the default, as in the localizer). Same
-    content as a ``{case}_boxes.json``; every organ with an offset is ``found``."""
+    margin, kept in the scanned extent ``scan_z_mm`` when given (:func:`into_scan`); an organ missing from a
+    per-organ ``margin_mm`` gets the default, as in the localizer). Same content as a ``{case}_boxes.json``;
+    every organ with an offset is ``found``."""
     centre, organs = image_centre_mm(geom), {}
     for name, stats in box_stats.items():
         if "mean_offset_mm" not in stats:
             continue
-        c = centre + np.asarray(stats["mean_offset_mm"])
+        c = into_scan(centre + np.asarray(stats["mean_offset_mm"]), stats["mean_size_mm"], scan_z_mm)
         v = margin_mm.get(name, DEFAULT_MARGIN_MM) if isinstance(margin_mm, dict) else margin_mm
         organs[name] = {"status": "found", "centroid_mm": c.tolist(), "margin_mm": v,
                         **organ_box(geom, c, stats["mean_size_mm"], v)}

@@ -21,7 +21,8 @@ from nnunet_oar.evaluation.metrics import localization_metrics, summarize_locali
 
 def score_case(boxes: dict, label_zyx: np.ndarray, labels: Dict[str, int], organs: Sequence[str],
                box_stats: Dict[str, dict], margin_mm: Union[float, Dict[str, float]]) -> Tuple[dict, dict]:
-    """Localization metrics of one case's boxes and of the constant guess on the same case.
+    """Localization metrics of one case's boxes and of the constant guess on the same case (kept in the
+    scanned extent the boxes record, as the localizer's boxes are).
 
     Args:
         boxes: the case's ``{case}_boxes.json`` content (its ``image`` is the label map's geometry).
@@ -36,7 +37,7 @@ def score_case(boxes: dict, label_zyx: np.ndarray, labels: Dict[str, int], organ
         when ``box_stats`` has no offsets (a model trained before the guess existed).
     """
     geom = boxes["image"]
-    guess = constant_guess_boxes(geom, box_stats, margin_mm, boxes.get("case", ""))["organs"]
+    guess = constant_guess_boxes(geom, box_stats, margin_mm, boxes.get("case", ""), boxes.get("scan_z_mm"))["organs"]
     loc, ref = {}, {}
     for organ in organs:
         mask = label_zyx == labels[organ]
