@@ -97,8 +97,9 @@ def scanned_extent_mm(data: np.ndarray, threshold: float, properties: dict, tran
     body = np.asarray(data[0]) > threshold
     if not body.any():
         return None
-    lo = np.array([np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != k)))[[0, -1]] for k in range(3)])
-    edges = np.stack([lo[:, 0] - 0.5, lo[:, 1] + 0.5], 1)        # (3, 2): cell edges of the first and last voxel
+    # (3, 2): per axis, the first and last voxel holding the patient, then their outer cell edges
+    ends = np.array([np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != k)))[[0, -1]] for k in range(3)])
+    edges = ends + np.array([-0.5, 0.5])
     corners = np.array([[edges[k, b] for k, b in enumerate(bits)] for bits in itertools.product((0, 1), repeat=3)])
     world = preprocessed_to_world(corners, body.shape, properties, transpose_forward)
     return world.min(0), world.max(0)
