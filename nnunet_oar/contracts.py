@@ -20,7 +20,10 @@ of that image in SimpleITK's x, y, z order, ``start`` inclusive and ``stop`` exc
 world (LPS) millimetres. ``scan_z_mm`` (localizer boxes of CT-normalised models only) is the world z extent
 of the scanned patient; ``centroid_mm`` is the box centre after any move into it, and a moved box says by
 how much (``moved_into_scan_mm``: the heat map's z was ``centroid_mm[2] - moved_into_scan_mm``, to 0.1 mm;
-a move larger than half the box means the network put the organ outside the scan: worth a look).
+a move larger than half the box means the network put the organ outside the scan: worth a look). An
+organ boxed by its learned extent along z (:mod:`nnunet_oar.localization.extent`, chosen in ``margins.json``)
+records ``size_mm`` (the box without margin), and ``z_extent``: the box's ends along z (``ends_mm``), the
+anchor of each end and the heat map's own z (``heatmap_z_mm``); its ``centroid_mm`` is the box centre.
 ``predict`` adds its findings per organ (``cut_by_box``: faces of the box the
 organ touches inside the image; ``implausible``, ``flags``, ``postprocessing``) and the case's
 ``input_warnings``.
@@ -63,6 +66,8 @@ class OrganBox(TypedDict, total=False):
     box_mm: Dict[str, List[float]]     # {"min": [x, y, z], "max": [x, y, z]}, world mm
     clipped: bool           # the box was clipped to the image
     moved_into_scan_mm: float   # z move (mm) that kept the box in the scanned extent
+    size_mm: List[float]    # the box without margin, where it is not the mean size (a learned extent)
+    z_extent: dict          # a learned extent along z: {"ends_mm", "anchors", "heatmap_z_mm"}
     cut_by_box: List[str]   # faces ("x-", ..., "z+") the predicted organ touches inside the image
 
 

@@ -65,7 +65,8 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
                   localizer_trainer: str = "nnUNetTrainerOARHeatmap", organ_trainer: str = "nnUNetTrainer",
                   plans: str = "nnUNetPlans", margins: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM,
                   tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT, organ_configuration: str = "3d_fullres",
-                  organ_plans: Optional[str] = None, organ_checkpoint: str = "checkpoint_final.pth") -> Path:
+                  organ_plans: Optional[str] = None, organ_checkpoint: str = "checkpoint_final.pth",
+                  z_extent: Optional[Dict[str, dict]] = None) -> Path:
     """Copy trained results into a self-contained models folder with a ``models.json`` manifest.
 
     Args:
@@ -80,6 +81,8 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
         margins: margin v in mm, one for all organs or per organ (e.g. calibrated ones).
         tau: the localizer's detection threshold.
         readout: the localizer's centroid read-out (``midpoint`` or ``weighted``).
+        z_extent: ``{organ: rule}``: organs boxed by their learned extent along z (``margins.json``'s, see
+            :mod:`nnunet_oar.localization.extent`).
     """
     loc_name = find_dataset(results_root(), localizer_id)
     if loc_name is None:
@@ -89,7 +92,8 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
     if not loc_folds:
         raise FileNotFoundError(f"{loc_src}: no trained fold")
     manifest = {"localizer": {"results_folder": "localizer", "configuration": "3d_loc", "trainer": localizer_trainer,
-                              "folds": loc_folds, "margin_mm": margins, "tau": tau, "readout": readout},
+                              "folds": loc_folds, "margin_mm": margins, "tau": tau, "readout": readout,
+                              **({"z_extent": z_extent} if z_extent else {})},
                 "organs": {}}
     with atomic_dir(output) as tmp:
         _copy_results(loc_src, tmp / "localizer", loc_folds, "checkpoint_final.pth")

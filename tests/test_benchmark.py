@@ -123,9 +123,13 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     assert labels["ignore"] == max(labels.values())
     # the paper's flow: two localizer folds -> out-of-fold boxes with calibrated margins -> organ crops;
     # inference uses the same margins and box sizes, so training and inference crops have one size
-    margins = {o: m["margin_mm"] for o, m in json.loads((work / "oof_boxes" / "margins.json").read_text()).items()}
+    calibrated = json.loads((work / "oof_boxes" / "margins.json").read_text())
+    margins = {o: m["margin_mm"] for o, m in calibrated.items()}
     manifest = json.loads((work / "models" / "models.json").read_text())["localizer"]
     assert manifest["margin_mm"] == margins and manifest["folds"] == [0, 1]
+    # an organ given a learned extent along z by the cross-validation keeps it at inference
+    assert manifest.get("z_extent", {}) == {o: m["z_extent"] for o, m in calibrated.items() if "z_extent" in m}
+    axes = 2 if "z_extent" in calibrated["liver"] else 3          # its length along z then varies per case
     crops = json.loads((work / "nnUNet_raw" / "Dataset911_VISCERAL_liver" / "crops.json").read_text())
     train_mm = {tuple(np.round(np.subtract(c["box_index_xyz"]["stop"], c["box_index_xyz"]["start"])
                                * c["source_image"]["spacing_xyz"])) for c in crops.values() if not c["clipped"]}
@@ -135,13 +139,14 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
         if entry["status"] == "found" and not entry["clipped"]:
             extent = np.subtract(entry["box_mm"]["max"], entry["box_mm"]["min"])
             voxel = max(boxes["image"]["spacing_xyz"]) + 0.01
-            assert any(np.allclose(extent, t, atol=voxel) for t in train_mm)      # equal up to one voxel
+            assert any(np.allclose(extent[:axes], t[:axes], atol=voxel) for t in train_mm)   # up to one voxel
             assert entry["margin_mm"] == margins["liver"] and isinstance(entry["cut_by_box"], list)
     md = (work / "report.md").read_text()
     assert "constant guess" in md and set(report["constant_guess"]) == {"liver", "kidney_left"}
     assert set(report["cut_by_box"]) >= {"liver", "kidney_left"}
     # every stage ran as a Snakemake job with its own log and measurement, which the report reads
-    for name in ("loc_train_0", "loc_train_1", "loc_cv", "organ_train_911", "organ_train_912", "baseline_train",
+    for name in ("loc_train_0", "loc_train_1", "loc_cv", "organ_crops", "organ_plan_911", "organ_plan_912",
+                 "organ_train_911", "organ_train_912", "baseline_train",
                  "baseline_equal_time_train", "predict_two_stage", "predict_baseline", "predict_baseline_equal_time"):
         assert (work / "stages" / f"{name}.done").is_file() and (work / "stages" / f"{name}.log").is_file()
     for label in ("localizer: train fold 0", "localizer: train fold 1", "organs: out-of-fold boxes",
@@ -183,3 +188,12 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     assert len(done) >= 15 and done == {f: f.stat().st_mtime_ns for f in (work / "stages").glob("*.done")}
     assert "Nothing to be done" in (work / "benchmark.log").read_text().rsplit("Building DAG", 1)[-1]
     assert json.loads((work / "report.json").read_text())["overall"] == report["overall"]
+    # a run stopped before a stage finished (say, by a time cap) is scored as far as it got, and says so
+    (work / "stages" / "predict_baseline_equal_time.done").unlink()
+    run([*cmd, "--report-only"], env)
+    partial = json.loads((work / "report.json").read_text())
+    assert set(partial["overall"]) == {"baseline", "two_stage", "two_stage_reference_boxes"}
+    assert partial["overall"]["two_stage"] == report["overall"]["two_stage"]
+    assert partial["unfinished_stages"] == ["baseline, equal time: predict held-out"]
+    assert "A partial report" in (work / "report.md").read_text()
+    assert not (work / "stages" / "predict_baseline_equal_time.done").exists()      # it ran nothing

@@ -67,3 +67,26 @@ def test_crop_rois_refuses_a_malformed_boxes_file_naming_it(tmp_path, nnunet_env
         crop_rois(501, 511, boxes_dir=tmp_path / "boxes", progress=False)
     assert f"{cases[0]}_boxes.json" in str(e.value)
     assert not list(nnunet_env["nnUNet_raw"].glob("Dataset511_*"))
+
+
+def test_crop_rois_refuses_boxes_that_miss_the_organ_in_every_case(tmp_path, nnunet_env):
+    """A localizer trained too briefly can miss an organ everywhere: crop-rois says so, instead of nnU-Net's
+    planning failing later on crops without a foreground voxel."""
+    import SimpleITK as sitk
+    from nnunet_oar.conversion.visceral import convert_visceral
+    from nnunet_oar.io import geometry
+    from nnunet_oar.localization.boxes import organ_box
+    from nnunet_oar.phantom import write_phantoms
+    from nnunet_oar.segmentation.crops import crop_rois
+    write_phantoms(tmp_path / "v", 2, seed=1, scale=0.3, organs=["liver"], p_unannotated=0.0, progress=False)
+    raw = convert_visceral(tmp_path / "v", 501, organs=["liver"], progress=False)
+    (tmp_path / "boxes").mkdir()
+    for case in sorted(json.loads((raw / "annotations.json").read_text())):
+        geom = geometry(sitk.ReadImage(str(raw / "labelsTr" / f"{case}.nii.gz")))
+        corner = np.asarray(geom["origin_xyz"]) + 4.0          # a small box in a corner of the image, in air
+        write_boxes({"case": case, "image": geom, "organs": {"liver": {
+            "status": "found", "peak": 0.5, "centroid_mm": corner.tolist(), "margin_mm": 1.0,
+            **organ_box(geom, corner, [4.0, 4.0, 4.0], 1.0)}}}, tmp_path / "boxes")
+    with pytest.raises(InputError, match="liver: none of its 2 crops holds any of the organ"):
+        crop_rois(501, 511, boxes_dir=tmp_path / "boxes", progress=False)
+    assert not list(nnunet_env["nnUNet_raw"].glob("Dataset511_*"))

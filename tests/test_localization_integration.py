@@ -118,6 +118,20 @@ def test_cross_validation_boxes_use_the_calibrated_margins(trained_localizer, tm
                 and not inf_box["organs"][organ]["clipped"]:
             size = lambda e: np.subtract(e["box_index_xyz"]["stop"], e["box_index_xyz"]["start"])  # noqa: E731
             assert (np.abs(size(entry) - size(inf_box["organs"][organ])) <= 1).all()
+    # an organ whose rule in margins.json is a learned extent along z gets the box between its learned ends
+    rule = {"bottom": {"anchor": "scan_bottom", "offset_mm": 5.0}, "top": {"anchor": "self", "offset_mm": 20.0}}
+    extent = tmp_path / "extent.json"
+    extent.write_text(json.dumps({**margins, "liver": {**margins["liver"], "z_extent": rule}}))
+    run(["nnunet_oar", "localize", "-i", str(image), "-o", str(tmp_path / "ext"), "-m", str(trained_localizer["model"]),
+         "-f", "0", "1", "--margins", str(extent)], trained_localizer["env"])
+    boxes = json.loads((tmp_path / "ext" / f"{case}_boxes.json").read_text())
+    liver = boxes["organs"]["liver"]
+    assert liver["z_extent"]["anchors"] == {"bottom": "scan_bottom", "top": "self"}
+    lo, hi = liver["z_extent"]["ends_mm"]
+    assert abs(lo - max(boxes["scan_z_mm"][0] + 5.0, boxes["scan_z_mm"][0])) < 0.1 and liver["size_mm"][2] == pytest.approx(hi - lo, abs=0.1)
+    assert abs((liver["box_mm"]["max"][2] - liver["box_mm"]["min"][2]) - (hi - lo + 2 * liver["margin_mm"])) \
+        <= max(boxes["image"]["spacing_xyz"]) + 0.01 or liver["clipped"]
+    assert all("z_extent" not in e for o, e in boxes["organs"].items() if o != "liver")
 
 
 def test_training_logs_centroid_errors_and_the_constant_guess(trained_localizer):

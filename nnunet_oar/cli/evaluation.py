@@ -40,7 +40,7 @@ def _benchmark(a) -> None:
     for key in ("organs", "openkbp", "organ_boxes", "baseline_budget"):
         if getattr(a, key):
             setattr(s, key, getattr(a, key))
-    _print_overall(run_benchmark(Path(a.work), s, jobs=a.jobs))
+    _print_overall(run_benchmark(Path(a.work), s, jobs=a.jobs, report_only=a.report_only))
     print(f"see {Path(a.work) / 'report.md'}")
 
 
@@ -82,6 +82,9 @@ def register(sub) -> None:
                    help="iterations: the baseline trains as many iterations as each organ network; time: also a "
                         "baseline trained as long as all two-stage trainings together (default: time for openkbp, "
                         "iterations for phantoms)")
+    s.add_argument("--report-only", action="store_true",
+                   help="run nothing: score the methods whose held-out predictions have finished and write the "
+                        "report, naming the stages that have not (a run stopped by a time cap, or one under way)")
     s.set_defaults(func=_benchmark)
 
     s = sub.add_parser("demo", help="benchmark on phantoms: two-stage vs one network, trained briefly on CPU")

@@ -30,6 +30,11 @@ def _localize(a) -> None:
                                       folds=a.folds, checkpoint=a.checkpoint)
         for organ, m in s["calibrated_margins"].items():
             print(f"{organ}: margin {m['margin_mm']:.0f} mm holds {m['containment']:.3f} of its voxels")
+            if "z_extent" in m:
+                e = m["z_extent"]
+                print(f"  {organ}: box along z from {e['bottom']['anchor']} to {e['top']['anchor']} (learned extent; "
+                      f"median z error {e['median_z_error_mm']['learned_extent']:.1f} mm against "
+                      f"{e['median_z_error_mm']['mean_size_box']:.1f} mm with the mean-size box)")
         return
     from nnunet_oar.localization.localize import localize
     if a.input is None or a.model is None:

@@ -18,7 +18,7 @@ def _crop_rois(a) -> None:
 def _plan_organs(a) -> None:
     from nnunet_oar.segmentation.planning import plan_organs
     ids = plan_organs(a.first_id, spacing_mm=None if a.spacing <= 0 else a.spacing, num_processes=a.num_processes,
-                      configurations=a.configurations)
+                      dataset_ids=a.ids, configurations=a.configurations)
     print(f"planned and preprocessed {', '.join(a.configurations)} for data sets " + ", ".join(map(str, ids)))
 
 
@@ -45,6 +45,9 @@ def register(sub) -> None:
 
     s = sub.add_parser("plan-organs", help="nnU-Net planning + preprocessing (3d_fullres; -c for others) of every organ data set")
     s.add_argument("--first-id", type=int, required=True)
+    s.add_argument("--ids", type=int, nargs="+",
+                   help="only these organ data sets (default: every one from --first-id); several plan-organs "
+                        "side by side use more cores than one")
     s.add_argument("--spacing", type=float, default=1.0,
                    help="isotropic target spacing in mm (default 1, the paper's); 0 keeps nnU-Net's median spacing")
     s.add_argument("-np", "--num-processes", type=int, default=2)

@@ -69,10 +69,12 @@ def _prepare_data(s: Settings, work: Path) -> None:
     write_json({"wall_s": time.perf_counter() - t0}, work / "stages" / "data.json")
 
 
-def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
+def run_benchmark(work: Path, settings: Settings, jobs: int = 1, report_only: bool = False) -> dict:
     """Train, predict and score both methods; writes ``report.md``, ``report.json`` and figures into
     ``work``. ``jobs`` trainings run at a time (a GPU has room for several small networks; on a CPU,
-    1). Returns the report dict."""
+    1). ``report_only``: run nothing, score the methods whose held-out predictions have finished and
+    name the stages that have not (a run stopped by a time cap, or one still under way). Returns the
+    report dict."""
     s = settings
     work = Path(work).resolve()
     use_nnunet_folders(work)
@@ -87,17 +89,28 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1) -> dict:
         raise InputError("--baseline-budget time needs one of our budget trainers (--budget tiny, demo, cpu or gpu): "
                          "nnU-Net's own trainer has no variant for an arbitrary number of epochs")
     write_json(asdict(s), previous)
-    _prepare_data(s, work)
+    if not report_only:
+        _prepare_data(s, work)
+    elif any(find_dataset(raw_root(), i) is None for i in (s.train_id, s.test_id)):
+        raise InputError(f"{work}: the data are not converted yet; nothing to score")
     plan = Plan(work)
     methods, trainers, organ_ids = two_stage_plan(s, work, plan)
     test_raw = find_dataset(raw_root(), s.test_id)
     plan_baselines(s, plan, methods, trainers, test_raw, work / "predictions", organ_ids)
-    # the trainings share out nnU-Net's data-augmentation workers
-    if jobs > 1:
-        os.environ["nnUNet_n_proc_DA"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    plan.run(cores=jobs, gpus=jobs)
+    if report_only:
+        methods = {m: folder for m, folder in methods.items() if plan.done(f"predict_{m}")}
+        if not methods:
+            raise InputError(f"{work}: no method has finished its held-out predictions yet; nothing to score")
+        unfinished = [label for name, label in plan.labels.items() if not plan.done(name)]
+    else:
+        # the trainings share out nnU-Net's data-augmentation workers
+        if jobs > 1:
+            os.environ["nnUNet_n_proc_DA"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        plan.run(cores=jobs, gpus=jobs)
+        unfinished = []
     equal_time_record(s, work, trainers)
-    return write_comparison(work, test_raw, methods, plan.records(), asdict(s), trainers)
+    return write_comparison(work, test_raw, methods, plan.records(finished_only=report_only), asdict(s), trainers,
+                            unfinished=unfinished)
 
 
 def two_stage_plan(s: Settings, work: Path, plan: Plan):
@@ -132,12 +145,18 @@ def two_stage_plan(s: Settings, work: Path, plan: Plan):
     else:
         crop = ["--boxes-from-labels", "--margin", s.margin_mm, "--shift", s.margin_mm]
         margin, before = ["--margin", s.margin_mm], ["loc_plan"]
-    plan.add("organ_plan", [["nnunet_oar", "crop-rois", "-d", T, "--first-id", O, *crop, "--organs", *organs],
-                            ["nnunet_oar", "plan-organs", "--first-id", O, "--spacing", s.organ_spacing_mm,
-                             "-np", n_proc]], before, label="organs: crops + plan + preprocess")
-    nets = [plan.add(f"organ_train_{organ_ids[o]}", [["nnUNetv2_train", organ_ids[o], "3d_fullres", "all", "-tr", seg_tr,
-                                                      "--c", *dev]], ["organ_plan"], gpu=True,
-                     label=f"organ network {o}: train") for o in organs]
+    plan.add("organ_crops", [["nnunet_oar", "crop-rois", "-d", T, "--first-id", O, *crop, "--organs", *organs]],
+             before, label="organs: crops")
+    # one stage per organ data set: nnU-Net plans and preprocesses one data set at a time, so on many
+    # cores the organs go side by side, and each network trains as soon as its own data set is ready
+    nets = []
+    for o in organs:
+        i = organ_ids[o]
+        plan.add(f"organ_plan_{i}", [["nnunet_oar", "plan-organs", "--first-id", O, "--ids", i, "--spacing",
+                                      s.organ_spacing_mm, "-np", n_proc]], ["organ_crops"],
+                 label=f"organ network {o}: plan + preprocess")
+        nets.append(plan.add(f"organ_train_{i}", [["nnUNetv2_train", i, "3d_fullres", "all", "-tr", seg_tr, "--c", *dev]],
+                             [f"organ_plan_{i}"], gpu=True, label=f"organ network {o}: train"))
     models = work / "models"
     plan.add("export", [["nnunet_oar", "export-models", "-o", models, "--localizer-id", T, "--organ-ids",
                          *(organ_ids[o] for o in organs), "--localizer-trainer", loc_tr, "--organ-trainer", seg_tr,
@@ -149,7 +168,7 @@ def two_stage_plan(s: Settings, work: Path, plan: Plan):
                                     "-m", models, "--device", s.device, *tta]], ["export"], gpu=True,
              label="two-stage: predict held-out")
     # the organ stage alone: the same networks on boxes centred on the reference centroids
-    plan.add("predict_reference_boxes", [
+    plan.add("predict_two_stage_reference_boxes", [
         ["nnunet_oar", "reference-boxes", "-r", test_raw / "labelsTr", "--labels", test_raw / "dataset.json",
          "-m", models, "-o", work / "reference_boxes"],
         ["nnunet_oar", "predict", "-i", test_raw / "imagesTr", "-o", pred / "two_stage_reference_boxes",

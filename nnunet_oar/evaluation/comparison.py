@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from nnunet_oar.io import atomic_path, read_json, write_json
 
@@ -104,7 +104,8 @@ def _relabel(pred, pred_labels: Dict[str, int], ref_labels: Dict[str, int]):
 def _budget_lines(trainers: dict, stages: Dict[str, dict]) -> list:
     """How long each baseline trained against the two-stage method (equal iterations per network, and
     equal total training time when that baseline was trained)."""
-    two_stage = sum(v["wall_s"] for k, v in stages.items() if k.startswith(("localizer: train", "organ network", "organs: train")))
+    two_stage = sum(v["wall_s"] for k, v in stages.items()
+                    if k.startswith(("localizer: train", "organs: train")) or k.startswith("organ network") and k.endswith(": train"))
     lines = ["", f"Budgets: `baseline` gets the organ networks' trainer (equal iterations per network); "
              f"the two-stage method's trainings (localizer folds + organ networks) took {two_stage:.0f} s."]
     if "baseline_equal_time" in trainers:
@@ -131,9 +132,10 @@ def _machine(device: str) -> str:
 
 
 def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stages: Dict[str, dict], settings: dict,
-                     trainers: dict, tolerance_mm: float = 2.0) -> dict:
+                     trainers: dict, tolerance_mm: float = 2.0, unfinished: Sequence[str] = ()) -> dict:
     """Score each method's predictions on the held-out cases; write ``metrics_{method}.json/.csv``,
-    ``boxplot_dice.png``, ``boxplot_hd95.png``, ``report.json`` and ``report.md`` into ``work``."""
+    ``boxplot_dice.png``, ``boxplot_hd95.png``, ``report.json`` and ``report.md`` into ``work``.
+    ``unfinished`` names the stages a partial report (``--report-only``) leaves out."""
     from nnunet_oar.evaluation.evaluate import box_plots, evaluate_folders, write_metrics
     annotations = read_json(test_raw / "annotations.json")
     results = {}
@@ -149,7 +151,7 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
               "overall": {m: r["overall"] for m, r in results.items()},
               "per_organ": {m: r["per_organ"] for m, r in results.items()},
               "localization": results.get("two_stage", {}).get("localization"), "stages": stages,
-              "paired_vs_baseline": paired}
+              "paired_vs_baseline": paired, "unfinished_stages": list(unfinished)}
     if "two_stage" in methods:
         report["constant_guess"], report["cut_by_box"] = _localization_floor_and_cuts(
             work / "models", test_raw, methods["two_stage"])
@@ -159,6 +161,8 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
              f"training cases: the raw data set {settings['train_id']}. Trainers: localizer `{trainers['localizer']}`, "
              f"baseline and organ networks `{trainers['networks']}`; baseline configuration "
              f"`{trainers['baseline_config']}`. NSD tolerance {tolerance_mm} mm.", "",
+             *([f"**A partial report** (`--report-only`): these stages had not finished and their methods are "
+                f"not scored: {', '.join(unfinished)}.", ""] if unfinished else []),
              "## Table I: mean ± std over scored (case, organ) pairs", "",
              f"Δ Dice: the mean paired difference (method − {reference}) over the (case, organ) "
              "pairs both scored, with its bootstrap 95 % interval (BCa, 10,000 resamples) and the Wilcoxon "

@@ -58,7 +58,9 @@ class Plan:
         # the commands from this Python's environment, also when it is not activated
         env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--configfile", str(config), "--cores",
-               str(cores), "--resources", f"gpu={gpus}", "--rerun-incomplete", "--keep-going"]
+               str(cores), "--resources", f"gpu={gpus}", "--rerun-incomplete", "--keep-going",
+               # a handful of jobs needs no ILP solver (and a machine without one gets no warning)
+               "--scheduler", "greedy"]
         with open(self.work / "benchmark.log", "a") as log:
             rc = subprocess.call(cmd, cwd=self.work, env=env, stdout=log, stderr=subprocess.STDOUT)
         if rc:
@@ -66,11 +68,18 @@ class Plan:
             logs = "\n".join(f"{stages / n}.log:\n" + (stages / f"{n}.log").read_text()[-3000:] for n in failed[:1])
             raise StageFailed(f"{self.work / 'benchmark.log'}: stage(s) {', '.join(failed) or '?'} failed\n{logs}")
 
-    def records(self) -> Dict[str, dict]:
-        """``{label: {"wall_s", "peak_rss_gb", "commands"}}`` of the labelled stages, from Snakemake's
-        measurements; a training run more than once (interrupted, then resumed) says so."""
+    def done(self, name: str) -> bool:
+        """Whether stage ``name`` has finished."""
+        return (self.work / "stages" / f"{name}.done").is_file()
+
+    def records(self, finished_only: bool = False) -> Dict[str, dict]:
+        """``{label: {"wall_s", "peak_rss_gb", "commands"}}`` of the labelled stages (``finished_only``:
+        of those that have finished), from Snakemake's measurements; a training run more than once
+        (interrupted, then resumed) says so."""
         out = {}
         for name, label in self.labels.items():
+            if finished_only and not self.done(name):
+                continue
             with open(self.work / "stages" / f"{name}.tsv") as f:
                 row = next(csv.DictReader(f, delimiter="\t"))
             rec = {"wall_s": float(row["s"]), "commands": [" ".join(c) for c in self.steps[name]["commands"]]}

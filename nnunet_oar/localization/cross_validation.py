@@ -3,7 +3,7 @@ networks' training boxes and the calibrated margins that inference reuses."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -12,6 +12,8 @@ from tqdm import tqdm
 from nnunet_oar.contracts import write_boxes
 from nnunet_oar.io import InputError, geometry, read_json, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, organ_box
+from nnunet_oar.localization.extent import ENDS, SELF, anchors_z, apply_z_extent, fit_z_extent, learned_ends, z_facts
+from nnunet_oar.localization.grid import scan_z_mm
 from nnunet_oar.localization.localize import Localizer, load_box_stats
 from nnunet_oar.localization.margins import calibrate_margin, inside_counts
 from nnunet_oar.localization.report import score_case, summarize
@@ -71,10 +73,9 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
     # never below the default margin v: an organ network needs some context around its organ (on phantoms the
     # localizer is so exact that 1-3 mm sufficed, and networks on such tight crops did not learn in 200 iterations)
     grid = np.arange(min_margin_mm, max_margin_mm + step_mm / 2, step_mm)
-    inside: Dict[str, np.ndarray] = {}
-    total: Dict[str, int] = {}
     found: Dict[str, dict] = {}             # case -> boxes at margin 0 (the centroids are what counts)
     stats_of: Dict[str, dict] = {}          # case -> box_stats of the fold that localized it
+    facts: Dict[str, dict] = {}             # case -> scanned extent and the organs' extents along z
     for fold in folds:
         localizer = Localizer(model_folder, [fold], device, 0.0, tau, checkpoint, readout)
         # boxes of the ensemble's size from the start, so that keeping them in the scan moves them as inference will
@@ -86,17 +87,40 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
         for case in tqdm(splits[fold]["val"], desc=f"fold {fold}"):
             data, _, _, properties = dataset.load_case(case)
             gt = sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}"))
-            gt_zyx, geom = sitk.GetArrayViewFromImage(gt), geometry(gt)
             data = np.asarray(data[:])
-            boxes = localizer.boxes(data, localizer.heatmaps(data), properties, geom, case)
+            boxes = localizer.boxes(data, localizer.heatmaps(data), properties, geometry(gt), case)
             found[case], stats_of[case] = boxes, localizer.box_stats
-            for organ in _annotated(annotations, case, localizer.organ_names):
-                entry, mask = boxes["organs"][organ], gt_zyx == labels[organ]
-                total[organ] = total.get(organ, 0) + int(mask.sum())
-                inside.setdefault(organ, np.zeros(len(grid), np.int64))
-                if entry["status"] == "found" and mask.any():
-                    inside[organ] += inside_counts(mask, geom, entry["centroid_mm"], sizes[organ], grid)
+            facts[case] = _z_facts(gt, labels, _annotated(annotations, case, localizer.organ_names),
+                                   boxes.get("scan_z_mm"))
+    # the learned extents along z: fitted on the folds' training cases, kept where they beat the mean-size box
+    # on the out-of-fold cases (each case's facts from its labels and its scanned extent, read as inference does)
+    fit_cases = sorted({c for f in folds for c in splits[f]["train"]})
+    dataset = infer_dataset_class(str(folder))(str(folder), fit_cases)
+    p = localizer.predictor
+    fit = []
+    for case in tqdm(fit_cases, desc="extents along z"):
+        data, _, _, properties = dataset.load_case(case)
+        fit.append(_z_facts(sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}")), labels,
+                            _annotated(annotations, case, localizer.organ_names),
+                            scan_z_mm(np.asarray(data[:]), properties, p.plans_manager, p.configuration_manager)))
+    extents, compared = choose_z_extents(fit, found, facts, localizer.organ_names)
+    for boxes in found.values():
+        apply_z_extent(boxes["organs"], extents, sizes, boxes["image"], boxes.get("scan_z_mm"))
+    inside: Dict[str, np.ndarray] = {}
+    total: Dict[str, int] = {}
+    for case, boxes in found.items():
+        gt = sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}"))
+        gt_zyx, geom = sitk.GetArrayViewFromImage(gt), geometry(gt)
+        for organ in _annotated(annotations, case, localizer.organ_names):
+            entry, mask = boxes["organs"][organ], gt_zyx == labels[organ]
+            total[organ] = total.get(organ, 0) + int(mask.sum())
+            inside.setdefault(organ, np.zeros(len(grid), np.int64))
+            if entry["status"] == "found" and mask.any():
+                inside[organ] += inside_counts(mask, geom, entry["centroid_mm"], entry.get("size_mm", sizes[organ]),
+                                               grid)
     margins = {o: calibrate_margin(counts, total[o], grid, calibrate_target) for o, counts in inside.items()}
+    for organ, rule in extents.items():
+        margins.setdefault(organ, {"margin_mm": DEFAULT_MARGIN_MM})["z_extent"] = rule
     margin_of = {o: margins.get(o, {"margin_mm": DEFAULT_MARGIN_MM})["margin_mm"] for o in labels if o != "background"}
     per_case, per_case_guess = {}, {}
     for case, boxes in found.items():          # second pass: the boxes with the calibrated margins
@@ -104,15 +128,61 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
         for organ, entry in boxes["organs"].items():
             if entry["status"] == "found":
                 entry.update(margin_mm=margin_of[organ], **organ_box(
-                    boxes["image"], entry["centroid_mm"], sizes[organ], margin_of[organ]))
+                    boxes["image"], entry["centroid_mm"], entry.get("size_mm", sizes[organ]), margin_of[organ]))
         write_boxes(boxes, output)
         per_case[case], per_case_guess[case] = score_case(
             boxes, gt_zyx, labels, _annotated(annotations, case, list(boxes["organs"])), stats_of[case], margin_of)
     write_json(margins, output / "margins.json")
     summary = {**summarize(per_case, per_case_guess), "calibrated_margins": margins, "folds": folds,
-               "readout": readout, "target": calibrate_target}
+               "readout": readout, "target": calibrate_target, "z_extent_comparison": compared}
     write_json(summary, output / "localization_summary.json")
     return summary
+
+
+def _z_facts(gt: sitk.Image, labels: Dict[str, int], annotated: Sequence[str], scan: Optional[Sequence[float]]) -> dict:
+    """One case's facts for the learned extents: its scanned extent and its annotated organs' extents along z."""
+    return {"scan_z_mm": scan, "organs": z_facts(sitk.GetArrayViewFromImage(gt), geometry(gt),
+                                                 {o: labels[o] for o in annotated})}
+
+
+def choose_z_extents(fit: Sequence[dict], found: Dict[str, dict], facts: Dict[str, dict], organs: Sequence[str],
+                     min_cases: int = 5) -> Tuple[Dict[str, dict], Dict[str, dict]]:
+    """The organs that get a learned extent along z, and the comparison that chose them.
+
+    Args:
+        fit: training cases' facts (``{"scan_z_mm", "organs": z_facts}``) to fit each organ's rule on.
+        found: out-of-fold boxes (mean-size boxes) per case; facts: the same cases' facts.
+        organs: the localizer's organs.
+        min_cases: out-of-fold cases (organ contoured, it and its anchors found) needed to decide.
+
+    Returns:
+        ``({organ: rule}, {organ: {"n", "median_z_error_mm": {"mean_size_box", "learned_extent"}}})``: an organ
+        whose rule anchors an end elsewhere than at its own centroid keeps the rule where the median error of
+        its centroid along z over the out-of-fold cases is lower than the mean-size box's.
+    """
+    chosen, compared = {}, {}
+    for organ in organs:
+        rule = fit_z_extent(fit, organ)
+        if rule is None or all(rule[end]["anchor"] == SELF for end in ENDS):
+            continue
+        own, learned = [], []
+        for case, boxes in found.items():
+            truth = facts[case]["organs"].get(organ)
+            centroids = {o: e["centroid_mm"][2] for o, e in boxes["organs"].items() if e.get("status") == "found"}
+            if truth is None or organ not in centroids:
+                continue
+            scan = boxes.get("scan_z_mm")
+            ends = learned_ends(rule, centroids[organ], anchors_z(scan, centroids), scan)
+            if ends is not None:
+                own.append(abs(centroids[organ] - truth["centroid_mm"]))
+                learned.append(abs((ends[0] + ends[1]) / 2 - truth["centroid_mm"]))
+        if len(own) < min_cases:
+            continue
+        errors = {"mean_size_box": round(float(np.median(own)), 2), "learned_extent": round(float(np.median(learned)), 2)}
+        compared[organ] = {"n": len(own), "median_z_error_mm": errors, "rule": rule}
+        if errors["learned_extent"] < errors["mean_size_box"]:
+            chosen[organ] = {**rule, "median_z_error_mm": errors}
+    return chosen, compared
 
 
 def _annotated(annotations: Optional[dict], case: str, organs: Sequence[str]) -> List[str]:

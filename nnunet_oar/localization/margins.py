@@ -26,6 +26,12 @@ def read_margins(path: Path) -> Dict[str, float]:
         raise InputError(f"{path}: not a margins file ({{organ: {{margin_mm: ...}}}}): {e}") from e
 
 
+def read_z_extents(path: Path) -> Dict[str, dict]:
+    """The learned extents along z (:mod:`~nnunet_oar.localization.extent`) that ``localize --cross-validation``
+    chose, from the same ``margins.json``: ``{organ: rule}`` (organs without one keep the mean-size box)."""
+    return {organ: m["z_extent"] for organ, m in read_json(Path(path)).items() if m.get("z_extent")}
+
+
 def inside_counts(mask_zyx: np.ndarray, geom: dict, centroid_mm: Sequence[float], size_mm: Sequence[float],
                   margins_mm: Sequence[float]) -> np.ndarray:
     """Voxels of one organ's reference mask inside its box, for each candidate margin.

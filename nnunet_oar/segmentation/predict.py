@@ -114,7 +114,8 @@ class OARPredictor:
         def folds_of(entry: dict) -> list:
             return list(folds) if folds else entry["folds"][:1] if one_fold else entry["folds"]
         self.localizer = Localizer(models / loc["results_folder"], folds_of(loc), device, loc["margin_mm"],
-                                   loc.get("tau", DEFAULT_TAU), readout=loc.get("readout", DEFAULT_READOUT))
+                                   loc.get("tau", DEFAULT_TAU), readout=loc.get("readout", DEFAULT_READOUT),
+                                   z_extent=loc.get("z_extent"))
         available = manifest["organs"]
         self.organs = list(organs) if organs else list(available)
         for o in self.organs:
