@@ -258,8 +258,10 @@ def _extent_lines(margins: dict) -> list:
         return ["No organ's learned extent along z beat its mean-size box on the calibration fold.", ""]
     lines = ["## Learned extent along the body axis", "",
              "These organs' boxes span their learned extent along z (`nnunet_oar/localization/extent.py`): each "
-             "end at the anchor whose offset varied least over the trained fold's patients, chosen because it "
-             "lowered the median z error of the centroid on the calibration fold.", "",
+             "end at the anchor whose offset varies least over the training patients (the rule below, fitted on "
+             "all of them, is the one used here). The organ got it because the rule fitted on the trained fold's "
+             "patients lowered the median z error of the centroid on the calibration fold (last column); the two "
+             "fits may pick different anchors where two vary about as little.", "",
              "| organ | bottom: anchor, offset mm | top: anchor, offset mm | calibration z error mm: mean-size box "
              "/ learned extent |", "|---|---|---|---|"]
     for organ, rule in chosen.items():

@@ -39,7 +39,8 @@ PEAK_BYTES_PER_VOXEL = 80
 def write_reference_boxes(reference: Path, labels: Dict[str, int], models: Path, output: Path,
                           margin_mm: Optional[float] = None) -> int:
     """``{case}_boxes.json`` for every reference label map in ``reference``: the models' box sizes and
-    margin centred on the reference centroids (:func:`~nnunet_oar.localization.boxes.reference_boxes`).
+    margin centred on the reference centroids, and the reference extent along z for organs with a learned
+    extent (:func:`~nnunet_oar.localization.boxes.reference_boxes`).
     Returns the number of cases."""
     from nnunet_oar.localization.boxes import reference_boxes
     from nnunet_oar.localization.localize import load_box_stats
@@ -49,8 +50,8 @@ def write_reference_boxes(reference: Path, labels: Dict[str, int], models: Path,
     files = list_images(reference)
     for f in files:
         img = read_image(f, "reference label map")
-        write_boxes(reference_boxes(sitk.GetArrayFromImage(img), geometry(img), labels, box_stats, margin, case_id(f)),
-                    Path(output))
+        write_boxes(reference_boxes(sitk.GetArrayFromImage(img), geometry(img), labels, box_stats, margin, case_id(f),
+                                    loc.get("z_extent", {})), Path(output))
     return len(files)
 
 

@@ -71,6 +71,12 @@ def test_boxes_for_case_maps_heatmap_peaks_to_world_and_reports_absent():
     assert out["organs"]["spleen"] == {"status": "absent", "peak": pytest.approx(0.01, abs=1e-3)}
     out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, geom, requested=["spleen"])
     assert out["organs"]["liver"] == {"status": "not_requested"}
+    # a learned extent anchored on an organ that was not requested: that organ is found all the same
+    rule = {"bottom": {"anchor": "liver", "offset_mm": -20.0}, "top": {"anchor": "liver", "offset_mm": 10.0}}
+    out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, geom, tau=0.005, requested=["spleen"],
+                         z_extent={"spleen": rule})
+    assert out["organs"]["liver"] == {"status": "not_requested"} and list(out["organs"]) == ["liver", "spleen"]
+    assert out["organs"]["spleen"]["z_extent"]["ends_mm"] == [110.0, 140.0]
 
 
 def test_a_box_is_moved_into_the_scan_along_z_as_little_as_needed():
@@ -158,6 +164,12 @@ def test_reference_boxes_centre_the_mean_box_on_the_reference_centroid():
     size = np.asarray(liver["box_mm"]["max"]) - np.asarray(liver["box_mm"]["min"])
     assert np.all(np.abs(size - (np.array([10.0, 8.0, 12.0]) + 8.0)) <= np.array(geom["spacing_xyz"]))
     assert out["organs"]["spleen"] == {"status": "absent"}
+    # an organ with a learned extent along z: the oracle gives it its reference extent along z, here
+    # slices 5-14 (30 mm) once a thin tail runs on from slice 9
+    lab[9:15, 11, 25] = 1
+    liver = reference_boxes(lab, geom, {"liver": 1}, stats, 4.0, "c", z_extent=["liver"])["organs"]["liver"]
+    assert liver["size_mm"] == [10.0, 8.0, 30.0] and liver["centroid_mm"][2] == 11.0 + 3.0 * 9.5
+    assert liver["box_mm"]["max"][2] - liver["box_mm"]["min"][2] == pytest.approx(30.0 + 8.0, abs=3.0)
 
 
 def test_weighted_readout_follows_the_mass_where_the_midpoint_follows_the_tails():

@@ -79,22 +79,30 @@ def test_z_facts_measure_ends_and_centroid_in_world_mm():
 
 def test_the_extent_is_kept_only_where_it_beats_the_mean_size_box_out_of_fold():
     from nnunet_oar.localization.cross_validation import choose_z_extents
-    fit, held = _cases(), _cases(n=12, seed=1)
-    found, facts = {}, {}
+    train, held = _cases(), _cases(n=12, seed=1)
+    facts = {**{f"t{k}": c for k, c in enumerate(train)}, **{f"v{k}": c for k, c in enumerate(held)}}
+    folds = [([f"t{k}" for k in range(len(train))], [f"v{k}" for k in range(len(held))])]
+    found = {}
     for k, case in enumerate(held):
         truth = case["organs"]
         # the heat map finds the brainstem and larynx well and the cord's centroid 20 mm off along z
-        found[f"c{k}"] = {"scan_z_mm": case["scan_z_mm"], "organs": {
+        found[f"v{k}"] = {"scan_z_mm": case["scan_z_mm"], "organs": {
             "brainstem": {"status": "found", "centroid_mm": [0, 0, truth["brainstem"]["centroid_mm"] + 1]},
             "spinal_cord": {"status": "found", "centroid_mm": [0, 0, truth["spinal_cord"]["centroid_mm"] + 20]},
             "larynx": {"status": "found", "centroid_mm": [0, 0, truth["larynx"]["centroid_mm"]]}}}
-        facts[f"c{k}"] = case
-    chosen, compared = choose_z_extents(fit, found, facts, ["brainstem", "spinal_cord", "larynx"])
+    organs = ["brainstem", "spinal_cord", "larynx"]
+    chosen, compared, per_case = choose_z_extents(facts, folds, found, organs)
     assert list(chosen) == ["spinal_cord"] and compared["spinal_cord"]["n"] == 12
     errors = chosen["spinal_cord"]["median_z_error_mm"]
     assert errors["mean_size_box"] == 20.0 and errors["learned_extent"] < 3
+    # the rule inference gets rests on every case; each validation case gets the rule of its fold
+    assert chosen["spinal_cord"]["top"]["n"] == 52 and per_case["v0"]["spinal_cord"]["top"]["n"] == 40
+    # a fold that trained on nothing like these cases is judged out of fold too: the rule is not fitted on them
+    few = [(folds[0][0][:5], folds[0][1])]
+    assert choose_z_extents(facts, few, found, organs)[0] == {}
     # where the heat map finds the cord itself, the mean-size box stays
     for boxes, case in zip(found.values(), held):
         boxes["organs"]["spinal_cord"]["centroid_mm"][2] = case["organs"]["spinal_cord"]["centroid_mm"]
-    chosen, compared = choose_z_extents(fit, found, facts, ["brainstem", "spinal_cord", "larynx"])
+    chosen, compared, per_case = choose_z_extents(facts, folds, found, organs)
     assert chosen == {} and compared["spinal_cord"]["median_z_error_mm"]["mean_size_box"] == 0.0
+    assert per_case["v0"] == {}

@@ -151,10 +151,10 @@ def equal_time_record(s: Settings, work: Path, trainers: dict) -> None:
                     baseline_equal_time_rule=r["rule"])
     for k, rule in enumerate(s.baseline_ignore):
         tag = "baseline" if rule == "body" else f"baseline_{rule}"
-        dataset = find_dataset(results_root(), s.baseline_id + k)
-        if dataset is None:                # a partial report: this baseline has not started
+        if not (work / "stages" / f"{tag}_equal_time_train.done").is_file():    # a partial report
             continue
-        folder = dataset / f"{r['trainer']}__nnUNetPlans__{trainers['baseline_config']}" / "fold_all"
+        folder = (find_dataset(results_root(), s.baseline_id + k) /
+                  f"{r['trainer']}__nnUNetPlans__{trainers['baseline_config']}" / "fold_all")
         trainers[f"{tag}_equal_time_training_s"] = training_seconds(epoch_seconds(folder))
 
 

@@ -101,13 +101,18 @@ def _relabel(pred, pred_labels: Dict[str, int], ref_labels: Dict[str, int]):
     return img
 
 
-def _budget_lines(trainers: dict, stages: Dict[str, dict]) -> list:
+def _is_two_stage_training(label: str) -> bool:
+    return label.startswith(("localizer: train", "organs: train")) or label.startswith("organ network") \
+        and label.endswith(": train")
+
+
+def _budget_lines(trainers: dict, stages: Dict[str, dict], unfinished: Sequence[str] = ()) -> list:
     """How long each baseline trained against the two-stage method (equal iterations per network, and
     equal total training time when that baseline was trained)."""
-    two_stage = sum(v["wall_s"] for k, v in stages.items()
-                    if k.startswith(("localizer: train", "organs: train")) or k.startswith("organ network") and k.endswith(": train"))
+    two_stage = sum(v["wall_s"] for k, v in stages.items() if _is_two_stage_training(k))
+    partial = " (the finished ones only)" if any(map(_is_two_stage_training, unfinished)) else ""
     lines = ["", f"Budgets: `baseline` gets the organ networks' trainer (equal iterations per network); "
-             f"the two-stage method's trainings (localizer folds + organ networks) took {two_stage:.0f} s."]
+             f"the two-stage method's trainings (localizer folds + organ networks){partial} took {two_stage:.0f} s."]
     if "baseline_equal_time" in trainers:
         lines[-1] += (f" The equal-time baselines (`{trainers['baseline_equal_time']}`) were trained for "
                       f"{trainers['baseline_equal_time_rule']}.")
@@ -166,7 +171,7 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
              "## Table I: mean ± std over scored (case, organ) pairs", "",
              f"Δ Dice: the mean paired difference (method − {reference}) over the (case, organ) "
              "pairs both scored, with its bootstrap 95 % interval (BCa, 10,000 resamples) and the Wilcoxon "
-             "signed-rank p-value.", *_budget_lines(trainers, stages), "",
+             "signed-rank p-value.", *_budget_lines(trainers, stages, unfinished), "",
              "| method | Dice | HD95 (mm) | NSD | pairs | Δ Dice vs baseline [95 % CI] | p (Wilcoxon) |",
              "|---|---|---|---|---|---|---|"]
     for m, r in results.items():

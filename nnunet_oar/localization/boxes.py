@@ -202,7 +202,8 @@ def cut_faces(mask_zyx: np.ndarray, start_xyz: Sequence[int], stop_xyz: Sequence
 
 
 def reference_boxes(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int], box_stats: Dict[str, dict],
-                    margin_mm: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM, case: str = "") -> dict:
+                    margin_mm: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM, case: str = "",
+                    z_extent: Sequence[str] = ()) -> dict:
     """Boxes a perfect localizer would give: the method's box (mean size + margin) centred on each
     organ's reference centre of mass. Same content as a ``{case}_boxes.json``; organs without voxels
     are ``absent``. Used to measure the organ stage alone (oracle localization).
@@ -213,6 +214,8 @@ def reference_boxes(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int], b
         labels: ``{organ: label value}``.
         box_stats: ``{organ: {"mean_size_mm": [x, y, z]}}`` from the localizer's training.
         margin_mm: margin v on every side, mm (one value or per organ).
+        z_extent: organs whose boxes span a learned extent along z: a perfect localizer gives them their
+            reference extent along z (``size_mm`` records it).
     """
     from nnunet_oar.geometry import centroid_mm
     organs = {}
@@ -225,6 +228,12 @@ def reference_boxes(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int], b
             continue
         c = centroid_mm(geom, mask)
         v = margin_mm[name] if isinstance(margin_mm, dict) else margin_mm
-        organs[name] = {"status": "found", "centroid_mm": c.tolist(), "margin_mm": v,
-                        **organ_box(geom, c, box_stats[name]["mean_size_mm"], v)}
+        size = list(map(float, box_stats[name]["mean_size_mm"]))
+        extent = {}
+        if name in z_extent:
+            lo, hi = index_box_to_world(geom, *mask_bbox_xyz(mask))
+            c[2], size[2] = (lo[2] + hi[2]) / 2, float(hi[2] - lo[2])
+            extent = {"size_mm": size}
+        organs[name] = {"status": "found", "centroid_mm": c.tolist(), "margin_mm": v, **extent,
+                        **organ_box(geom, c, size, v)}
     return {"case": case, "image": geom, "organs": organs, "source": "reference labels (oracle localization)"}

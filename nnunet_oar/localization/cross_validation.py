@@ -92,20 +92,21 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
             found[case], stats_of[case] = boxes, localizer.box_stats
             facts[case] = _z_facts(gt, labels, _annotated(annotations, case, localizer.organ_names),
                                    boxes.get("scan_z_mm"))
-    # the learned extents along z: fitted on the folds' training cases, kept where they beat the mean-size box
-    # on the out-of-fold cases (each case's facts from its labels and its scanned extent, read as inference does)
-    fit_cases = sorted({c for f in folds for c in splits[f]["train"]})
-    dataset = infer_dataset_class(str(folder))(str(folder), fit_cases)
+    # the learned extents along z: each fold's rule fitted on the cases it trained on and judged on its
+    # validation cases; the rule inference gets is fitted on every case (facts from labels and the scanned
+    # extent, read as inference reads it)
+    everyone = sorted({c for f in folds for c in (*splits[f]["train"], *splits[f]["val"])} - set(facts))
+    dataset = infer_dataset_class(str(folder))(str(folder), everyone)
     p = localizer.predictor
-    fit = []
-    for case in tqdm(fit_cases, desc="extents along z"):
+    for case in tqdm(everyone, desc="extents along z"):
         data, _, _, properties = dataset.load_case(case)
-        fit.append(_z_facts(sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}")), labels,
-                            _annotated(annotations, case, localizer.organ_names),
-                            scan_z_mm(np.asarray(data[:]), properties, p.plans_manager, p.configuration_manager)))
-    extents, compared = choose_z_extents(fit, found, facts, localizer.organ_names)
-    for boxes in found.values():
-        apply_z_extent(boxes["organs"], extents, sizes, boxes["image"], boxes.get("scan_z_mm"))
+        facts[case] = _z_facts(sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}")), labels,
+                               _annotated(annotations, case, localizer.organ_names),
+                               scan_z_mm(np.asarray(data[:]), properties, p.plans_manager, p.configuration_manager))
+    extents, compared, fold_rules = choose_z_extents(facts, [(splits[f]["train"], splits[f]["val"]) for f in folds],
+                                                     found, localizer.organ_names)
+    for case, boxes in found.items():
+        apply_z_extent(boxes["organs"], fold_rules[case], sizes, boxes["image"], boxes.get("scan_z_mm"))
     inside: Dict[str, np.ndarray] = {}
     total: Dict[str, int] = {}
     for case, boxes in found.items():
@@ -145,44 +146,59 @@ def _z_facts(gt: sitk.Image, labels: Dict[str, int], annotated: Sequence[str], s
                                                  {o: labels[o] for o in annotated})}
 
 
-def choose_z_extents(fit: Sequence[dict], found: Dict[str, dict], facts: Dict[str, dict], organs: Sequence[str],
-                     min_cases: int = 5) -> Tuple[Dict[str, dict], Dict[str, dict]]:
-    """The organs that get a learned extent along z, and the comparison that chose them.
+def choose_z_extents(facts: Dict[str, dict], folds: Sequence[Tuple[Sequence[str], Sequence[str]]],
+                     found: Dict[str, dict], organs: Sequence[str], min_cases: int = 5
+                     ) -> Tuple[Dict[str, dict], Dict[str, dict], Dict[str, Dict[str, dict]]]:
+    """The organs that get a learned extent along z, judged out of fold.
 
     Args:
-        fit: training cases' facts (``{"scan_z_mm", "organs": z_facts}``) to fit each organ's rule on.
-        found: out-of-fold boxes (mean-size boxes) per case; facts: the same cases' facts.
+        facts: every case's ``{"scan_z_mm", "organs": z_facts}``.
+        folds: per fold, (the cases it trained on, its validation cases); each fold's rule is fitted on the
+            first and judged on the second.
+        found: out-of-fold boxes (mean-size boxes) of the validation cases.
         organs: the localizer's organs.
         min_cases: out-of-fold cases (organ contoured, it and its anchors found) needed to decide.
 
     Returns:
-        ``({organ: rule}, {organ: {"n", "median_z_error_mm": {"mean_size_box", "learned_extent"}}})``: an organ
-        whose rule anchors an end elsewhere than at its own centroid keeps the rule where the median error of
-        its centroid along z over the out-of-fold cases is lower than the mean-size box's.
+        ``({organ: rule fitted on every case}, {organ: {"n", "median_z_error_mm": {"mean_size_box",
+        "learned_extent"}, "judged_rules": the folds' rules}}, {validation case: {organ: its fold's rule}})``. An organ keeps its learned extent
+        where the median error of its centroid along z over the validation cases is below the mean-size
+        box's; the rules of the last dict are those of the kept organs.
     """
-    chosen, compared = {}, {}
-    for organ in organs:
-        rule = fit_z_extent(fit, organ)
-        if rule is None or all(rule[end]["anchor"] == SELF for end in ENDS):
-            continue
-        own, learned = [], []
-        for case, boxes in found.items():
-            truth = facts[case]["organs"].get(organ)
-            centroids = {o: e["centroid_mm"][2] for o, e in boxes["organs"].items() if e.get("status") == "found"}
-            if truth is None or organ not in centroids:
+    errors: Dict[str, Tuple[list, list]] = {}
+    rules_of: Dict[str, Dict[str, dict]] = {}
+    judged: Dict[str, list] = {}
+    for train, val in folds:
+        for organ in organs:
+            rule = fit_z_extent([facts[c] for c in train], organ)
+            if rule is None or all(rule[end]["anchor"] == SELF for end in ENDS):
                 continue
-            scan = boxes.get("scan_z_mm")
-            ends = learned_ends(rule, centroids[organ], anchors_z(scan, centroids), scan)
-            if ends is not None:
-                own.append(abs(centroids[organ] - truth["centroid_mm"]))
-                learned.append(abs((ends[0] + ends[1]) / 2 - truth["centroid_mm"]))
+            judged.setdefault(organ, []).append(rule)
+            own, learned = errors.setdefault(organ, ([], []))
+            for case in val:
+                boxes, truth = found.get(case), facts[case]["organs"].get(organ)
+                if boxes is None or truth is None:
+                    continue
+                rules_of.setdefault(case, {})[organ] = rule
+                centroids = {o: e["centroid_mm"][2] for o, e in boxes["organs"].items() if e.get("status") == "found"}
+                scan = boxes.get("scan_z_mm")
+                ends = learned_ends(rule, centroids[organ], anchors_z(scan, centroids), scan) \
+                    if organ in centroids else None
+                if ends is not None:
+                    own.append(abs(centroids[organ] - truth["centroid_mm"]))
+                    learned.append(abs((ends[0] + ends[1]) / 2 - truth["centroid_mm"]))
+    chosen, compared = {}, {}
+    everyone = list(facts.values())
+    for organ, (own, learned) in errors.items():
         if len(own) < min_cases:
             continue
-        errors = {"mean_size_box": round(float(np.median(own)), 2), "learned_extent": round(float(np.median(learned)), 2)}
-        compared[organ] = {"n": len(own), "median_z_error_mm": errors, "rule": rule}
-        if errors["learned_extent"] < errors["mean_size_box"]:
-            chosen[organ] = {**rule, "median_z_error_mm": errors}
-    return chosen, compared
+        err = {"mean_size_box": round(float(np.median(own)), 2), "learned_extent": round(float(np.median(learned)), 2)}
+        compared[organ] = {"n": len(own), "median_z_error_mm": err, "judged_rules": judged[organ]}
+        rule = fit_z_extent(everyone, organ)
+        if err["learned_extent"] < err["mean_size_box"] and rule is not None:
+            chosen[organ] = {**rule, **compared[organ]}
+    fold_rules = {case: {o: r for o, r in rules.items() if o in chosen} for case, rules in rules_of.items()}
+    return chosen, compared, {case: fold_rules.get(case, {}) for case in found}
 
 
 def _annotated(annotations: Optional[dict], case: str, organs: Sequence[str]) -> List[str]:

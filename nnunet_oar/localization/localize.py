@@ -59,9 +59,10 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
         The ``{case}_boxes.json`` content (:class:`nnunet_oar.contracts.CaseBoxes`).
     """
     organs = {}
+    # organs not requested are found all the same: another organ's learned extent may be anchored on them
+    unwanted = [] if requested is None else [name for name in organ_names if name not in requested]
     for k, name in enumerate(organ_names):
-        if requested is not None and name not in requested:
-            organs[name] = {"status": "not_requested"}
+        if name in unwanted and name not in box_stats:
             continue
         region = heatmap_region(heat[k], tau, readout)
         if region is None:
@@ -79,7 +80,8 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
             organs[name]["moved_into_scan_mm"] = round(float(c_mm[2] - heat_mm[2]), 1)
     if z_extent:
         apply_z_extent(organs, z_extent, {o: st["mean_size_mm"] for o, st in box_stats.items()}, image_geom, scan_z_mm)
-    out = {"case": case, "image": image_geom, "organs": organs}
+    organs.update({name: {"status": "not_requested"} for name in unwanted})
+    out = {"case": case, "image": image_geom, "organs": {name: organs[name] for name in organ_names}}
     if scan_z_mm is not None:
         out["scan_z_mm"] = [float(z) for z in scan_z_mm]
     return out

@@ -133,7 +133,9 @@ def crop_rois(source_id: int, first_id: int, boxes_dir: Optional[Path] = None, o
         for organ, builder in builders.items():
             if not crops[organ]:
                 raise InputError(f"{organ}: no case with a box; nothing to train on")
-            if len(reports[organ]["cut"]) == len(crops[organ]) and min(reports[organ]["cut"].values()) == 1.0:
+            holding = [c for c, crop in crops[organ].items()
+                       if crop["organ_volume_ml"] > 0 and reports[organ]["cut"].get(c, 0.0) < 1.0]
+            if not holding:     # nnU-Net's planning would fail later on a data set without foreground
                 raise InputError(f"{organ}: none of its {len(crops[organ])} crops holds any of the organ (the boxes miss "
                                  f"it in every case; a localizer trained too briefly?); nothing to train on")
             write_json(crops[organ], builder.folder / "crops.json")
