@@ -106,3 +106,17 @@ def test_the_extent_is_kept_only_where_it_beats_the_mean_size_box_out_of_fold():
     chosen, compared, per_case = choose_z_extents(facts, folds, found, organs)
     assert chosen == {} and compared["spinal_cord"]["median_z_error_mm"]["mean_size_box"] == 0.0
     assert per_case["v0"] == {}
+
+
+def test_a_malformed_learned_extent_is_refused_naming_the_file(tmp_path):
+    import json
+    import pytest
+    from nnunet_oar.io import InputError
+    from nnunet_oar.localization.margins import read_z_extents
+    path = tmp_path / "margins.json"
+    rule = {"bottom": {"anchor": "scan_bottom", "offset_mm": 2.0}, "top": {"anchor": "brainstem", "offset_mm": -34.0}}
+    path.write_text(json.dumps({"spinal_cord": {"margin_mm": 22.0, "z_extent": rule}, "larynx": {"margin_mm": 29.0}}))
+    assert read_z_extents(path) == {"spinal_cord": rule}
+    path.write_text(json.dumps({"spinal_cord": {"margin_mm": 22.0, "z_extent": {"bottom": rule["bottom"]}}}))
+    with pytest.raises(InputError, match=f"{path}: spinal_cord's z_extent needs bottom and top"):
+        read_z_extents(path)

@@ -12,7 +12,8 @@ from tqdm import tqdm
 from nnunet_oar.contracts import write_boxes
 from nnunet_oar.io import InputError, geometry, read_json, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, organ_box
-from nnunet_oar.localization.extent import ENDS, SELF, anchors_z, apply_z_extent, fit_z_extent, learned_ends, z_facts
+from nnunet_oar.localization.extent import (ENDS, SELF, anchors_z, apply_z_extent, fit_z_extent, found_centroids_z,
+                                           learned_ends, z_facts)
 from nnunet_oar.localization.grid import scan_z_mm
 from nnunet_oar.localization.localize import Localizer, load_box_stats
 from nnunet_oar.localization.margins import calibrate_margin, inside_counts
@@ -180,7 +181,7 @@ def choose_z_extents(facts: Dict[str, dict], folds: Sequence[Tuple[Sequence[str]
                 if boxes is None or truth is None:
                     continue
                 rules_of.setdefault(case, {})[organ] = rule
-                centroids = {o: e["centroid_mm"][2] for o, e in boxes["organs"].items() if e.get("status") == "found"}
+                centroids = found_centroids_z(boxes["organs"])
                 scan = boxes.get("scan_z_mm")
                 ends = learned_ends(rule, centroids[organ], anchors_z(scan, centroids), scan) \
                     if organ in centroids else None

@@ -45,6 +45,11 @@ def z_facts(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int]) -> Dict[s
     return out
 
 
+def found_centroids_z(organs: Dict[str, dict]) -> Dict[str, float]:
+    """World z (mm) of the centroid of every found organ of one case's boxes record."""
+    return {o: e["centroid_mm"][2] for o, e in organs.items() if e.get("status") == "found"}
+
+
 def anchors_z(scan_z_mm: Optional[Sequence[float]], centroids_z: Dict[str, float]) -> Dict[str, float]:
     """The anchors of one case: the scanned extent's ends (when known) and the organs' centroids (z, mm)."""
     out = dict(centroids_z)
@@ -113,7 +118,7 @@ def apply_z_extent(organs: Dict[str, dict], rules: Dict[str, dict], mean_sizes: 
     ``size_mm`` (the box without margin) and ``z_extent`` (the box's ends, their anchors, the heat map's z).
     """
     from nnunet_oar.localization.boxes import organ_box
-    centroids = {o: e["centroid_mm"][2] for o, e in organs.items() if e.get("status") == "found"}
+    centroids = found_centroids_z(organs)
     anchors = anchors_z(scan_z_mm, centroids)
     for organ, rule in rules.items():
         entry = organs.get(organ, {})

@@ -14,6 +14,7 @@ import numpy as np
 from nnunet_oar.geometry import crop_zyx
 from nnunet_oar.io import InputError, read_json
 from nnunet_oar.localization.boxes import organ_box
+from nnunet_oar.localization.extent import ENDS
 
 
 def read_margins(path: Path) -> Dict[str, float]:
@@ -29,7 +30,11 @@ def read_margins(path: Path) -> Dict[str, float]:
 def read_z_extents(path: Path) -> Dict[str, dict]:
     """The learned extents along z (:mod:`~nnunet_oar.localization.extent`) that ``localize --cross-validation``
     chose, from the same ``margins.json``: ``{organ: rule}`` (organs without one keep the mean-size box)."""
-    return {organ: m["z_extent"] for organ, m in read_json(Path(path)).items() if m.get("z_extent")}
+    rules = {organ: m["z_extent"] for organ, m in read_json(Path(path)).items() if m.get("z_extent")}
+    for organ, rule in rules.items():
+        if not all(isinstance(rule.get(end), dict) and {"anchor", "offset_mm"} <= set(rule[end]) for end in ENDS):
+            raise InputError(f"{path}: {organ}'s z_extent needs bottom and top, each with anchor and offset_mm")
+    return rules
 
 
 def inside_counts(mask_zyx: np.ndarray, geom: dict, centroid_mm: Sequence[float], size_mm: Sequence[float],
