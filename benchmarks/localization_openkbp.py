@@ -146,8 +146,10 @@ def main() -> None:
             ["nnunet_oar", "localize", "-i", str(test / "imagesTr"), "-o", str(work / tag / f"boxes_{readout}"),
              "-m", str(model), "--margins", str(margins), "--readout", readout, "--device", a.device, *chk], log))
 
+    calibration = json.loads((work / tag / "calibration" / "localization_summary.json").read_text())
     result = {"summary": {r: score(test, work / tag / f"boxes_{r}", model, a.fold, margins) for r in a.readouts},
               "margins": json.loads(margins.read_text()), "checkpoint": checkpoint,
+              "calibration_positions_moved": calibration.get("positions_moved", []),
               "epochs_trained": _epochs(fold_dir / checkpoint)}
     plans = json.loads((model / "plans.json").read_text())["configurations"][a.configuration]
     result["settings"] = {"trainer": a.trainer, "fold": a.fold, "spacing_mm": a.spacing, "sigma2_mm2": a.sigma2,
@@ -172,12 +174,22 @@ def score(test: Path, boxes_dir: Path, model: Path, fold: str, margins_file: Pat
     from nnunet_oar.localization.report import score_folder, summarize
     labels = json.loads((test / "dataset.json").read_text())["labels"]
     box_stats = load_box_stats(model, [int(fold) if fold.isdigit() else fold])
-    per_case, per_case_guess, beyond = {}, {}, {}
+    import numpy as np
+    from nnunet_oar.geometry import centroid_mm
+    per_case, per_case_guess, beyond, moved = {}, {}, {}, []
     for case, boxes, label, per_case[case], per_case_guess[case] in score_folder(test, boxes_dir, box_stats,
                                                                                  read_margins(margins_file)):
         ct = sitk.GetArrayFromImage(sitk.ReadImage(str(test / "imagesTr" / f"{case}_0000.nii.gz")))
         beyond[case] = contour_beyond_ct(label, ct, {o: labels[o] for o in per_case[case]})
-    return {**summarize(per_case, per_case_guess), "contour_beyond_ct": beyond}
+        for organ, entry in boxes["organs"].items():      # organs moved by anatomical consistency
+            if "position_check" in entry:
+                move = {"case": case, "organ": organ, "peak": entry["peak"], **entry["position_check"]}
+                if organ in per_case[case]:
+                    truth = centroid_mm(boxes["image"], label == labels[organ])
+                    move["error_mm"] = [float(np.linalg.norm(np.subtract(c, truth))) for c in
+                                        (entry["position_check"]["heatmap_centroid_mm"], entry["centroid_mm"])]
+                moved.append(move)
+    return {**summarize(per_case, per_case_guess), "contour_beyond_ct": beyond, "positions_moved": moved}
 
 
 def contour_beyond_ct(label_zyx, ct_zyx, labels: dict) -> dict:
@@ -215,6 +227,7 @@ def markdown(result: dict, json_name: str) -> str:
         "centroid errors).", "",
         markdown_table(main_summary, result["margins"]),
         *_extent_lines(result["margins"]),
+        *_moved_lines(result.get("calibration_positions_moved", []), main_summary.get("positions_moved", [])),
         "## Centroid read-out", "",
         "| organ | " + " | ".join(f"median error mm, `{r}`" for r in result["summary"]) + " |",
         "|---|" + "---|" * len(result["summary"]),
@@ -269,6 +282,27 @@ def _extent_lines(margins: dict) -> list:
         lines.append(f"| {organ} | {rule['bottom']['anchor']}, {rule['bottom']['offset_mm']:+.1f} | "
                      f"{rule['top']['anchor']}, {rule['top']['offset_mm']:+.1f} | "
                      f"{err['mean_size_box']:.1f} / {err['learned_extent']:.1f} |")
+    return lines + [""]
+
+
+def _moved_lines(calibration: list, held_out: list) -> list:
+    """The organs that anatomical consistency moved, on the calibration fold and on the held-out patients."""
+    lines = ["## Anatomical consistency", "",
+             "A found organ whose centroid lies beyond the fence (3 times the steadiest anchor's spread, at least "
+             "20 mm) from where the confidently found organs put it (median vote of its 3 steadiest anchors with "
+             "a peak >= 0.5, voters agreeing within the fence) is moved to the vote "
+             "(`nnunet_oar/localization/consistency.py`; offsets learned from the training labels). Moved organs, "
+             "with the centroid error before (heat map) and after (vote); the calibration fold's moves happen "
+             "before its margins are calibrated.", "",
+             "| patients | patient | organ | heat-map peak | distance to the vote mm | voters | error mm: "
+             "heat map -> vote |", "|---|---|---|---|---|---|---|"]
+    for group, moves in (("calibration", calibration), ("held-out", held_out)):
+        for m in moves:
+            err = " -> ".join(f"{e:.1f}" for e in m["error_mm"]) if "error_mm" in m else "not contoured"
+            lines.append(f"| {group} | {m['case']} | {m['organ']} | {m.get('peak', float('nan')):.2f} | "
+                         f"{m['distance_mm']:.0f} | {', '.join(m['anchors'])} | {err} |")
+        if not moves:
+            lines.append(f"| {group} | none | | | | | |")
     return lines + [""]
 
 

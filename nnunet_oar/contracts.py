@@ -24,6 +24,10 @@ a move larger than half the box means the network put the organ outside the scan
 organ boxed by its learned extent along z (:mod:`nnunet_oar.localization.extent`, chosen in ``margins.json``)
 records ``size_mm`` (the box without margin), and ``z_extent``: the box's ends along z (``ends_mm``), the
 anchor of each end and the heat map's own z (``heatmap_z_mm``); its ``centroid_mm`` is the box centre.
+An organ whose heat map put it far from where the other organs place it was moved there
+(:mod:`nnunet_oar.localization.consistency`) and says so in ``position_check``: the heat map's centroid
+(``heatmap_centroid_mm``), how far it was from the vote (``distance_mm``) and the organs that voted (its
+``moved_into_scan_mm``, if any, counts from the vote).
 ``predict`` adds its findings per organ (``cut_by_box``: faces of the box the
 organ touches inside the image; ``implausible``, ``flags``, ``postprocessing``) and the case's
 ``input_warnings``.
@@ -68,6 +72,7 @@ class OrganBox(TypedDict, total=False):
     moved_into_scan_mm: float   # z move (mm) that kept the box in the scanned extent
     size_mm: List[float]    # the box without margin, where it is not the mean size (a learned extent)
     z_extent: dict          # a learned extent along z: {"ends_mm", "anchors", "heatmap_z_mm"}
+    position_check: dict    # moved by anatomical consistency: {"heatmap_centroid_mm", "distance_mm", "anchors"}
     cut_by_box: List[str]   # faces ("x-", ..., "z+") the predicted organ touches inside the image
 
 

@@ -66,7 +66,7 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
                   plans: str = "nnUNetPlans", margins: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM,
                   tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT, organ_configuration: str = "3d_fullres",
                   organ_plans: Optional[str] = None, organ_checkpoint: str = "checkpoint_final.pth",
-                  z_extent: Optional[Dict[str, dict]] = None) -> Path:
+                  z_extent: Optional[Dict[str, dict]] = None, positions: Optional[Dict[str, dict]] = None) -> Path:
     """Copy trained results into a self-contained models folder with a ``models.json`` manifest.
 
     Args:
@@ -83,6 +83,8 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
         readout: the localizer's centroid read-out (``midpoint`` or ``weighted``).
         z_extent: ``{organ: rule}``: organs boxed by their learned extent along z (``margins.json``'s, see
             :mod:`nnunet_oar.localization.extent`).
+        positions: ``{organ: rule}``: anatomical-consistency rules (``margins.json``'s, see
+            :mod:`nnunet_oar.localization.consistency`).
     """
     loc_name = find_dataset(results_root(), localizer_id)
     if loc_name is None:
@@ -93,7 +95,8 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
         raise FileNotFoundError(f"{loc_src}: no trained fold")
     manifest = {"localizer": {"results_folder": "localizer", "configuration": "3d_loc", "trainer": localizer_trainer,
                               "folds": loc_folds, "margin_mm": margins, "tau": tau, "readout": readout,
-                              **({"z_extent": z_extent} if z_extent else {})},
+                              **({"z_extent": z_extent} if z_extent else {}),
+                              **({"position": positions} if positions else {})},
                 "organs": {}}
     with atomic_dir(output) as tmp:
         _copy_results(loc_src, tmp / "localizer", loc_folds, "checkpoint_final.pth")

@@ -129,6 +129,7 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     assert manifest["margin_mm"] == margins and manifest["folds"] == [0, 1]
     # an organ given a learned extent along z by the cross-validation keeps it at inference
     assert manifest.get("z_extent", {}) == {o: m["z_extent"] for o, m in calibrated.items() if "z_extent" in m}
+    assert manifest.get("position", {}) == {o: m["position"] for o, m in calibrated.items() if "position" in m}
     axes = 2 if "z_extent" in calibrated["liver"] else 3          # its length along z then varies per case
     crops = json.loads((work / "nnUNet_raw" / "Dataset911_VISCERAL_liver" / "crops.json").read_text())
     train_mm = {tuple(np.round(np.subtract(c["box_index_xyz"]["stop"], c["box_index_xyz"]["start"])

@@ -77,6 +77,15 @@ def test_boxes_for_case_maps_heatmap_peaks_to_world_and_reports_absent():
                          z_extent={"spleen": rule})
     assert out["organs"]["liver"] == {"status": "not_requested"} and list(out["organs"]) == ["liver", "spleen"]
     assert out["organs"]["spleen"]["z_extent"]["ends_mm"] == [110.0, 140.0]
+    # anatomical consistency comes first: the unsure spleen is moved to where the liver puts it, and an extent
+    # anchored on the spleen follows it
+    vote = {"anchors": [{"anchor": "liver", "offset_mm": [0.0, 0.0, -50.0]}], "spread_mm": 1.0}
+    anchored = {"bottom": {"anchor": "spleen", "offset_mm": 0.0}, "top": {"anchor": "spleen", "offset_mm": 60.0}}
+    out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, geom, tau=0.005,
+                         z_extent={"liver": anchored}, positions={"spleen": vote})
+    liver, spleen = out["organs"]["liver"], out["organs"]["spleen"]
+    assert np.allclose(spleen["centroid_mm"], (38.0, 7.0, 80.0)) and spleen["position_check"]["anchors"] == ["liver"]
+    assert liver["z_extent"]["ends_mm"] == [80.0, 140.0] and "position_check" not in liver
 
 
 def test_a_box_is_moved_into_the_scan_along_z_as_little_as_needed():

@@ -28,6 +28,9 @@ def _localize(a) -> None:
         s = localize_cross_validation(a.dataset_id, Path(a.output), trainer=a.trainer, plans=a.plans,
                                       configuration=a.configuration, device=a.device, tau=a.tau, readout=a.readout,
                                       folds=a.folds, checkpoint=a.checkpoint)
+        for move in s["positions_moved"]:
+            print(f"{move['case']}: {move['organ']} moved {move['distance_mm']:.0f} mm to where "
+                  f"{', '.join(move['anchors'])} put it (anatomical consistency)")
         for organ, m in s["calibrated_margins"].items():
             print(f"{organ}: margin {m['margin_mm']:.0f} mm holds {m['containment']:.3f} of its voxels")
             if "z_extent" in m:

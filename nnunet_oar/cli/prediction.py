@@ -10,13 +10,14 @@ from nnunet_oar.organs import ROI_NAME_STYLES
 
 
 def _export_models(a) -> None:
-    from nnunet_oar.localization.margins import read_z_extents
+    from nnunet_oar.localization.margins import read_positions, read_z_extents
     from nnunet_oar.models import export_models
     from nnunet_oar.segmentation.planning import organ_dataset_ids_from
     out = export_models(Path(a.output), a.localizer_id, a.organ_ids or organ_dataset_ids_from(a.first_id),
                         localizer_trainer=a.localizer_trainer, organ_trainer=a.organ_trainer, margins=margins(a),
                         tau=a.tau, readout=a.readout, organ_configuration=a.configuration, organ_plans=a.plans,
-                        organ_checkpoint=a.checkpoint, z_extent=read_z_extents(Path(a.margins)) if a.margins else None)
+                        organ_checkpoint=a.checkpoint, z_extent=read_z_extents(Path(a.margins)) if a.margins else None,
+                        positions=read_positions(Path(a.margins)) if a.margins else None)
     print(f"wrote {out}")
     if a.zip:
         from nnunet_oar.models import write_package

@@ -12,8 +12,9 @@ from tqdm import tqdm
 from nnunet_oar.contracts import write_boxes
 from nnunet_oar.io import InputError, geometry, read_json, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, organ_box
+from nnunet_oar.localization.consistency import check_positions, fit_position
 from nnunet_oar.localization.extent import (ENDS, SELF, anchors_z, apply_z_extent, fit_z_extent, found_centroids_z,
-                                           learned_ends, z_facts)
+                                           learned_ends, organ_facts)
 from nnunet_oar.localization.grid import scan_z_mm
 from nnunet_oar.localization.localize import Localizer, load_box_stats
 from nnunet_oar.localization.margins import calibrate_margin, inside_counts
@@ -76,7 +77,7 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
     grid = np.arange(min_margin_mm, max_margin_mm + step_mm / 2, step_mm)
     found: Dict[str, dict] = {}             # case -> boxes at margin 0 (the centroids are what counts)
     stats_of: Dict[str, dict] = {}          # case -> box_stats of the fold that localized it
-    facts: Dict[str, dict] = {}             # case -> scanned extent and the organs' extents along z
+    facts: Dict[str, dict] = {}             # case -> scanned extent, the organs' positions and extents along z
     for fold in folds:
         localizer = Localizer(model_folder, [fold], device, 0.0, tau, checkpoint, readout)
         # boxes of the ensemble's size from the start, so that keeping them in the scan moves them as inference will
@@ -91,7 +92,7 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
             data = np.asarray(data[:])
             boxes = localizer.boxes(data, localizer.heatmaps(data), properties, geometry(gt), case)
             found[case], stats_of[case] = boxes, localizer.box_stats
-            facts[case] = _z_facts(gt, labels, _annotated(annotations, case, localizer.organ_names),
+            facts[case] = _facts(gt, labels, _annotated(annotations, case, localizer.organ_names),
                                    boxes.get("scan_z_mm"))
     # the learned extents along z: each fold's rule fitted on the cases it trained on and judged on its
     # validation cases; the rule inference gets is fitted on every case (facts from labels and the scanned
@@ -101,11 +102,12 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
     p = localizer.predictor
     for case in tqdm(everyone, desc="extents along z"):
         data, _, _, properties = dataset.load_case(case)
-        facts[case] = _z_facts(sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}")), labels,
+        facts[case] = _facts(sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}")), labels,
                                _annotated(annotations, case, localizer.organ_names),
                                scan_z_mm(np.asarray(data[:]), properties, p.plans_manager, p.configuration_manager))
-    extents, compared, fold_rules = choose_z_extents(facts, [(splits[f]["train"], splits[f]["val"]) for f in folds],
-                                                     found, localizer.organ_names)
+    fold_pairs = [(splits[f]["train"], splits[f]["val"]) for f in folds]
+    positions, moves = check_out_of_fold(facts, fold_pairs, found, sizes, localizer.organ_names)
+    extents, compared, fold_rules = choose_z_extents(facts, fold_pairs, found, localizer.organ_names)
     for case, boxes in found.items():
         apply_z_extent(boxes["organs"], fold_rules[case], sizes, boxes["image"], boxes.get("scan_z_mm"))
     inside: Dict[str, np.ndarray] = {}
@@ -123,6 +125,8 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
     margins = {o: calibrate_margin(counts, total[o], grid, calibrate_target) for o, counts in inside.items()}
     for organ, rule in extents.items():
         margins.setdefault(organ, {"margin_mm": DEFAULT_MARGIN_MM})["z_extent"] = rule
+    for organ, rule in positions.items():
+        margins.setdefault(organ, {"margin_mm": DEFAULT_MARGIN_MM})["position"] = rule
     margin_of = {o: margins.get(o, {"margin_mm": DEFAULT_MARGIN_MM})["margin_mm"] for o in labels if o != "background"}
     per_case, per_case_guess = {}, {}
     for case, boxes in found.items():          # second pass: the boxes with the calibrated margins
@@ -136,15 +140,52 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
             boxes, gt_zyx, labels, _annotated(annotations, case, list(boxes["organs"])), stats_of[case], margin_of)
     write_json(margins, output / "margins.json")
     summary = {**summarize(per_case, per_case_guess), "calibrated_margins": margins, "folds": folds,
-               "readout": readout, "target": calibrate_target, "z_extent_comparison": compared}
+               "readout": readout, "target": calibrate_target, "z_extent_comparison": compared, "positions_moved": moves}
     write_json(summary, output / "localization_summary.json")
     return summary
 
 
-def _z_facts(gt: sitk.Image, labels: Dict[str, int], annotated: Sequence[str], scan: Optional[Sequence[float]]) -> dict:
-    """One case's facts for the learned extents: its scanned extent and its annotated organs' extents along z."""
-    return {"scan_z_mm": scan, "organs": z_facts(sitk.GetArrayViewFromImage(gt), geometry(gt),
+def _facts(gt: sitk.Image, labels: Dict[str, int], annotated: Sequence[str], scan: Optional[Sequence[float]]) -> dict:
+    """One case's facts for the learned rules: its scanned extent and its annotated organs' positions and
+    extents along z."""
+    return {"scan_z_mm": scan, "organs": organ_facts(sitk.GetArrayViewFromImage(gt), geometry(gt),
                                                  {o: labels[o] for o in annotated})}
+
+
+def check_out_of_fold(facts: Dict[str, dict], folds: Sequence[Tuple[Sequence[str], Sequence[str]]],
+                      found: Dict[str, dict], sizes: Dict[str, Sequence[float]], organs: Sequence[str]
+                      ) -> Tuple[Dict[str, dict], List[dict]]:
+    """Anatomical consistency (:mod:`~nnunet_oar.localization.consistency`) of the out-of-fold boxes, in place:
+    each fold's rules, fitted on the cases it trained on, check its validation cases.
+
+    Args:
+        facts: every case's ``{"organs": organ_facts}``; folds: per fold, (its training cases, its
+            validation cases); found: out-of-fold boxes of the validation cases; sizes: mean box sizes (mm).
+
+    Returns:
+        ``({organ: rule fitted on every case} (inference's), [{"case", "organ", "peak", "distance_mm", "anchors",
+        "error_mm": [before, after] (when contoured)}])``.
+    """
+    moves = []
+    for train, val in folds:
+        rules = {o: r for o in organs if (r := fit_position([facts[c] for c in train], o)) is not None}
+        for case in val:
+            if case not in found:
+                continue
+            boxes = found[case]
+            check_positions(boxes["organs"], rules, sizes, boxes["image"], boxes.get("scan_z_mm"))
+            for organ, entry in boxes["organs"].items():
+                if "position_check" in entry:
+                    check = entry["position_check"]
+                    move = {"case": case, "organ": organ, "peak": entry["peak"],
+                            "distance_mm": check["distance_mm"], "anchors": check["anchors"]}
+                    truth = facts[case]["organs"].get(organ)
+                    if truth is not None:
+                        move["error_mm"] = [round(float(np.linalg.norm(np.subtract(c, truth["position_mm"]))), 1)
+                                            for c in (check["heatmap_centroid_mm"], entry["centroid_mm"])]
+                    moves.append(move)
+    everyone = list(facts.values())
+    return {o: r for o in organs if (r := fit_position(everyone, o)) is not None}, moves
 
 
 def choose_z_extents(facts: Dict[str, dict], folds: Sequence[Tuple[Sequence[str], Sequence[str]]],
@@ -153,7 +194,7 @@ def choose_z_extents(facts: Dict[str, dict], folds: Sequence[Tuple[Sequence[str]
     """The organs that get a learned extent along z, judged out of fold.
 
     Args:
-        facts: every case's ``{"scan_z_mm", "organs": z_facts}``.
+        facts: every case's ``{"scan_z_mm", "organs": organ_facts}``.
         folds: per fold, (the cases it trained on, its validation cases); each fold's rule is fitted on the
             first and judged on the second.
         found: out-of-fold boxes (mean-size boxes) of the validation cases.

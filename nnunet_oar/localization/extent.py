@@ -25,15 +25,16 @@ SELF = "self"
 MIN_CASES = 10
 
 
-def z_facts(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int]) -> Dict[str, dict]:
-    """Each organ's extent and centroid along world z in one label map.
+def organ_facts(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int]) -> Dict[str, dict]:
+    """Each organ's extent and centroid along world z, and its centroid, in one label map: what the learned
+    extents and the anatomical consistency (:mod:`~nnunet_oar.localization.consistency`) learn from.
 
     Args:
         label_zyx: label map (z, y, x); geom: its geometry record; labels: ``{organ: value}`` to measure.
 
     Returns:
-        ``{organ: {"ends_mm": [bottom, top], "centroid_mm": z}}`` (voxel cells included in the ends), for the
-        organs present.
+        ``{organ: {"ends_mm": [bottom, top], "centroid_mm": z, "position_mm": [x, y, z]}}`` (world mm; voxel
+        cells included in the ends), for the organs present.
     """
     out = {}
     for organ, value in labels.items():
@@ -41,7 +42,8 @@ def z_facts(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int]) -> Dict[s
         bb = mask_bbox_xyz(mask)
         if bb is not None:
             lo, hi = index_box_to_world(geom, *bb)
-            out[organ] = {"ends_mm": [float(lo[2]), float(hi[2])], "centroid_mm": float(centroid_mm(geom, mask)[2])}
+            c = [float(x) for x in centroid_mm(geom, mask)]
+            out[organ] = {"ends_mm": [float(lo[2]), float(hi[2])], "centroid_mm": c[2], "position_mm": c}
     return out
 
 
@@ -62,7 +64,7 @@ def fit_z_extent(cases: Sequence[dict], organ: str, min_cases: int = MIN_CASES) 
     """The best anchor and offset of each end of one organ over training cases.
 
     Args:
-        cases: per case ``{"scan_z_mm": [lo, hi] or None, "organs": z_facts(...)}``.
+        cases: per case ``{"scan_z_mm": [lo, hi] or None, "organs": organ_facts(...)}``.
         organ: the organ to fit.
         min_cases: an anchor needs the organ and itself in at least this many cases.
 
@@ -127,7 +129,9 @@ def apply_z_extent(organs: Dict[str, dict], rules: Dict[str, dict], mean_sizes: 
         ends = learned_ends(rule, centroids[organ], anchors, scan_z_mm)
         if ends is None:
             continue
-        heat_z = entry["centroid_mm"][2] - entry.pop("moved_into_scan_mm", 0.0)
+        moved = entry.pop("moved_into_scan_mm", 0.0)
+        heat_z = entry["position_check"]["heatmap_centroid_mm"][2] if "position_check" in entry \
+            else entry["centroid_mm"][2] - moved
         size = [*map(float, mean_sizes[organ][:2]), ends[1] - ends[0]]
         c = [*entry["centroid_mm"][:2], (ends[0] + ends[1]) / 2]
         entry.update(centroid_mm=c, size_mm=size, **organ_box(image_geom, c, size, entry["margin_mm"]),

@@ -21,8 +21,9 @@ from nnunet_oar.io import (InputError, atomic_path, case_id, geometry, image_fro
 from nnunet_oar.localization.boxes import (DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU, heatmap_region,
                                           into_scan, organ_box)
 from nnunet_oar.localization.grid import preprocessed_to_world, reader_geometry, scan_z_mm
+from nnunet_oar.localization.consistency import check_positions
 from nnunet_oar.localization.extent import apply_z_extent
-from nnunet_oar.localization.margins import read_margins, read_z_extents
+from nnunet_oar.localization.margins import read_margins, read_positions, read_z_extents
 from nnunet_oar.paths import ensure_trainer_path
 from nnunet_oar.preflight import check_writable
 from nnunet_oar.safe_load import check_checkpoint
@@ -35,7 +36,8 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
                    transpose_forward: Sequence[int], box_stats: Dict[str, dict], image_geom: Dict[str, list],
                    margin_mm: Margins = DEFAULT_MARGIN_MM, tau: float = DEFAULT_TAU,
                    requested: Optional[Sequence[str]] = None, case: str = "", readout: str = DEFAULT_READOUT,
-                   scan_z_mm: Optional[Sequence[float]] = None, z_extent: Optional[Dict[str, dict]] = None) -> dict:
+                   scan_z_mm: Optional[Sequence[float]] = None, z_extent: Optional[Dict[str, dict]] = None,
+                   positions: Optional[Dict[str, dict]] = None) -> dict:
     """Boxes from one case's heat maps.
 
     Args:
@@ -54,6 +56,8 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
             (:func:`~nnunet_oar.localization.boxes.into_scan`, ``moved_into_scan_mm`` records the move).
         z_extent: ``{organ: rule}``: organs whose box spans their learned extent along z
             (:func:`~nnunet_oar.localization.extent.apply_z_extent`; from ``margins.json``).
+        positions: ``{organ: rule}``: the anatomical-consistency rules
+            (:func:`~nnunet_oar.localization.consistency.check_positions`, applied before the extents).
 
     Returns:
         The ``{case}_boxes.json`` content (:class:`nnunet_oar.contracts.CaseBoxes`).
@@ -78,8 +82,11 @@ def boxes_for_case(heat: np.ndarray, organ_names: Sequence[str], properties: dic
                         **organ_box(image_geom, c_mm, size, v)}
         if c_mm[2] != heat_mm[2]:
             organs[name]["moved_into_scan_mm"] = round(float(c_mm[2] - heat_mm[2]), 1)
+    sizes = {o: st["mean_size_mm"] for o, st in box_stats.items()}
+    if positions:
+        check_positions(organs, positions, sizes, image_geom, scan_z_mm)
     if z_extent:
-        apply_z_extent(organs, z_extent, {o: st["mean_size_mm"] for o, st in box_stats.items()}, image_geom, scan_z_mm)
+        apply_z_extent(organs, z_extent, sizes, image_geom, scan_z_mm)
     organs.update({name: {"status": "not_requested"} for name in unwanted})
     out = {"case": case, "image": image_geom, "organs": {name: organs[name] for name in organ_names}}
     if scan_z_mm is not None:
@@ -144,16 +151,18 @@ class Localizer:
         folds: folds to ensemble (heat maps are averaged); default all with a final checkpoint.
         device: torch device.
         margin_mm: margin v in mm: one value, ``{organ: v}``, or the path of a ``margins.json`` (whose
-            learned extents are then used too).
+            learned extents and anatomical-consistency rules are then used too).
         tau: detection threshold.
         readout: centroid read-out (``midpoint``, the paper's, or ``weighted``).
         z_extent: ``{organ: rule}`` of organs boxed by their learned extent along z (a models folder's).
+        positions: ``{organ: rule}``: anatomical-consistency rules (a models folder's).
     """
 
     def __init__(self, model_folder: Path, folds: Optional[Sequence[Union[int, str]]] = None,
                  device: Union[str, torch.device] = "cpu", margin_mm: Union[Margins, Path] = DEFAULT_MARGIN_MM,
                  tau: float = DEFAULT_TAU, checkpoint: str = "checkpoint_final.pth",
-                 readout: str = DEFAULT_READOUT, z_extent: Optional[Dict[str, dict]] = None):
+                 readout: str = DEFAULT_READOUT, z_extent: Optional[Dict[str, dict]] = None,
+                 positions: Optional[Dict[str, dict]] = None):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         ensure_trainer_path()
         self.model_folder = Path(model_folder)
@@ -178,9 +187,10 @@ class Localizer:
             if unknown:
                 raise InputError(f"{margin_mm}: margins for organs the localizer does not have: {unknown} "
                                  f"(it has {self.organ_names})")
-            z_extent = read_z_extents(margin_mm)
+            z_extent, positions = read_z_extents(margin_mm), read_positions(margin_mm)
             margin_mm = {o: margins.get(o, DEFAULT_MARGIN_MM) for o in self.organ_names}
         self.margin_mm, self.tau, self.readout, self.z_extent = margin_mm, tau, readout, z_extent or {}
+        self.positions = positions or {}
 
     def heatmaps(self, data: np.ndarray) -> np.ndarray:
         """Network heat maps (n_organs, *shape) for preprocessed data (1, *shape); channel 0 (background)
@@ -203,7 +213,8 @@ class Localizer:
         p = self.predictor
         return boxes_for_case(heat, self.organ_names, properties, p.plans_manager.transpose_forward,
                               self.box_stats, image_geom, self.margin_mm, self.tau, requested, case, self.readout,
-                              scan_z_mm(data, properties, p.plans_manager, p.configuration_manager), self.z_extent)
+                              scan_z_mm(data, properties, p.plans_manager, p.configuration_manager), self.z_extent,
+                              self.positions)
 
     def localize_file(self, image_file: Path, case: str, requested: Optional[Sequence[str]] = None,
                       with_heatmaps: bool = False):

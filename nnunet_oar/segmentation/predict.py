@@ -115,7 +115,7 @@ class OARPredictor:
             return list(folds) if folds else entry["folds"][:1] if one_fold else entry["folds"]
         self.localizer = Localizer(models / loc["results_folder"], folds_of(loc), device, loc["margin_mm"],
                                    loc.get("tau", DEFAULT_TAU), readout=loc.get("readout", DEFAULT_READOUT),
-                                   z_extent=loc.get("z_extent"))
+                                   z_extent=loc.get("z_extent"), positions=loc.get("position"))
         available = manifest["organs"]
         self.organs = list(organs) if organs else list(available)
         for o in self.organs:

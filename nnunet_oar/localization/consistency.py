@@ -1,0 +1,126 @@
+"""Anatomical consistency: a centroid far from where the other organs put it is moved there.
+
+A heat map can peak on the wrong structure. On OpenKBP's calibration fold a right parotid was found 87 mm
+from its contour (peak 0.27) and a larynx 75 mm away (peak 0.12); a calibrated margin then grows for every
+patient (to 60 mm for the parotid) without saving that one. The organs' positions relative to each other
+vary far less than that, so each organ's offset from every other organ is learned from the training labels
+(median, inter-quartile range per axis). At inference the organs found with a confident peak
+(:data:`CONFIDENT_PEAK`) predict where each organ should be: the per-axis median over its
+:data:`ANCHORS` steadiest anchors (a wrong anchor is outvoted; voters that disagree among themselves, one
+beyond the fence from the vote, cast no vote). A centroid beyond the fence from the vote, :data:`FENCE`
+times the steadiest anchor's spread (at least :data:`MIN_FENCE_MM`), is moved to it; its entry keeps the heat map's centroid
+(``position_check``). Absence stays the heat map's call (a peak below tau): this only moves found organs.
+
+Units: world mm, axes (x, y, z).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+CONFIDENT_PEAK = 0.5    # half the target Gaussian's maximum: below it the network itself is unsure
+ANCHORS = 3             # anchors voting on an organ's position (per-axis median)
+FENCE = 3.0             # distance from the vote, in units of the steadiest anchor's spread, that moves a centroid
+MIN_FENCE_MM = 20.0     # never closer: a heat map off by less is no failure (median errors on real CT: 3-10 mm)
+MIN_CASES = 10
+
+
+def fit_position(cases: Sequence[dict], organ: str, min_cases: int = MIN_CASES) -> Optional[dict]:
+    """Offsets of one organ from the other organs over training cases, steadiest first.
+
+    Args:
+        cases: per case ``{"organs": {organ: {"position_mm": [x, y, z], ...}}}``
+            (:func:`~nnunet_oar.localization.extent.organ_facts`).
+        organ: the organ to fit.
+        min_cases: an anchor needs the organ and itself in at least this many cases.
+
+    Returns:
+        ``{"anchors": [{"anchor", "offset_mm": [x, y, z], "iqr_mm": [x, y, z], "n"}, ...],
+        "spread_mm": norm of the first anchor's IQR}``, anchors sorted by the norm of their IQR; ``None``
+        when no anchor has ``min_cases`` cases.
+    """
+    offsets: Dict[str, list] = {}
+    for case in cases:
+        own = case["organs"].get(organ)
+        if own is None:
+            continue
+        for name, facts in case["organs"].items():
+            if name != organ:
+                offsets.setdefault(name, []).append(np.subtract(own["position_mm"], facts["position_mm"]))
+    anchors = []
+    for name, d in offsets.items():
+        if len(d) >= min_cases:
+            iqr = np.subtract(*np.percentile(d, [75, 25], axis=0))
+            anchors.append({"anchor": name, "offset_mm": np.round(np.median(d, axis=0), 2).tolist(),
+                            "iqr_mm": np.round(iqr, 2).tolist(), "n": len(d)})
+    if not anchors:
+        return None
+    anchors.sort(key=lambda a: (float(np.linalg.norm(a["iqr_mm"])), a["anchor"]))
+    return {"anchors": anchors, "spread_mm": round(float(np.linalg.norm(anchors[0]["iqr_mm"])), 2)}
+
+
+def fence_mm(rule: dict) -> float:
+    """How far (mm) a centroid may lie from the vote of one organ's :func:`fit_position` rule."""
+    return max(FENCE * rule["spread_mm"], MIN_FENCE_MM)
+
+
+def expected_position(rule: dict, found: Dict[str, Tuple[Sequence[float], float]]
+                      ) -> Optional[Tuple[np.ndarray, list]]:
+    """Where the confidently found organs put one organ.
+
+    Args:
+        rule: the organ's :func:`fit_position` rule.
+        found: ``{organ: (centroid (x, y, z) mm, heat-map peak)}`` of one case's found organs.
+
+    Returns:
+        ``(position (x, y, z) mm, the anchors that voted)``, or ``None`` when no anchor was found confidently
+        or the voters disagree (one beyond the fence from the vote).
+    """
+    votes = [(a["anchor"], np.add(found[a["anchor"]][0], a["offset_mm"])) for a in rule["anchors"]
+             if a["anchor"] in found and found[a["anchor"]][1] >= CONFIDENT_PEAK][:ANCHORS]
+    if not votes:
+        return None
+    position = np.median([v for _, v in votes], axis=0)
+    if any(np.linalg.norm(v - position) > fence_mm(rule) for _, v in votes):
+        return None
+    return position, [name for name, _ in votes]
+
+
+def check_positions(organs: Dict[str, dict], rules: Dict[str, dict], mean_sizes: Dict[str, Sequence[float]],
+                    image_geom: dict, scan_z_mm: Optional[Sequence[float]]) -> None:
+    """Move each found organ whose centroid lies beyond the fence from where the other organs put it, in
+    place in one case's ``organs`` of a boxes record (before the learned extents, which anchor on centroids).
+
+    The votes use every organ's heat-map centroid as found, so the order of the organs does not matter. A
+    moved organ gets its mean-size box at the voted position (kept in the scan, ``scan_z_mm``) and
+    ``position_check``: ``{"heatmap_centroid_mm", "distance_mm", "anchors"}``.
+    """
+    from nnunet_oar.localization.boxes import into_scan, organ_box
+    found = {o: (_heatmap_centroid(e), e["peak"]) for o, e in organs.items() if e.get("status") == "found"}
+    moves = {}
+    for organ, rule in rules.items():
+        if organ not in found:
+            continue
+        vote = expected_position(rule, {o: f for o, f in found.items() if o != organ})
+        if vote is None:
+            continue
+        distance = float(np.linalg.norm(np.subtract(found[organ][0], vote[0])))
+        if distance > fence_mm(rule):
+            moves[organ] = (vote[0], vote[1], distance)
+    for organ, (position, anchors, distance) in moves.items():
+        entry, size = organs[organ], mean_sizes[organ]
+        c = into_scan(position, size, scan_z_mm)
+        entry.pop("moved_into_scan_mm", None)
+        entry.update(centroid_mm=c.tolist(), **organ_box(image_geom, c, size, entry["margin_mm"]),
+                     position_check={"heatmap_centroid_mm": [round(float(x), 1) for x in found[organ][0]],
+                                     "distance_mm": round(distance, 1), "anchors": anchors})
+        if c[2] != position[2]:
+            entry["moved_into_scan_mm"] = round(float(c[2] - position[2]), 1)
+
+
+def _heatmap_centroid(entry: dict) -> list:
+    """The heat map's own centroid of a found organ (before it was moved into the scanned extent)."""
+    c = list(entry["centroid_mm"])
+    c[2] -= entry.get("moved_into_scan_mm", 0.0)
+    return c
