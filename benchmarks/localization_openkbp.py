@@ -288,9 +288,10 @@ def _extent_lines(margins: dict) -> list:
 def _moved_lines(calibration: list, held_out: list) -> list:
     """The organs that anatomical consistency moved, on the calibration fold and on the held-out patients."""
     lines = ["## Anatomical consistency", "",
-             "A found organ whose centroid lies beyond the fence (3 times the steadiest anchor's spread, at least "
+             "A found organ whose centroid lies beyond the fence (3 times the voters' largest spread, at least "
              "20 mm) from where the confidently found organs put it (median vote of its 3 steadiest anchors with "
-             "a peak >= 0.5, voters agreeing within the fence) is moved to the vote "
+             "a peak >= 0.5; a voter beyond the fence from the others' median is left out, and at least 2 must "
+             "agree) is moved to the vote "
              "(`nnunet_oar/localization/consistency.py`; offsets learned from the training labels). Moved organs, "
              "with the centroid error before (heat map) and after (vote); the calibration fold's moves happen "
              "before its margins are calibrated.", "",

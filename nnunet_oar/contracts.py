@@ -19,7 +19,8 @@ makes a case's output set whole. The README's "Outputs" section describes the sa
 of that image in SimpleITK's x, y, z order, ``start`` inclusive and ``stop`` exclusive; ``*_mm`` are
 world (LPS) millimetres. ``scan_z_mm`` (localizer boxes of CT-normalised models only) is the world z extent
 of the scanned patient; ``centroid_mm`` is the box centre after any move into it, and a moved box says by
-how much (``moved_into_scan_mm``: the heat map's z was ``centroid_mm[2] - moved_into_scan_mm``, to 0.1 mm;
+how much (``moved_into_scan_mm``: the heat map's z was ``centroid_mm[2] - moved_into_scan_mm``, to 0.1 mm,
+except for an organ moved by anatomical consistency, below;
 a move larger than half the box means the network put the organ outside the scan: worth a look). An
 organ boxed by its learned extent along z (:mod:`nnunet_oar.localization.extent`, chosen in ``margins.json``)
 records ``size_mm`` (the box without margin), and ``z_extent``: the box's ends along z (``ends_mm``), the

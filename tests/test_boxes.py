@@ -77,14 +77,18 @@ def test_boxes_for_case_maps_heatmap_peaks_to_world_and_reports_absent():
                          z_extent={"spleen": rule})
     assert out["organs"]["liver"] == {"status": "not_requested"} and list(out["organs"]) == ["liver", "spleen"]
     assert out["organs"]["spleen"]["z_extent"]["ends_mm"] == [110.0, 140.0]
-    # anatomical consistency comes first: the unsure spleen is moved to where the liver puts it, and an extent
-    # anchored on the spleen follows it
-    vote = {"anchors": [{"anchor": "liver", "offset_mm": [0.0, 0.0, -50.0]}], "spread_mm": 1.0}
+    # anatomical consistency comes first: the unsure spleen is moved to where the liver and the kidney put it
+    # (world x, y, z: liver at (38, 7, 130), kidney at (70, 15, 130)), and an extent anchored on it follows it
+    three = np.stack([heat[0], _blob(shape_zyx, (10, 20, 30)), heat[1]])
+    sizes = {**stats, "kidney": {"mean_size_mm": [8.0, 8.0, 8.0]}}
+    vote = {"anchors": [{"anchor": "liver", "offset_mm": [0.0, 0.0, -50.0], "iqr_mm": [1.0, 1.0, 1.0]},
+                        {"anchor": "kidney", "offset_mm": [-32.0, -8.0, -50.0], "iqr_mm": [1.0, 1.0, 1.0]}]}
     anchored = {"bottom": {"anchor": "spleen", "offset_mm": 0.0}, "top": {"anchor": "spleen", "offset_mm": 60.0}}
-    out = boxes_for_case(heat, ["liver", "spleen"], props, [0, 1, 2], stats, geom, tau=0.005,
+    out = boxes_for_case(three, ["liver", "kidney", "spleen"], props, [0, 1, 2], sizes, geom, tau=0.005,
                          z_extent={"liver": anchored}, positions={"spleen": vote})
     liver, spleen = out["organs"]["liver"], out["organs"]["spleen"]
-    assert np.allclose(spleen["centroid_mm"], (38.0, 7.0, 80.0)) and spleen["position_check"]["anchors"] == ["liver"]
+    assert np.allclose(spleen["centroid_mm"], (38.0, 7.0, 80.0))
+    assert spleen["position_check"]["anchors"] == ["liver", "kidney"]
     assert liver["z_extent"]["ends_mm"] == [80.0, 140.0] and "position_check" not in liver
 
 

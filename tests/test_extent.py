@@ -72,9 +72,9 @@ def test_organ_facts_measure_ends_and_centroid_in_world_mm():
     geom = {"size_xyz": [4, 4, 10], "spacing_xyz": [1.0, 1.0, 2.0], "origin_xyz": [0.0, 0.0, 100.0],
             "direction": [1, 0, 0, 0, 1, 0, 0, 0, -1]}               # slices run downwards
     label = np.zeros((10, 4, 4), np.uint8)
-    label[2:5, 1, 1] = 1                                            # slices 2-4: z = 96, 94, 92
+    label[2:5, 2, 1] = 1                                            # slices 2-4: z = 96, 94, 92; y = 2, x = 1
     facts = organ_facts(label, geom, {"cord": 1, "absent": 2})
-    assert facts == {"cord": {"ends_mm": [91.0, 97.0], "centroid_mm": 94.0, "position_mm": [1.0, 1.0, 94.0]}}
+    assert facts == {"cord": {"ends_mm": [91.0, 97.0], "centroid_mm": 94.0, "position_mm": [1.0, 2.0, 94.0]}}
 
 
 def test_the_extent_is_kept_only_where_it_beats_the_mean_size_box_out_of_fold():

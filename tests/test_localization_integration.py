@@ -132,22 +132,27 @@ def test_cross_validation_boxes_use_the_calibrated_margins(trained_localizer, tm
     assert abs((liver["box_mm"]["max"][2] - liver["box_mm"]["min"][2]) - (hi - lo + 2 * liver["margin_mm"])) \
         <= max(boxes["image"]["spacing_xyz"]) + 0.01 or liver["clipped"]
     assert all("z_extent" not in e for o, e in boxes["organs"].items() if o != "liver")
-    # an anatomical-consistency rule in margins.json that puts the liver 300 mm from every other organ moves it
-    # there, if some organ was found with a confident peak to vote
+    # an anatomical-consistency rule in margins.json that puts the liver 300 mm (x) from where the heat maps put
+    # it, by every other organ's vote, moves it there: first the heat maps' centroids with plain margins
+    plain = {o: {"margin_mm": m["margin_mm"]} for o, m in margins.items()}
+    extent.write_text(json.dumps(plain))
+    run(["nnunet_oar", "localize", "-i", str(image), "-o", str(tmp_path / "plain"), "-m", str(trained_localizer["model"]),
+         "-f", "0", "1", "--margins", str(extent)], trained_localizer["env"])
+    organs = json.loads((tmp_path / "plain" / f"{case}_boxes.json").read_text())["organs"]
     others = [o for o in margins if o != "liver"]
-    position = {"anchors": [{"anchor": o, "offset_mm": [300.0, 0.0, 0.0], "iqr_mm": [1.0, 1.0, 1.0], "n": 10}
-                            for o in others], "spread_mm": 1.7}
-    extent.write_text(json.dumps({**margins, "liver": {**margins["liver"], "position": position}}))
+    voters = [o for o in others if organs[o]["status"] == "found" and organs[o]["peak"] >= 0.5][:3]
+    assert len(voters) >= 2 and organs["liver"]["status"] == "found"     # the fixture's localizer finds them surely
+    offset = {o: (np.subtract(organs["liver"]["centroid_mm"], organs[o]["centroid_mm"]) + [300, 0, 0]).tolist()
+              for o in others if organs[o]["status"] == "found"}
+    position = {"anchors": [{"anchor": o, "offset_mm": d, "iqr_mm": [1.0, 1.0, 1.0], "n": 10} for o, d in offset.items()]}
+    extent.write_text(json.dumps({**plain, "liver": {**plain["liver"], "position": position}}))
     run(["nnunet_oar", "localize", "-i", str(image), "-o", str(tmp_path / "pos"), "-m", str(trained_localizer["model"]),
          "-f", "0", "1", "--margins", str(extent)], trained_localizer["env"])
-    organs = json.loads((tmp_path / "pos" / f"{case}_boxes.json").read_text())["organs"]
-    voters = [o for o in others if organs[o]["status"] == "found" and organs[o]["peak"] >= 0.5][:3]
-    liver = organs["liver"]
-    assert ("position_check" in liver) == bool(voters) and all("position_check" not in organs[o] for o in others)
-    if voters:
-        assert liver["position_check"]["anchors"] == voters
-        assert liver["centroid_mm"][0] == pytest.approx(np.median([organs[o]["centroid_mm"][0] for o in voters]) + 300,
-                                                        abs=0.1)
+    moved = json.loads((tmp_path / "pos" / f"{case}_boxes.json").read_text())["organs"]
+    liver = moved["liver"]
+    assert liver["position_check"]["anchors"] == voters and all("position_check" not in moved[o] for o in others)
+    assert np.allclose(liver["position_check"]["heatmap_centroid_mm"], organs["liver"]["centroid_mm"], atol=0.1)
+    assert liver["centroid_mm"][0] == pytest.approx(organs["liver"]["centroid_mm"][0] + 300, abs=0.1)
 
 
 def test_training_logs_centroid_errors_and_the_constant_guess(trained_localizer):

@@ -4,12 +4,14 @@ A heat map can peak on the wrong structure. On OpenKBP's calibration fold a righ
 from its contour (peak 0.27) and a larynx 75 mm away (peak 0.12); a calibrated margin then grows for every
 patient (to 60 mm for the parotid) without saving that one. The organs' positions relative to each other
 vary far less than that, so each organ's offset from every other organ is learned from the training labels
-(median, inter-quartile range per axis). At inference the organs found with a confident peak
-(:data:`CONFIDENT_PEAK`) predict where each organ should be: the per-axis median over its
-:data:`ANCHORS` steadiest anchors (a wrong anchor is outvoted; voters that disagree among themselves, one
-beyond the fence from the vote, cast no vote). A centroid beyond the fence from the vote, :data:`FENCE`
-times the steadiest anchor's spread (at least :data:`MIN_FENCE_MM`), is moved to it; its entry keeps the heat map's centroid
-(``position_check``). Absence stays the heat map's call (a peak below tau): this only moves found organs.
+(median, inter-quartile range per axis; an anchor's spread is the norm of its IQR). At inference the organs
+found with a confident peak (:data:`CONFIDENT_PEAK`) among an organ's :data:`ANCHORS` steadiest anchors
+vote where it should be. A voter beyond the fence from the voters' per-axis median is left out (one wrong
+anchor among three is outvoted), and at least :data:`MIN_VOTERS` must remain: a single organ, right or
+wrong, never moves another. The fence is :data:`FENCE` times the largest spread among the voters, at least
+:data:`MIN_FENCE_MM`. A centroid beyond the fence from the vote (the remaining voters' median) is moved to
+it; its entry keeps the heat map's centroid (``position_check``). Absence stays the heat map's call (a peak
+below tau): this only moves found organs.
 
 Units: world mm, axes (x, y, z).
 """
@@ -21,7 +23,8 @@ import numpy as np
 
 CONFIDENT_PEAK = 0.5    # half the target Gaussian's maximum: below it the network itself is unsure
 ANCHORS = 3             # anchors voting on an organ's position (per-axis median)
-FENCE = 3.0             # distance from the vote, in units of the steadiest anchor's spread, that moves a centroid
+FENCE = 3.0             # distance from the vote, in units of the voters' largest spread, that moves a centroid
+MIN_VOTERS = 2
 MIN_FENCE_MM = 20.0     # never closer: a heat map off by less is no failure (median errors on real CT: 3-10 mm)
 MIN_CASES = 10
 
@@ -36,9 +39,8 @@ def fit_position(cases: Sequence[dict], organ: str, min_cases: int = MIN_CASES) 
         min_cases: an anchor needs the organ and itself in at least this many cases.
 
     Returns:
-        ``{"anchors": [{"anchor", "offset_mm": [x, y, z], "iqr_mm": [x, y, z], "n"}, ...],
-        "spread_mm": norm of the first anchor's IQR}``, anchors sorted by the norm of their IQR; ``None``
-        when no anchor has ``min_cases`` cases.
+        ``{"anchors": [{"anchor", "offset_mm": [x, y, z], "iqr_mm": [x, y, z], "n"}, ...]}``, anchors sorted
+        by the norm of their IQR; ``None`` when no anchor has ``min_cases`` cases.
     """
     offsets: Dict[str, list] = {}
     for case in cases:
@@ -57,16 +59,32 @@ def fit_position(cases: Sequence[dict], organ: str, min_cases: int = MIN_CASES) 
     if not anchors:
         return None
     anchors.sort(key=lambda a: (float(np.linalg.norm(a["iqr_mm"])), a["anchor"]))
-    return {"anchors": anchors, "spread_mm": round(float(np.linalg.norm(anchors[0]["iqr_mm"])), 2)}
+    return {"anchors": anchors}
 
 
-def fence_mm(rule: dict) -> float:
-    """How far (mm) a centroid may lie from the vote of one organ's :func:`fit_position` rule."""
-    return max(FENCE * rule["spread_mm"], MIN_FENCE_MM)
+def validate_positions(rules, source: str) -> Dict[str, dict]:
+    """``rules`` (``{organ: rule}``, from ``margins.json`` or ``models.json``) as :func:`fit_position` writes
+    them, or :class:`~nnunet_oar.io.InputError` naming ``source`` and the organ."""
+    from nnunet_oar.io import InputError
+    if not isinstance(rules, dict):
+        raise InputError(f"{source}: the positions must be {{organ: rule}}, got {type(rules).__name__}")
+    for organ, rule in rules.items():
+        anchors = rule.get("anchors") if isinstance(rule, dict) else None
+        if not (isinstance(anchors, list) and anchors and all(
+                isinstance(a, dict) and isinstance(a.get("anchor"), str)
+                and all(_finite_triple(a.get(k)) for k in ("offset_mm", "iqr_mm")) for a in anchors)):
+            raise InputError(f"{source}: {organ}'s position needs anchors, each with anchor, offset_mm and iqr_mm "
+                             "(x, y, z; finite numbers, mm)")
+    return rules
+
+
+def _finite_triple(v) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
 
 
 def expected_position(rule: dict, found: Dict[str, Tuple[Sequence[float], float]]
-                      ) -> Optional[Tuple[np.ndarray, list]]:
+                      ) -> Optional[Tuple[np.ndarray, list, float]]:
     """Where the confidently found organs put one organ.
 
     Args:
@@ -74,17 +92,21 @@ def expected_position(rule: dict, found: Dict[str, Tuple[Sequence[float], float]
         found: ``{organ: (centroid (x, y, z) mm, heat-map peak)}`` of one case's found organs.
 
     Returns:
-        ``(position (x, y, z) mm, the anchors that voted)``, or ``None`` when no anchor was found confidently
-        or the voters disagree (one beyond the fence from the vote).
+        ``(position (x, y, z) mm, the anchors that voted, fence mm)``, or ``None`` when fewer than
+        :data:`MIN_VOTERS` confident anchors agree.
     """
-    votes = [(a["anchor"], np.add(found[a["anchor"]][0], a["offset_mm"])) for a in rule["anchors"]
-             if a["anchor"] in found and found[a["anchor"]][1] >= CONFIDENT_PEAK][:ANCHORS]
-    if not votes:
-        return None
-    position = np.median([v for _, v in votes], axis=0)
-    if any(np.linalg.norm(v - position) > fence_mm(rule) for _, v in votes):
-        return None
-    return position, [name for name, _ in votes]
+    votes = [(a["anchor"], np.add(found[a["anchor"]][0], a["offset_mm"]), float(np.linalg.norm(a["iqr_mm"])))
+             for a in rule["anchors"] if a["anchor"] in found and found[a["anchor"]][1] >= CONFIDENT_PEAK][:ANCHORS]
+    for _ in range(2):          # leave out the voters beyond the fence, then check those that remain
+        if len(votes) < MIN_VOTERS:
+            return None
+        position = np.median([v for _, v, _ in votes], axis=0)
+        fence = max(FENCE * max(spread for _, _, spread in votes), MIN_FENCE_MM)
+        agreeing = [vote for vote in votes if np.linalg.norm(vote[1] - position) <= fence]
+        if len(agreeing) == len(votes):
+            return position, [name for name, _, _ in votes], fence
+        votes = agreeing
+    return None
 
 
 def check_positions(organs: Dict[str, dict], rules: Dict[str, dict], mean_sizes: Dict[str, Sequence[float]],
@@ -106,7 +128,7 @@ def check_positions(organs: Dict[str, dict], rules: Dict[str, dict], mean_sizes:
         if vote is None:
             continue
         distance = float(np.linalg.norm(np.subtract(found[organ][0], vote[0])))
-        if distance > fence_mm(rule):
+        if distance > vote[2]:
             moves[organ] = (vote[0], vote[1], distance)
     for organ, (position, anchors, distance) in moves.items():
         entry, size = organs[organ], mean_sizes[organ]

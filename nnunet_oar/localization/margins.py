@@ -40,15 +40,10 @@ def read_z_extents(path: Path) -> Dict[str, dict]:
 def read_positions(path: Path) -> Dict[str, dict]:
     """The anatomical-consistency rules (:mod:`~nnunet_oar.localization.consistency`) fitted by
     ``localize --cross-validation``, from the same ``margins.json``: ``{organ: rule}``."""
-    rules = {organ: m["position"] for organ, m in read_json(Path(path)).items() if m.get("position")}
-    for organ, rule in rules.items():
-        anchors = rule.get("anchors")
-        if not (isinstance(anchors, list) and anchors and "spread_mm" in rule and all(
-                isinstance(a, dict) and {"anchor", "offset_mm"} <= set(a) and len(a["offset_mm"]) == 3
-                for a in anchors)):
-            raise InputError(f"{path}: {organ}'s position needs spread_mm and anchors, each with anchor and "
-                             "offset_mm (x, y, z)")
-    return rules
+    from nnunet_oar.localization.consistency import validate_positions
+    content = read_json(Path(path))
+    return validate_positions({organ: m["position"] for organ, m in content.items()
+                               if isinstance(m, dict) and m.get("position")}, str(path))
 
 
 def inside_counts(mask_zyx: np.ndarray, geom: dict, centroid_mm: Sequence[float], size_mm: Sequence[float],

@@ -21,6 +21,7 @@ from nnunet_oar.conversion.dataset import NETWORK_ORIENTATION
 from nnunet_oar.geometry import crop_image
 from nnunet_oar.io import InputError, read_json
 from nnunet_oar.localization.boxes import DEFAULT_READOUT, DEFAULT_TAU, cut_faces
+from nnunet_oar.localization.consistency import validate_positions
 from nnunet_oar.localization.localize import Localizer
 from nnunet_oar.models import read_manifest
 from nnunet_oar.paths import ensure_trainer_path
@@ -115,7 +116,8 @@ class OARPredictor:
             return list(folds) if folds else entry["folds"][:1] if one_fold else entry["folds"]
         self.localizer = Localizer(models / loc["results_folder"], folds_of(loc), device, loc["margin_mm"],
                                    loc.get("tau", DEFAULT_TAU), readout=loc.get("readout", DEFAULT_READOUT),
-                                   z_extent=loc.get("z_extent"), positions=loc.get("position"))
+                                   z_extent=loc.get("z_extent"),
+                                   positions=validate_positions(loc.get("position", {}), str(models / "models.json")))
         available = manifest["organs"]
         self.organs = list(organs) if organs else list(available)
         for o in self.organs:
