@@ -49,7 +49,7 @@ FOLDS = 5
 METHODS = {
     "localizer": ("localizer alone (3 mm), one fold", "fast"),
     "two_stage": ("two-stage, trained patch sliding in each crop (`--tile trained`, the default)", "fast"),
-    "two_stage_crop_tile": ("two-stage, one tile per crop (`--tile crop`)", "fast"),
+    "two_stage_crop_tile": ("two-stage, each crop's own tile, within the patch's voxels (`--tile crop`)", "fast"),
     "two_stage_all_loaded": ("two-stage, all organ networks loaded first (`--keep-networks 0`)", "fast"),
     "baseline": ("nnU-Net 3d_fullres, 15 labels (baseline)", "fast"),
     "two_stage_accurate": ("two-stage, 5 folds, mirroring (`--preset accurate`)", "accurate"),

@@ -1,30 +1,52 @@
-"""The tile that covers one organ crop in a single pass (nnunet_oar.segmentation.predict.crop_tile)."""
+"""The tile that takes one organ crop through its network in the fewest voxels within the trained patch's
+memory (nnunet_oar.segmentation.predict.crop_tile)."""
+import numpy as np
+from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_oar.segmentation.predict import MAX_TILE_FACTOR, crop_tile
 
 
 def _configuration(patch, spacing=(1.0, 1.0, 1.0)):
+    # total stride 8, 8, 4 (z, y, x)
     strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 1]][: 4] if len(patch) == 3 else [[1, 1], [2, 2]]
     return ConfigurationManager({"patch_size": list(patch), "spacing": list(spacing),
                                  "architecture": {"network_class_name": "x", "arch_kwargs": {"strides": strides},
                                                   "_kw_requires_import": []}})
 
 
-def test_the_tile_is_the_crop_at_network_spacing_rounded_up_to_the_stride_never_below_the_patch():
-    # 30 slices at 1.5 mm -> 45 at 1 mm -> 48 (stride 8); 50 -> 56 (stride 8); 70 -> 72 (stride 4)
-    assert crop_tile((30, 50, 70), (1.5, 1.0, 1.0), _configuration((32, 32, 48)), (0, 1, 2)) == [48, 56, 72]
+def _passes(shape, tile):
+    """Network passes of nnU-Net's sliding window (step 0.5) of ``tile`` over ``shape``."""
+    return int(np.prod([len(s) for s in compute_steps_for_sliding_window(np.maximum(shape, tile), tile, 0.5)]))
+
+
+def test_fewer_passes_within_the_patchs_voxels_at_network_spacing():
+    # 100 x 100 voxels in-plane against a 64^3 patch: 3 x 3 passes; tiles of 56 x 72 (stride 8) hold no more
+    # voxels than the patch and need 3 x 2; the axis where the crop is shorter keeps the patch (padded)
+    cm = _configuration((64, 64, 64))
+    assert crop_tile((100, 100, 40), (1.0, 1.0, 1.0), cm, (0, 1, 2)) == [56, 72, 64]
+    # the same crop at 2 mm along its first axis: 50 slices -> 100 at the network's 1 mm
+    assert crop_tile((50, 100, 40), (2.0, 1.0, 1.0), cm, (0, 1, 2)) == [56, 72, 64]
     # nnU-Net's transpose_forward reorders both the shape and the spacing
-    assert crop_tile((70, 50, 30), (1.0, 1.0, 1.5), _configuration((32, 32, 48)), (2, 1, 0)) == [48, 56, 72]
-    # an axis where the crop is smaller than the trained patch keeps the patch (padded as in training)
-    assert crop_tile((30, 50, 70), (1.5, 1.0, 1.0), _configuration((64, 64, 32)), (0, 1, 2)) == [64, 64, 72]
-    assert crop_tile((5, 6, 3), (1.0, 1.0, 1.0), _configuration((64, 64, 32)), (0, 1, 2)) == [64, 64, 32]
+    assert crop_tile((40, 100, 50), (1.0, 1.0, 2.0), cm, (2, 1, 0)) == [56, 72, 64]
 
 
-def test_a_crop_beyond_the_memory_factor_or_a_2d_network_keeps_the_trained_patch():
-    cm = _configuration((32, 32, 32))
-    side = int((MAX_TILE_FACTOR * 32 ** 3) ** (1 / 3)) + 8          # just over the limit once rounded up
-    assert crop_tile((side, side, side), (1.0, 1.0, 1.0), cm, (0, 1, 2)) is None
-    assert crop_tile((40, 40, 40), (1.0, 1.0, 1.0), cm, (0, 1, 2)) == [40, 40, 40]
-    assert crop_tile((20, 20, 20), (1.0, 1.0, 1.0), cm, (0, 1, 2)) == [32, 32, 32]
+def test_a_crop_a_little_longer_than_the_patch_keeps_it_where_no_tile_saves_a_pass():
+    # 70 against 64: two passes whatever the tile; a shorter one would only see less
+    assert crop_tile((40, 50, 70), (1.0, 1.0, 1.0), _configuration((64, 64, 64)), (0, 1, 2)) is None
+
+
+def test_a_crop_no_larger_than_the_patch_or_a_2d_network_keeps_the_trained_patch():
+    assert crop_tile((5, 6, 3), (1.0, 1.0, 1.0), _configuration((64, 64, 32)), (0, 1, 2)) is None
+    assert crop_tile((64, 64, 32), (1.0, 1.0, 1.0), _configuration((64, 64, 32)), (0, 1, 2)) is None
     assert crop_tile((40, 40, 40), (1.0, 1.0, 1.0), _configuration((64, 64)), (0, 1, 2)) is None
+
+
+def test_a_large_crop_takes_fewer_passes_and_voxels_than_the_sliding_patch_and_no_more_memory():
+    # a liver-like crop at 1 mm against its patch (z, y, x)
+    shape, patch = (149, 206, 224), (96, 160, 160)
+    tile = crop_tile(shape, (1.0, 1.0, 1.0), _configuration(patch), (0, 1, 2))
+    assert np.prod(tile) <= MAX_TILE_FACTOR * np.prod(patch)
+    assert _passes(shape, tile) * np.prod(tile) < 0.6 * _passes(shape, patch) * np.prod(patch)
+    assert [t % s for t, s in zip(tile, (8, 8, 4))] == [0, 0, 0]          # the network's stride divides it
+    assert all(t >= p / 2 for t, p in zip(tile, patch))                    # never a thin slab

@@ -131,33 +131,33 @@ def test_predict_end_to_end_keeps_the_input_geometry(pipeline, tmp_path):
 
 
 @pytest.mark.slow
-def test_one_tile_per_crop_runs_each_organ_network_once_per_crop(pipeline):
-    """--tile crop: each crop goes through its network in one pass (a tile the size of the crop rounded up
-    to the network's stride, never below the trained patch), where the trained patch may slide over it in
-    several; the output keeps the grid."""
+def test_the_crop_tile_takes_no_more_voxels_than_the_trained_patch_and_no_more_memory(pipeline):
+    """--tile crop: each crop goes through its network with the tile of the fewest voxels (a multiple of the
+    network's stride, holding at most the trained patch's voxels), or the trained patch where none beats it;
+    the output keeps the grid."""
     from nnunet_oar.segmentation.predict import OARPredictor
     image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
     ct = sitk.ReadImage(str(image))
-    calls = {}
+    voxels = {}
     for tile in ("crop", "trained"):
         count = {"n": 0}
 
         def hook(predictor, count=count):
-            predictor.network.register_forward_hook(lambda *_: count.__setitem__("n", count["n"] + 1))
+            predictor.network.register_forward_hook(
+                lambda _m, inputs, _o: count.__setitem__("n", count["n"] + int(np.prod(inputs[0].shape[2:]))))
         p = OARPredictor(pipeline["models"], tta=False, tile=tile, one_fold=True, on_load=hook, max_loaded=None)
         seg, boxes = p.predict_image(ct, image, "c")
         assert seg.GetSize() == ct.GetSize() and seg.GetOrigin() == ct.GetOrigin()
-        calls[tile] = count["n"]
+        voxels[tile] = count["n"]
         for organ in ORGANS:
-            entry = boxes["organs"][organ]
-            assert entry["tile"].startswith("crop" if tile == "crop" else "trained patch")
-            if tile == "crop":
-                trained = p._trained[organ]
+            entry, trained = boxes["organs"][organ], p._trained[organ]
+            assert entry["tile"].startswith(("tile", "trained patch") if tile == "crop" else "trained patch")
+            if entry["tile"].startswith("tile"):
                 tile_zyx = json.loads(entry["tile"].split(" ", 1)[1])
                 stride = np.prod(trained.network_arch_init_kwargs["strides"], axis=0)
                 assert all(t % s == 0 for t, s in zip(tile_zyx, stride))
-    assert calls["crop"] == len(ORGANS)                     # one forward pass per organ crop
-    assert calls["trained"] >= calls["crop"]                # the trained patch may need several tiles
+                assert np.prod(tile_zyx) <= np.prod(trained.patch_size)
+    assert 0 < voxels["crop"] <= voxels["trained"]
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ around it.
 """
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -34,38 +35,67 @@ from nnunet_oar.segmentation.merge import THRESHOLD, MaxProbabilityMerger
 TILES = ("crop", "trained")
 # what `predict --preset` sets: nnU-Net's defaults (every fold, test-time mirroring), or one fold without
 PRESETS = {"accurate": {"tta": True, "one_fold": False}, "fast": {"tta": False, "one_fold": True}}
-# a crop's single tile may hold this many times the trained patch's voxels; beyond, the trained patch
-# slides (inference keeps no activations for backpropagation, training held a batch of 2 patches and them)
-MAX_TILE_FACTOR = 4.0
+# a tile holds at most the trained patch's voxels: the activations, and so the memory, of nnU-Net's own
+# sliding window (4x, one pass for most crops, took the clinical-size benchmark to twice the baseline's memory)
+MAX_TILE_FACTOR = 1.0
+MAX_TILES_PER_AXIS = 6
 
 
 def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configuration_manager,
-              transpose_forward: Sequence[int]) -> Optional[List[int]]:
-    """The tile that covers a whole crop in one pass of a 3D nnU-Net network.
+              transpose_forward: Sequence[int], step: float = 0.5) -> Optional[List[int]]:
+    """The tile that takes a crop through its network with the fewest voxels, within the memory of the
+    trained patch.
+
+    Every crop of an organ has about one size (mean box + margin), often unlike the patch nnU-Net's planner
+    chose, and the networks are fully convolutional. Candidates: per axis, ``n`` tiles of
+    ``ceil(size / (1 + (n - 1) * step))`` (nnU-Net's sliding window with ``step`` then needs ``n``), rounded up
+    to a multiple of the network's total stride; along an axis where the crop is no larger than the trained
+    patch, the patch's length (one tile, padded as in training: a tile of the bare crop cost 0.009 Dice on
+    OpenKBP, the network's instance norms saw less padding than they trained with); never under half the
+    patch's length. A candidate may hold at most ``MAX_TILE_FACTOR`` times the trained patch's voxels. The one
+    with the fewest network passes (nnU-Net's ``compute_steps_for_sliding_window``), and among those the
+    largest (the most context), wins where it needs fewer passes than the trained patch: a tile that only
+    holds fewer voxels in as many passes saves little and sees less (on OpenKBP, where crops are about the
+    patch's size, such tiles cost 0.014 Dice).
 
     Args:
         shape_zyx, spacing_zyx: the crop as the network's predictor receives it (voxels, mm).
         configuration_manager: the network's nnU-Net configuration (target spacing, patch, strides).
         transpose_forward: the plans' axis order.
+        step: the sliding window's step (nnU-Net's ``tile_step_size``).
 
     Returns:
-        Per axis, in the network's axis order, the larger of the trained patch and the crop's shape at the
-        network's spacing (nnU-Net's ``compute_new_shape``) rounded up to a multiple of the network's total
-        stride: where a crop is smaller than the patch it is padded to the patch as in training (a tile of
-        the bare crop cost 0.009 Dice on OpenKBP: the network's instance norms saw less padding than they
-        trained with), where it is larger it goes through in one pass instead of overlapping tiles.
-        ``None`` for a 2D network or when the tile exceeds ``MAX_TILE_FACTOR`` times the trained patch's
-        voxels (the trained patch slides then).
+        The tile per axis, in the network's axis order; ``None`` for a 2D network or where the trained patch
+        is as good (it slides then).
     """
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-    patch = configuration_manager.patch_size
+    patch = [int(x) for x in configuration_manager.patch_size]
     if len(patch) != 3:
         return None
     shape = compute_new_shape([shape_zyx[i] for i in transpose_forward], [spacing_zyx[i] for i in transpose_forward],
                               configuration_manager.spacing)
     stride = np.prod(np.asarray(configuration_manager.network_arch_init_kwargs["strides"]), axis=0)
-    tile = np.maximum((np.ceil(np.maximum(shape, 1) / stride) * stride).astype(int), patch)
-    return None if np.prod(tile) > MAX_TILE_FACTOR * np.prod(patch) else [int(t) for t in tile]
+
+    def passes(tile) -> int:        # network passes of nnU-Net's sliding window (it pads a smaller crop to the tile)
+        return int(np.prod([len(s) for s in compute_steps_for_sliding_window(np.maximum(shape, tile), tile, step)]))
+
+    lengths = []
+    for size, p, st in zip(shape, patch, stride):
+        if size <= p:
+            lengths.append([p])
+            continue
+        # never under half the patch: a thin slab would leave the deep layers next to no context along it
+        shortest = int(np.ceil(p / 2 / st) * st)
+        lengths.append(sorted({max(int(np.ceil(np.ceil(size / (1 + (n - 1) * step)) / st) * st), shortest)
+                               for n in range(1, MAX_TILES_PER_AXIS + 1)}))
+    budget = MAX_TILE_FACTOR * np.prod(patch)
+    best, best_key = None, (passes(patch), -np.prod(patch))
+    for tile in itertools.product(*lengths):
+        key = (passes(tile), -np.prod(tile))
+        if np.prod(tile) <= budget and key < best_key:
+            best, best_key = [int(t) for t in tile], key
+    return best
 
 
 def _expected(models: Path, organ: str, entry: dict, box_stats: Dict[str, dict]) -> dict:
@@ -97,8 +127,8 @@ class OARPredictor:
             used dropped); ``None`` keeps every one loaded (fastest for many cases, most memory).
         on_load: called with each organ's ``nnUNetPredictor`` when it is loaded (benchmarks time the
             networks this way).
-        tile: ``"crop"``: each crop in one pass, its tile the crop itself (:func:`crop_tile`), where that
-            fits ``MAX_TILE_FACTOR``; ``"trained"``: nnU-Net's sliding window with the trained patch.
+        tile: ``"crop"``: each crop with the tile that takes it through in the fewest voxels within the trained
+            patch's memory (:func:`crop_tile`); ``"trained"``: nnU-Net's sliding window with the trained patch.
     """
 
     def __init__(self, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
@@ -172,16 +202,16 @@ class OARPredictor:
         from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
         p = self.network(organ)
         trained = self._trained[organ]
-        tile = crop_tile(shape_zyx, spacing_zyx, trained, p.plans_manager.transpose_forward) \
-            if self.tile == "crop" else None
+        tile = crop_tile(shape_zyx, spacing_zyx, trained, p.plans_manager.transpose_forward,
+                         self._settings["tile_step_size"]) if self.tile == "crop" else None
         cm = trained if tile is None else ConfigurationManager({**trained.configuration, "patch_size": tile})
         if cm.patch_size != p.configuration_manager.patch_size:
             p.manual_initialization(p.network, p.plans_manager, cm, p.list_of_parameters, p.dataset_json,
                                     p.trainer_name, p.allowed_mirroring_axes)
         if tile is not None:
-            return f"crop {tile}"
+            return f"tile {tile}"
         why = "" if self.tile == "trained" else (" (a 2D network)" if len(trained.patch_size) != 3 else
-                                                 f" (the crop exceeds {MAX_TILE_FACTOR:g}x its voxels)")
+                                                 " (no tile within its voxels needs fewer passes)")
         return f"trained patch {list(trained.patch_size)}{why}"
 
     def predict_image(self, ct: sitk.Image, image_file: Path, case: str, boxes: Optional[dict] = None):
