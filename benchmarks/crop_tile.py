@@ -1,4 +1,4 @@
-"""The crop's own tile (the fewest voxels within the trained patch's memory) against nnU-Net's sliding
+"""The crop's own tile (fewer passes within the trained patch's memory) against nnU-Net's sliding
 window with the trained patch: Dice and wall time of the same trained models on the same held-out cases
 (``nnunet_oar predict --tile crop|trained``).
 

@@ -1,5 +1,5 @@
-"""The tile that takes one organ crop through its network in the fewest voxels within the trained patch's
-memory (nnunet_oar.segmentation.predict.crop_tile)."""
+"""The tile that takes one organ crop through its network in fewer passes than the trained patch, within the
+trained patch's memory (nnunet_oar.segmentation.predict.crop_tile)."""
 import numpy as np
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
@@ -21,14 +21,16 @@ def _passes(shape, tile):
 
 
 def test_fewer_passes_within_the_patchs_voxels_at_network_spacing():
-    # 100 x 100 voxels in-plane against a 64^3 patch: 3 x 3 passes; tiles of 56 x 72 (stride 8) hold no more
-    # voxels than the patch and need 3 x 2; the axis where the crop is shorter keeps the patch (padded)
+    # 100 x 100 voxels in-plane against a 64^3 patch: 3 x 3 passes; 6 suffice with tiles that hold no more
+    # voxels than the patch (e.g. 56 x 72, stride 8); the axis where the crop is shorter keeps the patch (padded)
     cm = _configuration((64, 64, 64))
-    assert crop_tile((100, 100, 40), (1.0, 1.0, 1.0), cm, (0, 1, 2)) == [56, 72, 64]
+    tile = crop_tile((100, 100, 40), (1.0, 1.0, 1.0), cm, (0, 1, 2))
+    assert _passes((100, 100, 40), tile) == 6 and _passes((100, 100, 40), (64, 64, 64)) == 9
+    assert np.prod(tile) <= 64 ** 3 and tile[2] == 64 and tile[0] % 8 == 0 and tile[1] % 8 == 0
     # the same crop at 2 mm along its first axis: 50 slices -> 100 at the network's 1 mm
-    assert crop_tile((50, 100, 40), (2.0, 1.0, 1.0), cm, (0, 1, 2)) == [56, 72, 64]
+    assert crop_tile((50, 100, 40), (2.0, 1.0, 1.0), cm, (0, 1, 2)) == tile
     # nnU-Net's transpose_forward reorders both the shape and the spacing
-    assert crop_tile((40, 100, 50), (1.0, 1.0, 2.0), cm, (2, 1, 0)) == [56, 72, 64]
+    assert crop_tile((40, 100, 50), (1.0, 1.0, 2.0), cm, (2, 1, 0)) == tile
 
 
 def test_a_crop_a_little_longer_than_the_patch_keeps_it_where_no_tile_saves_a_pass():
@@ -40,6 +42,10 @@ def test_a_crop_no_larger_than_the_patch_or_a_2d_network_keeps_the_trained_patch
     assert crop_tile((5, 6, 3), (1.0, 1.0, 1.0), _configuration((64, 64, 32)), (0, 1, 2)) is None
     assert crop_tile((64, 64, 32), (1.0, 1.0, 1.0), _configuration((64, 64, 32)), (0, 1, 2)) is None
     assert crop_tile((40, 40, 40), (1.0, 1.0, 1.0), _configuration((64, 64)), (0, 1, 2)) is None
+    # an architecture without strides (its input size may be fixed, e.g. a transformer's embeddings)
+    cm = _configuration((64, 64, 64))
+    cm.configuration["architecture"]["arch_kwargs"] = {}
+    assert crop_tile((100, 100, 40), (1.0, 1.0, 1.0), cm, (0, 1, 2)) is None
 
 
 def test_a_large_crop_takes_fewer_passes_and_voxels_than_the_sliding_patch_and_no_more_memory():

@@ -131,14 +131,19 @@ def test_predict_end_to_end_keeps_the_input_geometry(pipeline, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_crop_tile_takes_no_more_voxels_than_the_trained_patch_and_no_more_memory(pipeline):
-    """--tile crop: each crop goes through its network with the tile of the fewest voxels (a multiple of the
-    network's stride, holding at most the trained patch's voxels), or the trained patch where none beats it;
-    the output keeps the grid."""
+def test_the_crop_tile_takes_fewer_voxels_than_the_trained_patch_and_no_more_memory(pipeline):
+    """--tile crop: a crop larger than its patch goes through its network with its own tile (a multiple of the
+    network's stride, holding at most the trained patch's voxels) in fewer passes, set through nnU-Net's
+    manual_initialization; the output keeps the grid. The liver's box is widened to the whole image so that
+    its crop outgrows the patch (the phantoms' own crops are about the patch's size)."""
+    import copy
     from nnunet_oar.segmentation.predict import OARPredictor
     image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
     ct = sitk.ReadImage(str(image))
-    voxels = {}
+    found, _ = OARPredictor(pipeline["models"], tta=False, one_fold=True).localizer.localize_file(image, "c")
+    assert found["organs"]["liver"]["status"] == "found"
+    found["organs"]["liver"]["box_index_xyz"] = {"start": [0, 0, 0], "stop": list(ct.GetSize())}
+    voxels, liver_tile = {}, {}
     for tile in ("crop", "trained"):
         count = {"n": 0}
 
@@ -146,9 +151,9 @@ def test_the_crop_tile_takes_no_more_voxels_than_the_trained_patch_and_no_more_m
             predictor.network.register_forward_hook(
                 lambda _m, inputs, _o: count.__setitem__("n", count["n"] + int(np.prod(inputs[0].shape[2:]))))
         p = OARPredictor(pipeline["models"], tta=False, tile=tile, one_fold=True, on_load=hook, max_loaded=None)
-        seg, boxes = p.predict_image(ct, image, "c")
+        seg, boxes = p.predict_image(ct, image, "c", boxes=copy.deepcopy(found))
         assert seg.GetSize() == ct.GetSize() and seg.GetOrigin() == ct.GetOrigin()
-        voxels[tile] = count["n"]
+        voxels[tile], liver_tile[tile] = count["n"], boxes["organs"]["liver"]["tile"]
         for organ in ORGANS:
             entry, trained = boxes["organs"][organ], p._trained[organ]
             assert entry["tile"].startswith(("tile", "trained patch") if tile == "crop" else "trained patch")
@@ -157,7 +162,8 @@ def test_the_crop_tile_takes_no_more_voxels_than_the_trained_patch_and_no_more_m
                 stride = np.prod(trained.network_arch_init_kwargs["strides"], axis=0)
                 assert all(t % s == 0 for t, s in zip(tile_zyx, stride))
                 assert np.prod(tile_zyx) <= np.prod(trained.patch_size)
-    assert 0 < voxels["crop"] <= voxels["trained"]
+    assert liver_tile["crop"].startswith("tile") and liver_tile["trained"].startswith("trained patch")
+    assert 0 < voxels["crop"] < voxels["trained"]
 
 
 @pytest.mark.slow

@@ -106,8 +106,8 @@ def register(sub) -> None:
                         "each network's first fold, no mirroring. --folds and --disable-tta override it")
     s.add_argument("--tile", choices=["trained", "crop"], default="trained",
                    help="organ networks: nnU-Net's sliding window with the trained patch (default), or each crop "
-                        "with its own tile: the one that takes it through in the fewest voxels, holding at most the "
-                        "trained patch's (so no more memory)")
+                        "with its own tile where that needs fewer network passes, holding at most the trained "
+                        "patch's voxels (so no more memory)")
     s.add_argument("--largest-component", nargs="+", default=[], metavar="ORGAN",
                    help="keep only the largest connected component of these organs (where their network has "
                    "no nnU-Net postprocessing.pkl, which is always applied)")

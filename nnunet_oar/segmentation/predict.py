@@ -36,18 +36,19 @@ TILES = ("crop", "trained")
 # what `predict --preset` sets: nnU-Net's defaults (every fold, test-time mirroring), or one fold without
 PRESETS = {"accurate": {"tta": True, "one_fold": False}, "fast": {"tta": False, "one_fold": True}}
 # a tile holds at most the trained patch's voxels: the activations, and so the memory, of nnU-Net's own
-# sliding window (4x, one pass for most crops, took the clinical-size benchmark to twice the baseline's memory)
+# sliding window (4x, one pass for most crops, took the clinical-size benchmark to 8.32 GB, the baseline 4.72)
 MAX_TILE_FACTOR = 1.0
 MAX_TILES_PER_AXIS = 6
 
 
 def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configuration_manager,
               transpose_forward: Sequence[int], step: float = 0.5) -> Optional[List[int]]:
-    """The tile that takes a crop through its network with the fewest voxels, within the memory of the
-    trained patch.
+    """The tile that takes a crop through its network in fewer passes than the trained patch, within the
+    trained patch's memory.
 
     Every crop of an organ has about one size (mean box + margin), often unlike the patch nnU-Net's planner
-    chose, and the networks are fully convolutional. Candidates: per axis, ``n`` tiles of
+    chose, and the networks are fully convolutional. Candidates, the tight tilings: per axis, ``n`` (1 to
+    ``MAX_TILES_PER_AXIS``) tiles of
     ``ceil(size / (1 + (n - 1) * step))`` (nnU-Net's sliding window with ``step`` then needs ``n``), rounded up
     to a multiple of the network's total stride; along an axis where the crop is no larger than the trained
     patch, the patch's length (one tile, padded as in training: a tile of the bare crop cost 0.009 Dice on
@@ -55,8 +56,8 @@ def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configurat
     patch's length. A candidate may hold at most ``MAX_TILE_FACTOR`` times the trained patch's voxels. The one
     with the fewest network passes (nnU-Net's ``compute_steps_for_sliding_window``), and among those the
     largest (the most context), wins where it needs fewer passes than the trained patch: a tile that only
-    holds fewer voxels in as many passes saves little and sees less (on OpenKBP, where crops are about the
-    patch's size, such tiles cost 0.014 Dice).
+    holds fewer voxels in as many passes saves little and sees less. Lengths between the tight ones are not
+    tried (a search over every stride multiple would find fewer passes for crops several times the patch).
 
     Args:
         shape_zyx, spacing_zyx: the crop as the network's predictor receives it (voxels, mm).
@@ -65,8 +66,8 @@ def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configurat
         step: the sliding window's step (nnU-Net's ``tile_step_size``).
 
     Returns:
-        The tile per axis, in the network's axis order; ``None`` for a 2D network or where the trained patch
-        is as good (it slides then).
+        The tile per axis, in the network's axis order; ``None`` for a 2D network, an architecture without
+        ``strides`` (its input size may be fixed), or where the trained patch is as good (it slides then).
     """
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
@@ -75,6 +76,8 @@ def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configurat
         return None
     shape = compute_new_shape([shape_zyx[i] for i in transpose_forward], [spacing_zyx[i] for i in transpose_forward],
                               configuration_manager.spacing)
+    if "strides" not in configuration_manager.network_arch_init_kwargs:
+        return None
     stride = np.prod(np.asarray(configuration_manager.network_arch_init_kwargs["strides"]), axis=0)
 
     def passes(tile) -> int:        # network passes of nnU-Net's sliding window (it pads a smaller crop to the tile)
@@ -127,7 +130,7 @@ class OARPredictor:
             used dropped); ``None`` keeps every one loaded (fastest for many cases, most memory).
         on_load: called with each organ's ``nnUNetPredictor`` when it is loaded (benchmarks time the
             networks this way).
-        tile: ``"crop"``: each crop with the tile that takes it through in the fewest voxels within the trained
+        tile: ``"crop"``: each crop with its own tile where that needs fewer passes within the trained
             patch's memory (:func:`crop_tile`); ``"trained"``: nnU-Net's sliding window with the trained patch.
     """
 
