@@ -82,6 +82,16 @@ def into_scan(centroid_mm: Sequence[float], size_mm: Sequence[float],
     return c
 
 
+def heatmap_centroid(entry: dict) -> list:
+    """The heat map's own world centroid (x, y, z) mm of a found organ's boxes entry: before anatomical
+    consistency moved it (``position_check``) or the box was moved into the scan (``moved_into_scan_mm``)."""
+    if "position_check" in entry:
+        return list(entry["position_check"]["heatmap_centroid_mm"])
+    c = list(entry["centroid_mm"])
+    c[2] -= entry.get("moved_into_scan_mm", 0.0)
+    return c
+
+
 def box_sizes_mm(label_zyx: np.ndarray, geom: dict, labels: Dict[str, int]) -> Dict[str, list]:
     """World-axis extents (mm, x,y,z) of each organ's bounding box in one label map; voxel cells included.
 

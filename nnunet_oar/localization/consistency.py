@@ -118,8 +118,8 @@ def check_positions(organs: Dict[str, dict], rules: Dict[str, dict], mean_sizes:
     moved organ gets its mean-size box at the voted position (kept in the scan, ``scan_z_mm``) and
     ``position_check``: ``{"heatmap_centroid_mm", "distance_mm", "anchors"}``.
     """
-    from nnunet_oar.localization.boxes import into_scan, organ_box
-    found = {o: (_heatmap_centroid(e), e["peak"]) for o, e in organs.items() if e.get("status") == "found"}
+    from nnunet_oar.localization.boxes import heatmap_centroid, into_scan, organ_box
+    found = {o: (heatmap_centroid(e), e["peak"]) for o, e in organs.items() if e.get("status") == "found"}
     moves = {}
     for organ, rule in rules.items():
         if organ not in found:
@@ -139,10 +139,3 @@ def check_positions(organs: Dict[str, dict], rules: Dict[str, dict], mean_sizes:
                                      "distance_mm": round(distance, 1), "anchors": anchors})
         if c[2] != position[2]:
             entry["moved_into_scan_mm"] = round(float(c[2] - position[2]), 1)
-
-
-def _heatmap_centroid(entry: dict) -> list:
-    """The heat map's own centroid of a found organ (before it was moved into the scanned extent)."""
-    c = list(entry["centroid_mm"])
-    c[2] -= entry.get("moved_into_scan_mm", 0.0)
-    return c

@@ -119,7 +119,7 @@ def apply_z_extent(organs: Dict[str, dict], rules: Dict[str, dict], mean_sizes: 
     missing keeps its box. The entry records
     ``size_mm`` (the box without margin) and ``z_extent`` (the box's ends, their anchors, the heat map's z).
     """
-    from nnunet_oar.localization.boxes import organ_box
+    from nnunet_oar.localization.boxes import heatmap_centroid, organ_box
     centroids = found_centroids_z(organs)
     anchors = anchors_z(scan_z_mm, centroids)
     for organ, rule in rules.items():
@@ -129,9 +129,8 @@ def apply_z_extent(organs: Dict[str, dict], rules: Dict[str, dict], mean_sizes: 
         ends = learned_ends(rule, centroids[organ], anchors, scan_z_mm)
         if ends is None:
             continue
-        moved = entry.pop("moved_into_scan_mm", 0.0)
-        heat_z = entry["position_check"]["heatmap_centroid_mm"][2] if "position_check" in entry \
-            else entry["centroid_mm"][2] - moved
+        heat_z = heatmap_centroid(entry)[2]
+        entry.pop("moved_into_scan_mm", None)
         size = [*map(float, mean_sizes[organ][:2]), ends[1] - ends[0]]
         c = [*entry["centroid_mm"][:2], (ends[0] + ends[1]) / 2]
         entry.update(centroid_mm=c, size_mm=size, **organ_box(image_geom, c, size, entry["margin_mm"]),
