@@ -4,7 +4,8 @@ The real CT of ../shared/data/totalsegmentator (abdomen-pelvis, 3 mm) is resampl
 (0.8 x 0.8 x 1.5 mm). Its TotalSegmentator map gives 15 VISCERAL structures. Every network is planned by
 nnU-Net's own planner on data of the right size (the full CT for the baseline and for the 3 mm
 localizer; each organ's 10 mm-margin crop for its organ network, at the paper's 1 mm), and gets random
-weights (timing does not need trained ones), the same for each of 5 folds. The two methods then run
+weights (timing does not need trained ones; seeded, so that the random localizer places the same boxes at
+every preparation), the same for each of 5 folds. The two methods then run
 through their real code paths: ``nnUNetPredictor.predict_single_npy_array`` for the baseline,
 ``nnunet_oar.segmentation.predict.OARPredictor`` for the two-stage method (tau = -1, so every organ is
 "found" and its mean-size box is processed), and the localizer alone (``Localizer.localize_file``:
@@ -136,6 +137,9 @@ def prepare(work: Path, spacing) -> None:
         pm = PlansManager(plans)
         cm = pm.get_configuration(configuration)
         cls = recursive_find_trainer_class_by_name(trainer)
+        # seeded: the random localizer's heat maps place the boxes (and crops at the image's edge are
+        # smaller), so that every preparation gives the same boxes
+        torch.manual_seed(dataset_id)
         net = cls.build_network_architecture(pm, cm, determine_num_input_channels(pm, cm, dataset_json),
                                              pm.get_label_manager(dataset_json).num_segmentation_heads, False)
         # nnU-Net mirrors on all axes; our localizer never (nnUNetTrainerOARHeatmap: left/right channels)
@@ -193,7 +197,7 @@ def run_method(work: Path, method: str, device: str) -> dict:
         loc.localize_file(work / "ct_clinical.nii.gz", "ct")
     else:
         from nnunet_oar.segmentation.predict import PRESETS, OARPredictor
-        # the default loads one organ network at a time, when needed (inside the wall time);
+        # the default loads one organ network at a time, when needed, the next in the background (inside the wall time);
         # two_stage_all_loaded loads every one before the clock starts (what multi-case runs amortize)
         keep = None if method == "two_stage_all_loaded" else 1
         p = OARPredictor(work / "models", device=device, max_loaded=keep, on_load=lambda net: timer.attach(net.network),

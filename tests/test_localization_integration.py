@@ -19,6 +19,10 @@ def test_plan_adds_3d_loc_with_whole_volume_patch_and_batch_1(trained_localizer)
     assert c["spacing"] == [3.0, 3.0, 3.0] and c["batch_size"] == 1 and c["heatmap_sigma2_mm2"] == 150.0
     assert all(p >= m for p, m in zip(c["patch_size"], c["median_image_size_in_voxels"]))
     assert "3d_fullres" in plans["configurations"]                 # nnU-Net's own configurations are kept
+    # nnU-Net's torch resampling (its *_torchres planners'), for the CT, the labels and exported heat maps
+    assert {c[k] for k in ("resampling_fn_data", "resampling_fn_seg", "resampling_fn_probabilities")} == \
+        {"resample_torch_fornnunet"}
+    assert c["resampling_fn_data_kwargs"]["is_seg"] is False and c["resampling_fn_seg_kwargs"]["is_seg"] is True
 
 
 def test_training_writes_box_stats_and_localization_summary(trained_localizer):

@@ -167,6 +167,38 @@ def test_the_crop_tile_takes_fewer_voxels_than_the_trained_patch_and_no_more_mem
 
 
 @pytest.mark.slow
+def test_the_next_organ_network_loads_in_the_background_and_changes_nothing(pipeline):
+    """One network kept at a time: the next organ's is built on the loader thread while the current one runs
+    (with its own crop tile, set on the main thread), each network is loaded once per case, no more than one
+    is kept afterwards, and the labels are exactly those of a run with every network loaded first."""
+    import threading
+    from nnunet_oar.segmentation.predict import OARPredictor
+
+    class Recording(OARPredictor):
+        def _load(self, organ):
+            self.threads.append((organ, threading.current_thread().name))
+            return super()._load(organ)
+
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    ct = sitk.ReadImage(str(image))
+    loads = []
+    p = Recording(pipeline["models"], tta=False, one_fold=True, max_loaded=1, tile="crop",
+                  on_load=lambda net: loads.append(net))
+    p.threads = []
+    seg, boxes = p.predict_image(ct, image, "c")
+    found = [o for o in ORGANS if boxes["organs"][o]["status"] == "found"]
+    assert found == ORGANS                                    # tau = -1: both organs run
+    assert [o for o, _ in p.threads] == found and len(loads) == len(found)
+    assert p.threads[0][1] == threading.current_thread().name and p.threads[1][1].startswith("nnunet_oar-load")
+    assert list(p._loaded) == [found[-1]] and not p._pending
+    everything = OARPredictor(pipeline["models"], tta=False, one_fold=True, max_loaded=None, tile="crop")
+    for organ in ORGANS:
+        everything.network(organ)
+    seg_all, _ = everything.predict_image(ct, image, "c")
+    assert np.array_equal(sitk.GetArrayViewFromImage(seg), sitk.GetArrayViewFromImage(seg_all))
+
+
+@pytest.mark.slow
 def test_a_models_zip_predicts_what_its_folder_predicts(pipeline, tmp_path):
     """export-models --zip -> install-models elsewhere -> predict, and predict -m models.zip directly:
     the same label map as from the exported folder."""

@@ -3,7 +3,8 @@
 nnU-Net preprocessing (DefaultPreprocessor) takes the reader's array (z, y, x for SimpleITK; our data sets
 use SimpleITKIOWithReorient, so that array is the image reoriented to RAS), transposes
 it by ``transpose_forward``, crops it to the non-zero bounding box and resamples the crop to the target
-spacing with an align-corners=False mapping (skimage ``resize``). Inverting those three steps maps a
+spacing with an align-corners=False mapping (skimage ``resize``, and torch's ``interpolate`` in the
+torch resampling the localizer's plans name). Inverting those three steps maps a
 continuous voxel coordinate of a preprocessed array (e.g. a heat-map centroid on the 3 mm grid) to a
 continuous index of the image the reader produced, and so to a world point in mm, with no resampling of
 any array. World points do not depend on the orientation; voxel boxes are then computed on the original

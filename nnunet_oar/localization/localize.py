@@ -2,7 +2,8 @@
 
 Centroids are taken on the preprocessed (3 mm) grid and mapped to the original image analytically
 (:mod:`nnunet_oar.localization.grid`); heat maps are resampled to the original grid only when asked
-for (``save_heatmaps``), because that resampling costs ten times the network pass on a clinical CT.
+for (``save_heatmaps``): the boxes need no array resampled (with nnU-Net's default cubic resampling, that of
+the heat maps cost ten times the network pass on a clinical CT).
 """
 from __future__ import annotations
 
@@ -217,9 +218,11 @@ class Localizer:
                               self.positions)
 
     def localize_file(self, image_file: Path, case: str, requested: Optional[Sequence[str]] = None,
-                      with_heatmaps: bool = False):
-        """Localize one CT file: ``(boxes dict, heat maps on the original grid (n, z, y, x) or None)``."""
-        image = read_image(image_file, "CT")          # a clear error before nnU-Net sees a bad file
+                      with_heatmaps: bool = False, image: Optional[sitk.Image] = None):
+        """Localize one CT file: ``(boxes dict, heat maps on the original grid (n, z, y, x) or None)``.
+        ``image``: the file, already read and checked by the caller (``read_image``), not read twice."""
+        if image is None:
+            image = read_image(image_file, "CT")      # a clear error before nnU-Net sees a bad file
         data, properties = self.preprocess(image_file)
         heat = self.heatmaps(data)
         full = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -127,7 +128,8 @@ class OARPredictor:
         largest_component: organs whose networks have no nnU-Net ``postprocessing.pkl`` and keep only
             their largest connected component (:mod:`nnunet_oar.segmentation.postprocessing`).
         max_loaded: organ networks kept in memory at once (loaded when first needed, the least recently
-            used dropped); ``None`` keeps every one loaded (fastest for many cases, most memory).
+            used dropped; the next organ's is loaded in the background while one runs, so one more is held
+            then); ``None`` keeps every one loaded (fastest for many cases, most memory).
         on_load: called with each organ's ``nnUNetPredictor`` when it is loaded (benchmarks time the
             networks this way).
         tile: ``"crop"``: each crop with its own tile where that needs fewer passes within the trained
@@ -166,8 +168,14 @@ class OARPredictor:
                 check_checkpoint(models / available[organ]["results_folder"] / f"fold_{f}" / checkpoint)
             self._specs[organ] = (str(models / available[organ]["results_folder"]), organ_folds, checkpoint)
         self._settings = dict(tile_step_size=step_size, use_mirroring=tta, device=torch.device(device))
+        if max_loaded is not None and max_loaded < 1:
+            raise InputError(f"max_loaded must be at least 1 (or None: all), got {max_loaded}")
         self.max_loaded, self.on_load = max_loaded, on_load
         self._loaded: "OrderedDict[str, object]" = OrderedDict()
+        # one thread reads and builds the next organ's network while the current one runs: CPU work that
+        # otherwise waits between networks (docs/results/network_prefetch.md)
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnunet_oar-load")
+        self._pending: Dict[str, Future] = {}
         self._trained: Dict[str, object] = {}        # each organ network's configuration as trained
         self.expected = {o: _expected(models, o, available[o], self.localizer.box_stats) for o in self.organs}
         self.postprocess = {}
@@ -178,12 +186,8 @@ class OARPredictor:
             elif o in largest_component:
                 self.postprocess[o] = (postprocessing.largest_component(), "largest component")
 
-    def network(self, organ: str):
-        """The organ's ``nnUNetPredictor``, loaded when first needed; beyond ``max_loaded`` networks the
-        least recently used one is dropped (its memory freed)."""
-        if organ in self._loaded:
-            self._loaded.move_to_end(organ)
-            return self._loaded[organ]
+    def _load(self, organ: str):
+        """A new ``nnUNetPredictor`` with the organ's network (on the loader thread or this one)."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         dev = self._settings["device"]
         p = nnUNetPredictor(tile_step_size=self._settings["tile_step_size"], use_gaussian=True,
@@ -191,6 +195,21 @@ class OARPredictor:
                             device=dev, verbose=False, allow_tqdm=False)
         folder, folds, checkpoint = self._specs[organ]
         p.initialize_from_trained_model_folder(folder, folds, checkpoint)
+        return p
+
+    def prefetch(self, organ: str) -> None:
+        """Start loading the organ's network in the background, unless it is loaded or on its way."""
+        if organ not in self._loaded and organ not in self._pending:
+            self._pending[organ] = self._loader.submit(self._load, organ)
+
+    def network(self, organ: str):
+        """The organ's ``nnUNetPredictor``, loaded when first needed (or taken from :meth:`prefetch`); beyond
+        ``max_loaded`` networks the least recently used one is dropped (its memory freed)."""
+        if organ in self._loaded:
+            self._loaded.move_to_end(organ)
+            return self._loaded[organ]
+        pending = self._pending.pop(organ, None)
+        p = pending.result() if pending is not None else self._load(organ)
         self._trained[organ] = p.configuration_manager
         if self.on_load is not None:
             self.on_load(p)
@@ -221,37 +240,49 @@ class OARPredictor:
         """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict).
         ``boxes`` (a ``{case}_boxes.json``) replaces the localizer, e.g. reference boxes."""
         if boxes is None:
-            boxes, _ = self.localizer.localize_file(image_file, case, requested=self.organs)
+            boxes, _ = self.localizer.localize_file(image_file, case, requested=self.organs, image=ct)
         merger = MaxProbabilityMerger(ct.GetSize()[::-1])
         orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(ct.GetDirection())
-        for organ in tqdm(self.organs, desc=case, unit="organ", leave=False):
-            entry = boxes["organs"].get(organ, {})
-            if entry.get("status") != "found":
-                continue
-            box = entry["box_index_xyz"]
-            # the organ networks were trained on RAS-reoriented arrays (SimpleITKIOWithReorient)
-            crop = sitk.DICOMOrient(crop_image(ct, box["start"], box["stop"]), NETWORK_ORIENTATION)
-            data = sitk.GetArrayFromImage(crop)[None].astype(np.float32)
-            spacing_zyx = list(crop.GetSpacing())[::-1]
-            entry["tile"] = self._set_tile(organ, data.shape[1:], spacing_zyx)
-            _, prob = self.network(organ).predict_single_npy_array(data, {"spacing": spacing_zyx}, None, None, True)
-            prob_img = sitk.GetImageFromArray(np.asarray(prob[1], dtype=np.float32))
-            prob_img.CopyInformation(crop)
-            prob_zyx = sitk.GetArrayFromImage(sitk.DICOMOrient(prob_img, orientation))
-            mask = prob_zyx > THRESHOLD
-            kept, record = postprocessing.apply(mask, *self.postprocess.get(organ, (None, "")))
-            if record is not None:
-                prob_zyx[mask & ~kept] = 0.0           # what postprocessing removes cannot win the merge
-                entry["postprocessing"] = record
-            entry["cut_by_box"] = cut_faces(kept, box["start"], box["stop"], ct.GetSize())
-            if entry["cut_by_box"]:
-                tqdm.write(f"warning: {case}: {organ} reaches the {'/'.join(entry['cut_by_box'])} face(s) of its box "
-                           "inside the image; it may be cut (cut_by_box in the boxes and stats)")
-            merger.add(self.labels[organ], prob_zyx, box["start"])
+        found = [o for o in self.organs if boxes["organs"].get(o, {}).get("status") == "found"]
+        try:
+            for k, organ in enumerate(tqdm(found, desc=case, unit="organ", leave=False)):
+                net = self.network(organ)
+                if k + 1 < len(found):
+                    self.prefetch(found[k + 1])
+                self._predict_organ(net, organ, boxes["organs"][organ], ct, orientation, merger, case)
+        finally:           # a case that fails half-way leaves no network loading for nothing
+            for pending in self._pending.values():
+                pending.cancel()
+            self._pending.clear()
         labels = self._plausible(merger.labels, sitk.GetArrayViewFromImage(ct), ct.GetSpacing(), boxes, case)
         seg = sitk.GetImageFromArray(labels)
         seg.CopyInformation(ct)
         return seg, boxes
+
+    def _predict_organ(self, net, organ: str, entry: dict, ct: sitk.Image, orientation: str,
+                       merger: MaxProbabilityMerger, case: str) -> None:
+        """One organ's crop through its network (``net``), postprocessed, into the merge; its tile,
+        postprocessing and cut faces go into its ``entry`` of the boxes."""
+        box = entry["box_index_xyz"]
+        # the organ networks were trained on RAS-reoriented arrays (SimpleITKIOWithReorient)
+        crop = sitk.DICOMOrient(crop_image(ct, box["start"], box["stop"]), NETWORK_ORIENTATION)
+        data = sitk.GetArrayFromImage(crop)[None].astype(np.float32)
+        spacing_zyx = list(crop.GetSpacing())[::-1]
+        entry["tile"] = self._set_tile(organ, data.shape[1:], spacing_zyx)
+        _, prob = net.predict_single_npy_array(data, {"spacing": spacing_zyx}, None, None, True)
+        prob_img = sitk.GetImageFromArray(np.asarray(prob[1], dtype=np.float32))
+        prob_img.CopyInformation(crop)
+        prob_zyx = sitk.GetArrayFromImage(sitk.DICOMOrient(prob_img, orientation))
+        mask = prob_zyx > THRESHOLD
+        kept, record = postprocessing.apply(mask, *self.postprocess.get(organ, (None, "")))
+        if record is not None:
+            prob_zyx[mask & ~kept] = 0.0           # what postprocessing removes cannot win the merge
+            entry["postprocessing"] = record
+        entry["cut_by_box"] = cut_faces(kept, box["start"], box["stop"], ct.GetSize())
+        if entry["cut_by_box"]:
+            tqdm.write(f"warning: {case}: {organ} reaches the {'/'.join(entry['cut_by_box'])} face(s) of its box "
+                       "inside the image; it may be cut (cut_by_box in the boxes and stats)")
+        merger.add(self.labels[organ], prob_zyx, box["start"])
 
     def _plausible(self, labels_zyx: np.ndarray, ct_zyx: np.ndarray, spacing_xyz, boxes: dict, case: str):
         """Remove organs that cannot be what their network was trained on, flag doubtful ones; the reasons
