@@ -218,11 +218,10 @@ class OARPredictor:
             self._loaded.popitem(last=False)
         return p
 
-    def _set_tile(self, organ: str, shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> str:
-        """Give the organ's predictor the tile for this crop (its own configuration with another patch,
+    def _set_tile(self, organ: str, p, shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> str:
+        """Give the organ's predictor ``p`` the tile for this crop (its own configuration with another patch,
         through nnU-Net's ``manual_initialization``); returns how the crop is tiled, for the boxes."""
         from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
-        p = self.network(organ)
         trained = self._trained[organ]
         tile = crop_tile(shape_zyx, spacing_zyx, trained, p.plans_manager.transpose_forward,
                          self._settings["tile_step_size"]) if self.tile == "crop" else None
@@ -268,7 +267,7 @@ class OARPredictor:
         crop = sitk.DICOMOrient(crop_image(ct, box["start"], box["stop"]), NETWORK_ORIENTATION)
         data = sitk.GetArrayFromImage(crop)[None].astype(np.float32)
         spacing_zyx = list(crop.GetSpacing())[::-1]
-        entry["tile"] = self._set_tile(organ, data.shape[1:], spacing_zyx)
+        entry["tile"] = self._set_tile(organ, net, data.shape[1:], spacing_zyx)
         _, prob = net.predict_single_npy_array(data, {"spacing": spacing_zyx}, None, None, True)
         prob_img = sitk.GetImageFromArray(np.asarray(prob[1], dtype=np.float32))
         prob_img.CopyInformation(crop)
