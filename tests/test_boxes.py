@@ -5,7 +5,7 @@ from nnunet_oar.geometry import index_box_to_world
 from nnunet_oar.localization.boxes import heatmap_region, into_scan, mean_box_sizes, organ_box
 from nnunet_oar.localization.grid import BODY_HU, body_threshold, scanned_extent_mm
 from nnunet_oar.localization.localize import boxes_for_case
-from nnunet_oar.localization.margins import calibrate_margin, inside_counts
+from nnunet_oar.localization.margins import calibrate_margin, far_miss_fence, inside_counts
 
 
 def _blob(shape, centre, sigma_vox=3.0):
@@ -161,6 +161,28 @@ def test_calibrated_margin_is_the_smallest_that_reaches_the_target():
     # pooled with a missed case (its voxels count, none inside), the target is out of reach
     m = calibrate_margin(counts, 2 * int(mask.sum()), grid, 0.99)
     assert not m["reached"] and m["margin_mm"] == 10.0 and m["containment"] == 0.5
+
+
+def test_far_miss_fence_is_tukeys_far_out_fence_with_a_floor():
+    assert far_miss_fence([1.0, 2.0, 3.0, 4.0, 5.0, 100.0]) == 20.0       # Q3 + 3 IQR = 12.25 < the 20 mm floor
+    errors = [10.0, 20.0, 30.0, 40.0, 50.0]                                 # Q1 20, Q3 40
+    assert far_miss_fence(errors) == pytest.approx(100.0)
+    assert far_miss_fence(errors, floor_mm=150.0) == 150.0
+
+
+def test_calibration_leaves_out_missed_organs_and_far_misses_only():
+    from nnunet_oar.localization.cross_validation import calibration_failures
+    errors = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0, "f": 72.0}
+    found = {c: {"organs": {"brainstem": {"status": "found", "centroid_mm": [e, 0.0, 0.0]}}} for c, e in errors.items()}
+    found["g"] = {"organs": {"brainstem": {"status": "absent"}}}             # contoured, not found
+    found["h"] = {"organs": {"brainstem": {"status": "found", "centroid_mm": [500.0, 0.0, 0.0]}}}  # not contoured
+    facts = {c: {"organs": {"brainstem": {"position_mm": [0.0, 0.0, 0.0]}}} for c in "abcdefg"}
+    facts["h"] = {"organs": {}}
+    out = calibration_failures(found, facts, ["brainstem"])["brainstem"]
+    assert out["fence_mm"] == 20.0
+    assert out["cases"] == [{"case": "g", "status": "missed"}, {"case": "f", "status": "far_miss", "error_mm": 72.0}]
+    kept = calibration_failures(found, facts, ["brainstem"], exclude_far_misses=False)["brainstem"]
+    assert kept == {"fence_mm": None, "cases": [{"case": "g", "status": "missed"}]}
 
 
 def test_reference_boxes_centre_the_mean_box_on_the_reference_centroid():

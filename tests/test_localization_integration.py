@@ -104,6 +104,9 @@ def test_cross_validation_boxes_use_the_calibrated_margins(trained_localizer, tm
     margins = json.loads((out / "margins.json").read_text())
     for m in margins.values():
         assert 0 <= m["margin_mm"] <= 60 and 0 <= m["containment"] <= 1
+        # the failures left out of the calibration are listed, with the organ's far-miss fence
+        assert m["failures"]["fence_mm"] >= 20 and all(c["status"] in ("missed", "far_miss") and c["case"] in
+                                                        trained_localizer["ids"] for c in m["failures"]["cases"])
     for f in out.glob("*_boxes.json"):
         for organ, entry in json.loads(f.read_text())["organs"].items():
             if entry["status"] == "found":

@@ -27,12 +27,17 @@ def _localize(a) -> None:
             raise InputError("--cross-validation needs -d DATASET_ID")
         s = localize_cross_validation(a.dataset_id, Path(a.output), trainer=a.trainer, plans=a.plans,
                                       configuration=a.configuration, device=a.device, tau=a.tau, readout=a.readout,
-                                      folds=a.folds, checkpoint=a.checkpoint)
+                                      folds=a.folds, checkpoint=a.checkpoint,
+                                      exclude_far_misses=not a.keep_far_misses)
         for move in s["positions_moved"]:
             print(f"{move['case']}: {move['organ']} moved {move['distance_mm']:.0f} mm to where "
                   f"{', '.join(move['anchors'])} put it (anatomical consistency)")
         for organ, m in s["calibrated_margins"].items():
             print(f"{organ}: margin {m['margin_mm']:.0f} mm holds {m['containment']:.3f} of its voxels")
+            for f in m.get("failures", {}).get("cases", []):
+                print(f"  {organ}: {f['case']} left out of the calibration ("
+                      + (f"found {f['error_mm']:.0f} mm away, beyond the {m['failures']['fence_mm']:.0f} mm fence)"
+                         if f["status"] == "far_miss" else "not found)"))
             if "z_extent" in m:
                 e = m["z_extent"]
                 print(f"  {organ}: box along z from {e['bottom']['anchor']} to {e['top']['anchor']} (learned extent; "
@@ -82,6 +87,9 @@ def register(sub) -> None:
     s.add_argument("--tau", type=float, default=0.1, help="detection threshold (default 0.1)")
     s.add_argument("--cross-validation", action="store_true",
                    help="out-of-fold boxes for every training case of -d, each from the fold that did not train on it")
+    s.add_argument("--keep-far-misses", action="store_true",
+                   help="with --cross-validation, size the margins to hold far misses too (boxes beyond Tukey's "
+                        "far-out fence of the organ's centroid errors, at least 20 mm; default: left out and listed)")
     s.add_argument("-d", "--dataset-id", type=int)
     s.add_argument("-tr", "--trainer", default="nnUNetTrainerOARHeatmap")
     s.add_argument("-p", "--plans", default="nnUNetPlans")

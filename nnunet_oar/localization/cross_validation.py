@@ -17,7 +17,7 @@ from nnunet_oar.localization.extent import (ENDS, SELF, anchors_z, apply_z_exten
                                            learned_ends, organ_facts)
 from nnunet_oar.localization.grid import scan_z_mm
 from nnunet_oar.localization.localize import Localizer, load_box_stats
-from nnunet_oar.localization.margins import calibrate_margin, inside_counts
+from nnunet_oar.localization.margins import calibrate_margin, far_miss_fence, inside_counts
 from nnunet_oar.localization.report import score_case, summarize
 from nnunet_oar.paths import find_dataset, preprocessed_root, results_root
 
@@ -27,7 +27,7 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
                               tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT,
                               folds: Optional[Sequence[int]] = None, calibrate_target: float = 0.99,
                               min_margin_mm: float = DEFAULT_MARGIN_MM, max_margin_mm: float = 60.0,
-                              step_mm: float = 1.0,
+                              step_mm: float = 1.0, exclude_far_misses: bool = True,
                               checkpoint: str = "checkpoint_final.pth") -> dict:
     """Out-of-fold boxes for the training cases, each from the fold that did not train on it, with margins
     calibrated on those same boxes.
@@ -35,7 +35,11 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
     Like nnU-Net's cascade, the crop stage learns on boxes like those it will see at test time. The margin
     is calibrated per organ: the smallest v (``min_margin_mm``, the default margin, to ``max_margin_mm`` in
     ``step_mm`` steps) whose out-of-fold
-    boxes hold ``calibrate_target`` of the organ's voxels, pooled over cases. The ``{case}_boxes.json``
+    boxes hold ``calibrate_target`` of the organ's voxels, pooled over cases. Failures are left out of that
+    pool and listed in ``margins.json`` (``failures``): organs not found where contoured, and far misses,
+    boxes whose centroid error lies beyond :func:`~nnunet_oar.localization.margins.far_miss_fence` (the
+    paper's fixed margin assumes neither; ``exclude_far_misses=False`` pools far misses too). The
+    ``{case}_boxes.json``
     written here use those margins and the fold ensemble's mean box sizes, and ``margins.json`` records
     the margins, so that ``export-models --margins`` gives inference the box sizes the organ networks
     trained on. (The constant guess of each case takes its mean position from the fold that did not train on
@@ -110,6 +114,7 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
     extents, compared, fold_rules = choose_z_extents(facts, fold_pairs, found, localizer.organ_names)
     for case, boxes in found.items():
         apply_z_extent(boxes["organs"], fold_rules[case], sizes, boxes["image"], boxes.get("scan_z_mm"))
+    failures = calibration_failures(found, facts, localizer.organ_names, exclude_far_misses)
     inside: Dict[str, np.ndarray] = {}
     total: Dict[str, int] = {}
     for case, boxes in found.items():
@@ -117,12 +122,13 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
         gt_zyx, geom = sitk.GetArrayViewFromImage(gt), geometry(gt)
         for organ in _annotated(annotations, case, localizer.organ_names):
             entry, mask = boxes["organs"][organ], gt_zyx == labels[organ]
-            total[organ] = total.get(organ, 0) + int(mask.sum())
             inside.setdefault(organ, np.zeros(len(grid), np.int64))
-            if entry["status"] == "found" and mask.any():
-                inside[organ] += inside_counts(mask, geom, entry["centroid_mm"], entry.get("size_mm", sizes[organ]),
-                                               grid)
-    margins = {o: calibrate_margin(counts, total[o], grid, calibrate_target) for o, counts in inside.items()}
+            if not mask.any() or any(f["case"] == case for f in failures.get(organ, {}).get("cases", [])):
+                continue
+            total[organ] = total.get(organ, 0) + int(mask.sum())
+            inside[organ] += inside_counts(mask, geom, entry["centroid_mm"], entry.get("size_mm", sizes[organ]), grid)
+    margins = {o: {**calibrate_margin(counts, total.get(o, 0), grid, calibrate_target), **({"failures": failures[o]}
+                   if o in failures else {})} for o, counts in inside.items()}
     for organ, rule in extents.items():
         margins.setdefault(organ, {"margin_mm": DEFAULT_MARGIN_MM})["z_extent"] = rule
     for organ, rule in positions.items():
@@ -143,6 +149,37 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
                "readout": readout, "target": calibrate_target, "z_extent_comparison": compared, "positions_moved": moves}
     write_json(summary, output / "localization_summary.json")
     return summary
+
+
+def calibration_failures(found: Dict[str, dict], facts: Dict[str, dict], organs: Sequence[str],
+                         exclude_far_misses: bool = True) -> Dict[str, dict]:
+    """Per organ, the out-of-fold cases that margin calibration leaves out: the organ contoured but not found,
+    and (with ``exclude_far_misses``) far misses, found beyond the organ's
+    :func:`~nnunet_oar.localization.margins.far_miss_fence` from its contour's centroid.
+
+    Args:
+        found: out-of-fold boxes per case (centroids as calibrated); facts: per case, the contoured organs'
+            ``position_mm`` (:func:`~nnunet_oar.localization.extent.organ_facts`).
+
+    Returns:
+        ``{organ: {"fence_mm": float (None when far misses are kept), "cases": [{"case", "status": "missed" | "far_miss", "error_mm"}]}}``.
+    """
+    out = {}
+    for organ in organs:
+        errors, missed = {}, []
+        for case, boxes in found.items():
+            truth, entry = facts[case]["organs"].get(organ), boxes["organs"].get(organ)
+            if truth is None or entry is None:
+                continue
+            if entry["status"] != "found":
+                missed.append({"case": case, "status": "missed"})
+            else:
+                errors[case] = float(np.linalg.norm(np.subtract(entry["centroid_mm"], truth["position_mm"])))
+        fence = far_miss_fence(list(errors.values())) if exclude_far_misses and errors else None
+        far = [{"case": c, "status": "far_miss", "error_mm": round(e, 1)} for c, e in errors.items()
+               if fence is not None and e > fence]
+        out[organ] = {"fence_mm": None if fence is None else round(fence, 1), "cases": missed + far}
+    return out
 
 
 def _facts(gt: sitk.Image, labels: Dict[str, int], annotated: Sequence[str], scan: Optional[Sequence[float]]) -> dict:
