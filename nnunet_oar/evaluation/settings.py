@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-# the project workspace keeps the data beside the checkout; an installed package has no such default
-_SHARED_OPENKBP = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp"
-DEFAULT_OPENKBP = str(_SHARED_OPENKBP) if _SHARED_OPENKBP.is_dir() else None
+# the project workspace keeps the data beside the checkout (../shared) or, on a device machine, inside it
+# (shared/); an installed package has no such default
+_REPO = Path(__file__).resolve().parents[2]
+DEFAULT_OPENKBP = next((str(d) for d in (_REPO.parent / "shared" / "data" / "openkbp",
+                                         _REPO / "shared" / "data" / "openkbp") if d.is_dir()), None)
 PHANTOM_ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
 
 # trainer class names: (localizer, baseline and organ networks)
