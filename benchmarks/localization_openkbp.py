@@ -151,6 +151,8 @@ def main() -> None:
     result = {"summary": {r: score(test, work / tag / f"boxes_{r}", model, a.fold, margins) for r in a.readouts},
               "margins": json.loads(margins.read_text()), "checkpoint": checkpoint,
               "calibration_positions_moved": calibration.get("positions_moved", []),
+              "calibration_offset_xyz_mm": {o: m["centroid_offset_xyz_mm"]["median"]
+                                            for o, m in calibration["per_organ"].items() if "centroid_offset_xyz_mm" in m},
               "epochs_trained": _epochs(fold_dir / checkpoint),
               "epoch_wall_s": _epoch_times(fold_dir / checkpoint)}
     lead = DEFAULT_READOUT if DEFAULT_READOUT in a.readouts else a.readouts[0]
@@ -299,14 +301,21 @@ def markdown(result: dict, json_name: str) -> str:
             for s in result["summary"].values()) + " |")
     lines += ["", "## Where the error lies", "",
               f"Read-out `{st['default_readout']}`: median absolute centroid error along each world axis (OpenKBP "
-              "grids are axial: x left-right, y front-back, z head-foot), and the patient with the lowest "
-              "containment.", "",
-              "| organ | x mm | y mm | z mm | lowest containment (patient) |", "|---|---|---|---|---|"]
+              "grids are axial: x left-right, y front-back, z head-foot), the median signed offset along z "
+              "(predicted minus contour, world z) on the calibration fold and on the held-out patients (with "
+              "many patients, a large difference between the two points to a difference between the "
+              "populations, which no rule fitted on training patients can know), and the patient with the "
+              "lowest containment.", "",
+              "| organ | x mm | y mm | z mm | z offset mm, calibration / held-out | lowest containment (patient) |",
+              "|---|---|---|---|---|---|"]
+    nan3 = [float("nan")] * 3
     for organ, s in main_summary["per_organ"].items():
-        xyz = s.get("centroid_error_xyz_mm", {}).get("median", [float("nan")] * 3)
+        xyz = s.get("centroid_error_xyz_mm", {}).get("median", nan3)
+        z_cal = result.get("calibration_offset_xyz_mm", {}).get(organ, nan3)[2]
+        z_held = s.get("centroid_offset_xyz_mm", {}).get("median", nan3)[2]
         c = s.get("containment", {})
-        lines.append(f"| {organ} | " + " | ".join(f"{v:.1f}" for v in xyz)
-                     + f" | {c.get('min', float('nan')):.3f} ({c.get('min_case', '-')}) |")
+        lines.append(f"| {organ} | " + " | ".join(f"{v:.1f}" for v in xyz) + f" | {z_cal:+.1f} / {z_held:+.1f} "
+                     f"| {c.get('min', float('nan')):.3f} ({c.get('min_case', '-')}) |")
     lines += ["", "## Contours beyond the CT data", "",
               "In some OpenKBP patients the CT holds anatomy on a slab of slices only (the rest is -1024) while a "
               "contour runs on beyond it, so the image cannot tell where the organ ends and the contour's "
@@ -352,8 +361,8 @@ def _failure_lines(margins: dict) -> list:
              "Each margin is the smallest that holds 99 % of its organ's voxels, pooled over the calibration fold's "
              "patients, less the failures no margin should be sized for: an organ not found where it was "
              "contoured, and a far miss, found beyond Tukey's far-out fence of that organ's centroid errors "
-             "(Q3 + 3 IQR, at least 20 mm; `nnunet_oar/localization/margins.py`). They still count in every "
-             "score above.", "", "| organ | fence mm | left out (patient: error mm) | margin mm |", "|---|---|---|---|"]
+             "(Q3 + 3 IQR, at least 20 mm; `nnunet_oar/localization/margins.py`). They still count in the "
+             "calibration run's own scores (`localization_summary.json`) and in the \"min cal.\" column below.", "", "| organ | fence mm | left out (patient: error mm) | margin mm |", "|---|---|---|---|"]
     for organ, m in margins.items():
         f = m.get("failures", {})
         cases = ", ".join(f"{c['case']}: " + (f"{c['error_mm']:.0f}" if c["status"] == "far_miss" else "not found")
@@ -371,9 +380,10 @@ def _sweep_lines(sweep: dict, margins: dict) -> list:
     lines = ["## Containment against the margin", "",
              "The same boxes (centroids, sizes, learned extents) with only the margin changed: the lowest "
              "containment over the calibration fold's patients / over the held-out patients, and the held-out "
-             "boxes' mean volume. The calibrated margin (pooled 99 % of the calibration fold's voxels) is the "
-             "one in use; the other columns show what a per-patient floor (say, every patient >= 0.95) would "
-             "have needed and cost. They are read after the fact and choose nothing.", "",
+             "boxes' mean volume. The calibrated margin (pooled 99 % of the calibration fold's voxels, failures "
+             "left out) is the one in use; the calibration minimum here includes the failures, so an organ with "
+             "a far miss reads low at every margin. The columns show what a per-patient floor (say, every "
+             "patient >= 0.95) would have needed and cost; they are read after the fact and choose nothing.", "",
              "| organ | calibrated margin mm | " + " | ".join(f"{v} mm: min cal. / held-out" for v in vs)
              + " | mean box mL, " + " / ".join(str(v) for v in vs) + " mm |",
              "|---|---|" + "---|" * (len(vs) + 1)]
@@ -415,7 +425,8 @@ def _epochs(checkpoint: Path) -> int:
 
 def _epoch_times(checkpoint: Path) -> list:
     """Wall time (s) of every trained epoch, from nnU-Net's own log in the checkpoint: unlike the step's
-    time, it covers every invocation of a training that was stopped and resumed (``--c``)."""
+    time, it covers every invocation of a training that was stopped and resumed (``--c``), though not the
+    work lost after the last checkpoint, which the resumed run redid."""
     import torch
     log = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
     return [round(e - s, 1) for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
@@ -427,7 +438,7 @@ def _epoch_lines(result: dict) -> list:
         return []
     return [f"Training: {result['epochs_trained']} epochs, {sum(times):.0f} s summed over the epochs of every "
             f"invocation (median epoch {statistics.median(times):.0f} s, fastest {min(times):.0f} s, slowest "
-            f"{max(times):.0f} s: epochs well above the fastest ran while the 2 cores were shared or the run was "
+            f"{max(times):.0f} s: epochs well above the fastest ran while the cores were shared or the run was "
             "paused).", ""]
 
 

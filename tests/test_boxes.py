@@ -182,7 +182,27 @@ def test_calibration_leaves_out_missed_organs_and_far_misses_only():
     assert out["fence_mm"] == 20.0
     assert out["cases"] == [{"case": "g", "status": "missed"}, {"case": "f", "status": "far_miss", "error_mm": 72.0}]
     kept = calibration_failures(found, facts, ["brainstem"], exclude_far_misses=False)["brainstem"]
-    assert kept == {"fence_mm": None, "cases": [{"case": "g", "status": "missed"}]}
+    assert kept["fence_mm"] == 20.0 and kept["cases"][1] == {"case": "f", "status": "far_miss", "error_mm": 72.0,
+                                                             "pooled": True}
+
+
+def test_the_calibration_pool_leaves_failures_out_and_keeps_pooled_far_misses():
+    from nnunet_oar.localization.cross_validation import pool_inside_counts
+    g = _geom(size=(40, 40, 40), spacing=(1.0, 1.0, 1.0))
+    mask = np.zeros((40, 40, 40), bool)
+    mask[10:20, 10:20, 10:20] = True
+    centre = np.array(index_box_to_world(g, (10, 10, 10), (20, 20, 20))).mean(0)
+    boxes = {c: {"organs": {"liver": {"status": "found", "centroid_mm": (centre + [dx, 0, 0]).tolist()}}}
+             for c, dx in (("near", 0.0), ("far", 30.0), ("gone", 0.0))}
+    grid = np.arange(0.0, 4.5, 1.0)
+    cases = [(c, boxes[c], g, {"liver": mask}) for c in boxes]
+    failures = {"liver": {"fence_mm": 20.0, "cases": [{"case": "far", "status": "far_miss", "error_mm": 30.0},
+                                                      {"case": "gone", "status": "missed"}]}}
+    inside, total, n = pool_inside_counts(cases, failures, {"liver": [10.0, 10.0, 10.0]}, grid)
+    assert n["liver"] == 1 and total["liver"] == 1000 and (inside["liver"] == 1000).all()   # only "near"
+    failures["liver"]["cases"][0]["pooled"] = True                                          # --keep-far-misses
+    inside, total, n = pool_inside_counts(cases, failures, {"liver": [10.0, 10.0, 10.0]}, grid)
+    assert n["liver"] == 2 and total["liver"] == 2000 and (inside["liver"] == 1000).all()   # the far box holds none
 
 
 def test_reference_boxes_centre_the_mean_box_on_the_reference_centroid():

@@ -197,5 +197,8 @@ def test_localization_error_per_axis_and_the_worst_case_are_named():
     assert np.allclose(per_case["b"]["organ"]["centroid_error_xyz_mm"], [0, 0, 3])
     s = summarize_localization(per_case)["organ"]
     assert np.allclose(s["centroid_error_xyz_mm"]["median"], [1, 0, 1.5])
+    # the signed offset (predicted - reference) keeps the direction: b was placed 3 mm towards -z
+    assert np.allclose(per_case["b"]["organ"]["centroid_offset_xyz_mm"], [0, 0, -3])
+    assert np.allclose(s["centroid_offset_xyz_mm"]["median"], [1, 0, -1.5])
     # a box shifted 3 mm along z holds 1 of the 4 slices: the worse case is named
     assert s["containment"]["min_case"] == "b" and s["containment"]["min"] < per_case["a"]["organ"]["containment"]

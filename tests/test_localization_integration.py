@@ -103,10 +103,11 @@ def test_cross_validation_boxes_use_the_calibrated_margins(trained_localizer, tm
     assert sorted(p.name[: -len("_boxes.json")] for p in out.glob("*_boxes.json")) == trained_localizer["ids"]
     margins = json.loads((out / "margins.json").read_text())
     for m in margins.values():
-        assert 0 <= m["margin_mm"] <= 60 and 0 <= m["containment"] <= 1
+        assert 0 <= m["margin_mm"] <= 60 and (m["containment"] is None or 0 <= m["containment"] <= 1)
         # the failures left out of the calibration are listed, with the organ's far-miss fence
-        assert m["failures"]["fence_mm"] >= 20 and all(c["status"] in ("missed", "far_miss") and c["case"] in
-                                                        trained_localizer["ids"] for c in m["failures"]["cases"])
+        assert m["failures"]["fence_mm"] is None or m["failures"]["fence_mm"] >= 20
+        assert all(c["status"] in ("missed", "far_miss") and c["case"] in trained_localizer["ids"]
+                   for c in m["failures"]["cases"]) and 0 < m["n_cases"] <= len(trained_localizer["ids"])
     for f in out.glob("*_boxes.json"):
         for organ, entry in json.loads(f.read_text())["organs"].items():
             if entry["status"] == "found":

@@ -33,11 +33,15 @@ def _localize(a) -> None:
             print(f"{move['case']}: {move['organ']} moved {move['distance_mm']:.0f} mm to where "
                   f"{', '.join(move['anchors'])} put it (anatomical consistency)")
         for organ, m in s["calibrated_margins"].items():
-            print(f"{organ}: margin {m['margin_mm']:.0f} mm holds {m['containment']:.3f} of its voxels")
+            if m.get("containment") is not None:
+                print(f"{organ}: margin {m['margin_mm']:.0f} mm holds {m['containment']:.3f} of its voxels")
+            elif "n_cases" in m:
+                print(f"{organ}: margin {m['margin_mm']:.0f} mm (no calibration case left: the default)")
             for f in m.get("failures", {}).get("cases", []):
-                print(f"  {organ}: {f['case']} left out of the calibration ("
-                      + (f"found {f['error_mm']:.0f} mm away, beyond the {m['failures']['fence_mm']:.0f} mm fence)"
-                         if f["status"] == "far_miss" else "not found)"))
+                print(f"  {organ}: {f['case']} " + ("pooled, though " if f.get("pooled") else "left out of the "
+                      "calibration, ") + (f"found {f['error_mm']:.0f} mm away, beyond the "
+                                          f"{m['failures']['fence_mm']:.0f} mm fence" if f["status"] == "far_miss"
+                                          else "not found"))
             if "z_extent" in m:
                 e = m["z_extent"]
                 print(f"  {organ}: box along z from {e['bottom']['anchor']} to {e['top']['anchor']} (learned extent; "

@@ -32,7 +32,8 @@ def localization_metrics(mask_zyx: np.ndarray, geom: dict, entry: Optional[dict]
     Returns:
         ``detection`` (``tp`` found and present, ``fn`` missed, ``fp`` found but absent, ``tn``) and,
         for a ``tp``: ``centroid_error_mm``, ``centroid_error_xyz_mm`` (absolute error along world x, y, z:
-        for a patient in standard orientation, left-right, front-back, head-foot), ``wall_distance_mm``
+        for a patient in standard orientation, left-right, front-back, head-foot), ``centroid_offset_xyz_mm``
+        (the same, signed: predicted minus reference, world x, y, z), ``wall_distance_mm``
         (mean absolute distance of the six box walls), ``iou`` (box IoU) and ``containment`` (fraction of
         reference voxels inside the box).
     """
@@ -51,6 +52,7 @@ def localization_metrics(mask_zyx: np.ndarray, geom: dict, entry: Optional[dict]
     out.update(
         centroid_error_mm=float(np.linalg.norm(error_xyz)),
         centroid_error_xyz_mm=np.abs(error_xyz).tolist(),
+        centroid_offset_xyz_mm=(-error_xyz).tolist(),
         wall_distance_mm=float(np.mean(np.abs(np.concatenate([np.asarray(entry["box_mm"]["min"]) - ref_min,
                                                                np.asarray(entry["box_mm"]["max"]) - ref_max])))),
         iou=box_iou(entry["box_mm"]["min"], entry["box_mm"]["max"], ref_min, ref_max),
@@ -61,7 +63,7 @@ def localization_metrics(mask_zyx: np.ndarray, geom: dict, entry: Optional[dict]
 
 def summarize_localization(per_case: Dict[str, Dict[str, dict]]) -> Dict[str, dict]:
     """Per organ over cases: median and mean of each distance metric (per axis for
-    ``centroid_error_xyz_mm``), mean and minimum containment with the case of the minimum, and the detection
+    ``centroid_error_xyz_mm`` and the signed ``centroid_offset_xyz_mm``), mean and minimum containment with the case of the minimum, and the detection
     counts. ``per_case`` is ``{case: {organ: localization_metrics(...)}}``."""
     organs: Dict[str, Dict[str, dict]] = {}
     for case, metrics in per_case.items():
@@ -75,9 +77,10 @@ def summarize_localization(per_case: Dict[str, Dict[str, dict]]) -> Dict[str, di
             v = [m[key] for m in ms.values() if key in m]
             if v:
                 s[key] = {"median": float(np.median(v)), "mean": float(np.mean(v))}
-        v = [m["centroid_error_xyz_mm"] for m in ms.values() if "centroid_error_xyz_mm" in m]
-        if v:
-            s["centroid_error_xyz_mm"] = {"median": np.median(v, axis=0).tolist(), "mean": np.mean(v, axis=0).tolist()}
+        for key in ("centroid_error_xyz_mm", "centroid_offset_xyz_mm"):      # per axis
+            v = [m[key] for m in ms.values() if key in m]
+            if v:
+                s[key] = {"median": np.median(v, axis=0).tolist(), "mean": np.mean(v, axis=0).tolist()}
         c = {case: m["containment"] for case, m in ms.items() if "containment" in m}
         if c:
             worst = min(c, key=c.get)

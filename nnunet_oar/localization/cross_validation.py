@@ -3,7 +3,7 @@ networks' training boxes and the calibrated margins that inference reuses."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,7 +38,8 @@ def localize_cross_validation(dataset_id: int, output: Path, trainer: str = "nnU
     boxes hold ``calibrate_target`` of the organ's voxels, pooled over cases. Failures are left out of that
     pool and listed in ``margins.json`` (``failures``): organs not found where contoured, and far misses,
     boxes whose centroid error lies beyond :func:`~nnunet_oar.localization.margins.far_miss_fence` (the
-    paper's fixed margin assumes neither; ``exclude_far_misses=False`` pools far misses too). The
+    paper's fixed margin assumes neither; ``exclude_far_misses=False`` pools far misses too). An organ
+    with no case left keeps ``min_margin_mm``. The
     ``{case}_boxes.json``
     written here use those margins and the fold ensemble's mean box sizes, and ``margins.json`` records
     the margins, so that ``export-models --margins`` gives inference the box sizes the organ networks
@@ -115,20 +116,19 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
     for case, boxes in found.items():
         apply_z_extent(boxes["organs"], fold_rules[case], sizes, boxes["image"], boxes.get("scan_z_mm"))
     failures = calibration_failures(found, facts, localizer.organ_names, exclude_far_misses)
-    inside: Dict[str, np.ndarray] = {}
-    total: Dict[str, int] = {}
-    for case, boxes in found.items():
-        gt = sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}"))
-        gt_zyx, geom = sitk.GetArrayViewFromImage(gt), geometry(gt)
-        for organ in _annotated(annotations, case, localizer.organ_names):
-            entry, mask = boxes["organs"][organ], gt_zyx == labels[organ]
-            inside.setdefault(organ, np.zeros(len(grid), np.int64))
-            if not mask.any() or any(f["case"] == case for f in failures.get(organ, {}).get("cases", [])):
-                continue
-            total[organ] = total.get(organ, 0) + int(mask.sum())
-            inside[organ] += inside_counts(mask, geom, entry["centroid_mm"], entry.get("size_mm", sizes[organ]), grid)
-    margins = {o: {**calibrate_margin(counts, total.get(o, 0), grid, calibrate_target), **({"failures": failures[o]}
-                   if o in failures else {})} for o, counts in inside.items()}
+    def masks():           # one case's reference masks at a time: memory stays bounded by one case
+        for case, boxes in found.items():
+            gt = sitk.ReadImage(str(pre / "gt_segmentations" / f"{case}{ending}"))
+            gt_zyx = sitk.GetArrayViewFromImage(gt)
+            yield case, boxes, geometry(gt), {o: gt_zyx == labels[o] for o in
+                                              _annotated(annotations, case, localizer.organ_names)}
+    inside, total, n_cases = pool_inside_counts(masks(), failures, sizes, grid)
+    margins = {}
+    for o, counts in inside.items():
+        # an organ left with no calibration case keeps the default margin: nothing calls for more
+        margins[o] = calibrate_margin(counts, total[o], grid, calibrate_target) if n_cases[o] else \
+            {"margin_mm": float(grid[0]), "containment": None, "reached": False}
+        margins[o].update(n_cases=n_cases[o], failures=failures[o])
     for organ, rule in extents.items():
         margins.setdefault(organ, {"margin_mm": DEFAULT_MARGIN_MM})["z_extent"] = rule
     for organ, rule in positions.items():
@@ -151,6 +151,38 @@ it, and the ensemble's box sizes, as the localizer's boxes do.) Memory is
     return summary
 
 
+def pool_inside_counts(cases: Iterable[Tuple[str, dict, dict, Dict[str, np.ndarray]]], failures: Dict[str, dict],
+                       sizes: Dict[str, Sequence[float]], grid: np.ndarray
+                       ) -> Tuple[Dict[str, np.ndarray], Dict[str, int], Dict[str, int]]:
+    """The margin calibration's pool: per organ, its reference voxels inside the out-of-fold boxes at each
+    candidate margin, summed over the cases that are not failures (:func:`calibration_failures`).
+
+    Args:
+        cases: ``(case, boxes, geometry record, {organ: reference mask (z, y, x)})`` for each case, the
+            organs contoured in it (an empty mask is skipped).
+        failures: :func:`calibration_failures`'s output; sizes: mean box sizes (mm); grid: margins (mm).
+
+    Returns:
+        ``(inside {organ: counts per margin}, total {organ: voxels}, n_cases {organ: cases pooled})``.
+    """
+    inside: Dict[str, np.ndarray] = {}
+    total: Dict[str, int] = {}
+    n_cases: Dict[str, int] = {}
+    for case, boxes, geom, masks in cases:
+        for organ, mask in masks.items():
+            inside.setdefault(organ, np.zeros(len(grid), np.int64))
+            total.setdefault(organ, 0)
+            n_cases.setdefault(organ, 0)
+            left_out = any(f["case"] == case and not f.get("pooled") for f in failures.get(organ, {}).get("cases", []))
+            if not mask.any() or left_out:
+                continue
+            entry = boxes["organs"][organ]
+            total[organ] += int(mask.sum())
+            n_cases[organ] += 1
+            inside[organ] += inside_counts(mask, geom, entry["centroid_mm"], entry.get("size_mm", sizes[organ]), grid)
+    return inside, total, n_cases
+
+
 def calibration_failures(found: Dict[str, dict], facts: Dict[str, dict], organs: Sequence[str],
                          exclude_far_misses: bool = True) -> Dict[str, dict]:
     """Per organ, the out-of-fold cases that margin calibration leaves out: the organ contoured but not found,
@@ -162,7 +194,9 @@ def calibration_failures(found: Dict[str, dict], facts: Dict[str, dict], organs:
             ``position_mm`` (:func:`~nnunet_oar.localization.extent.organ_facts`).
 
     Returns:
-        ``{organ: {"fence_mm": float (None when far misses are kept), "cases": [{"case", "status": "missed" | "far_miss", "error_mm"}]}}``.
+        ``{organ: {"fence_mm": float or None (no found case), "cases": [{"case", "status": "missed" |
+        "far_miss", "error_mm"}]}}``; with ``exclude_far_misses=False`` far misses are listed with
+        ``"pooled": True``.
     """
     out = {}
     for organ in organs:
@@ -175,9 +209,9 @@ def calibration_failures(found: Dict[str, dict], facts: Dict[str, dict], organs:
                 missed.append({"case": case, "status": "missed"})
             else:
                 errors[case] = float(np.linalg.norm(np.subtract(entry["centroid_mm"], truth["position_mm"])))
-        fence = far_miss_fence(list(errors.values())) if exclude_far_misses and errors else None
-        far = [{"case": c, "status": "far_miss", "error_mm": round(e, 1)} for c, e in errors.items()
-               if fence is not None and e > fence]
+        fence = far_miss_fence(list(errors.values())) if errors else None
+        far = [{"case": c, "status": "far_miss", "error_mm": round(e, 1), **({} if exclude_far_misses else
+                {"pooled": True})} for c, e in errors.items() if fence is not None and e > fence]
         out[organ] = {"fence_mm": None if fence is None else round(fence, 1), "cases": missed + far}
     return out
 

@@ -88,7 +88,7 @@ def calibrate_margin(inside: np.ndarray, total: int, margins_mm: Sequence[float]
 
     Args:
         inside: voxels inside the boxes at each margin, summed over cases (:func:`inside_counts`).
-        total: the organ's reference voxels over the same cases (missed cases included).
+        total: the organ's reference voxels over the same cases (those pooled; the caller leaves failures out).
         margins_mm: the candidate margins, ascending.
 
     Returns:
