@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=8.0, help="localizer grid, mm (default 8)")
     ap.add_argument("--sigma2", type=float, default=150.0, help="heat-map variance, mm^2 (default 150)")
     ap.add_argument("--fg-weight", type=float, default=20.0, help="loss foreground weight (default 20)")
+    ap.add_argument("--base-features", type=int, default=32,
+                    help="features of the localizer's first stage, doubling up to 10x (default 32, nnU-Net's)")
     ap.add_argument("--fold", default="0", help="the trained fold; its validation cases calibrate the margins")
     ap.add_argument("-c", "--configuration", default="3d_loc", help="name of the localizer's configuration")
     ap.add_argument("--max-train-s", type=float, help="stop the training after this many seconds and score its "
@@ -117,7 +119,8 @@ def main() -> None:
         run(["nnunet_oar", "convert-openkbp", "-i", source(a.test_split), "-d", "101"], log)))
     step(f"plan_preprocess_{a.configuration}", work, times, lambda: (
         run(["nnunet_oar", "plan-localizer", "-d", "100", "-c", a.configuration, "--spacing", str(a.spacing),
-             "--sigma2", str(a.sigma2), "--fg-weight", str(a.fg_weight), "-np", str(os.cpu_count())], log),
+             "--sigma2", str(a.sigma2), "--fg-weight", str(a.fg_weight), "--base-features", str(a.base_features),
+             "-np", str(os.cpu_count())], log),
         run(["nnUNetv2_preprocess", "-d", "100", "-c", a.configuration, "-np", str(os.cpu_count())], log)))
     if a.stop_after_preprocessing:
         return

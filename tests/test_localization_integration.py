@@ -25,6 +25,16 @@ def test_plan_adds_3d_loc_with_whole_volume_patch_and_batch_1(trained_localizer)
     assert c["resampling_fn_data_kwargs"]["is_seg"] is False and c["resampling_fn_seg_kwargs"]["is_seg"] is True
 
 
+def test_a_slimmer_localizer_is_planned_beside_the_default(trained_localizer):
+    run(["nnunet_oar", "plan-localizer", "-d", "601", "-c", "3d_loc_slim", "--base-features", "8"],
+        trained_localizer["env"])
+    plans = json.loads((trained_localizer["pre"] / "nnUNetPlans.json").read_text())["configurations"]
+    slim, default = plans["3d_loc_slim"]["architecture"]["arch_kwargs"], plans["3d_loc"]["architecture"]["arch_kwargs"]
+    assert slim["features_per_stage"][0] == 8 and max(slim["features_per_stage"]) <= 80
+    assert default["features_per_stage"][0] == 32 and slim["n_stages"] == default["n_stages"]
+    assert plans["3d_loc_slim"]["patch_size"] == plans["3d_loc"]["patch_size"]
+
+
 def test_training_writes_box_stats_and_localization_summary(trained_localizer):
     fold0 = trained_localizer["model"] / "fold_0"
     stats = json.loads((fold0 / "box_stats.json").read_text())

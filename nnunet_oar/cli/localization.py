@@ -11,7 +11,7 @@ from nnunet_oar.localization.boxes import DEFAULT_READOUT, READOUTS
 def _plan_localizer(a) -> None:
     from nnunet_oar.localization.plans import plan_localizer
     plans = plan_localizer(a.dataset_id, spacing_mm=a.spacing, sigma2_mm2=a.sigma2, num_processes=a.num_processes,
-                           fg_weight=a.fg_weight, configuration=a.configuration)
+                           fg_weight=a.fg_weight, configuration=a.configuration, base_features=a.base_features)
     print(f"added {a.configuration} to {plans}")
 
 
@@ -65,6 +65,8 @@ def register(sub) -> None:
                    help="loss weight 1 + a*target on blob voxels; 0 (default) is the paper's plain L2")
     s.add_argument("-np", "--num-processes", type=int, default=2)
     s.add_argument("-c", "--configuration", default="3d_loc", help="configuration name (default 3d_loc)")
+    s.add_argument("--base-features", type=int, default=32,
+                   help="features of the first U-Net stage, doubling per stage up to 10x (default 32, nnU-Net's)")
     s.set_defaults(func=_plan_localizer)
 
     s = sub.add_parser("split", help="nnU-Net's seeded 5-fold split (splits_final.json), written once before "
