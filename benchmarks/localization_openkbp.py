@@ -156,8 +156,7 @@ def main() -> None:
               "calibration_positions_moved": calibration.get("positions_moved", []),
               "calibration_offset_xyz_mm": {o: m["centroid_offset_xyz_mm"]["median"]
                                             for o, m in calibration["per_organ"].items() if "centroid_offset_xyz_mm" in m},
-              "epochs_trained": _epochs(fold_dir / checkpoint),
-              "epoch_wall_s": _epoch_times(fold_dir / checkpoint)}
+              **_checkpoint_facts(fold_dir / checkpoint)}
     lead = DEFAULT_READOUT if DEFAULT_READOUT in a.readouts else a.readouts[0]
     result["margin_sweep"] = margin_sweep(
         {"calibration": (work / tag / "calibration", work / "nnUNet_preprocessed" / "Dataset100_OpenKBP",
@@ -167,7 +166,7 @@ def main() -> None:
     result["settings"] = {"trainer": a.trainer, "fold": a.fold, "spacing_mm": a.spacing, "sigma2_mm2": a.sigma2,
                           "fg_weight": a.fg_weight, "patch_size": plans["patch_size"], "device": a.device,
                           "features_per_stage": plans["architecture"]["arch_kwargs"]["features_per_stage"],
-                          "parameters": _parameter_count(fold_dir / checkpoint), "configuration": a.configuration,
+                          "parameters": result.pop("parameters"), "configuration": a.configuration,
                           "default_readout": lead}
     result["times_s"] = times
     result["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch device {a.device}"
@@ -421,18 +420,17 @@ def _moved_lines(calibration: list, held_out: list) -> list:
     return lines + [""]
 
 
-def _epochs(checkpoint: Path) -> int:
+def _checkpoint_facts(checkpoint: Path) -> dict:
+    """From one read of the checkpoint: epochs trained, the wall time (s) of every epoch from nnU-Net's own
+    log (unlike the step's time, it covers every invocation of a training that was stopped and resumed with
+    ``--c``, though not the work lost after the last checkpoint, which the resumed run redid), and the
+    network's parameter count."""
     import torch
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["current_epoch"])
-
-
-def _epoch_times(checkpoint: Path) -> list:
-    """Wall time (s) of every trained epoch, from nnU-Net's own log in the checkpoint: unlike the step's
-    time, it covers every invocation of a training that was stopped and resumed (``--c``), though not the
-    work lost after the last checkpoint, which the resumed run redid."""
-    import torch
-    log = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
-    return [round(e - s, 1) for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    log = ckpt["logging"]
+    return {"epochs_trained": int(ckpt["current_epoch"]),
+            "epoch_wall_s": [round(e - s, 1) for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])],
+            "parameters": int(sum(v.numel() for v in ckpt["network_weights"].values()))}
 
 
 def _epoch_lines(result: dict) -> list:
@@ -443,12 +441,6 @@ def _epoch_lines(result: dict) -> list:
             f"invocation (median epoch {statistics.median(times):.0f} s, fastest {min(times):.0f} s, slowest "
             f"{max(times):.0f} s: epochs well above the fastest ran while the cores were shared or the run was "
             "paused).", ""]
-
-
-def _parameter_count(checkpoint: Path) -> int:
-    import torch
-    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
-    return int(sum(v.numel() for v in weights.values()))
 
 
 if __name__ == "__main__":

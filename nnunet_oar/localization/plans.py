@@ -69,6 +69,8 @@ def plan_localizer(dataset_id: int, spacing_mm: float = 3.0, sigma2_mm2: float =
             return resample_torch_fornnunet, {"is_seg": False, "force_separate_z": False,
                                               "memefficient_seg_resampling": False}
 
+    if base_features < 1:
+        raise InputError(f"--base-features must be at least 1, not {base_features}")
     raw = find_dataset(raw_root(), dataset_id)
     if raw is None:
         raise FileNotFoundError(f"{raw_root()}: no raw data set with id {dataset_id}")
