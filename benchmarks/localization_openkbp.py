@@ -157,6 +157,9 @@ def main() -> None:
               "calibration_offset_xyz_mm": {o: m["centroid_offset_xyz_mm"]["median"]
                                             for o, m in calibration["per_organ"].items() if "centroid_offset_xyz_mm" in m},
               **_checkpoint_facts(fold_dir / checkpoint)}
+    result["below_floor"] = {"calibration": below_floor(calibration["per_case"], result["margins"]),
+                             "held_out": below_floor(result["summary"][DEFAULT_READOUT if DEFAULT_READOUT in
+                                                                       a.readouts else a.readouts[0]]["per_case"])}
     lead = DEFAULT_READOUT if DEFAULT_READOUT in a.readouts else a.readouts[0]
     result["margin_sweep"] = margin_sweep(
         {"calibration": (work / tag / "calibration", work / "nnUNet_preprocessed" / "Dataset100_OpenKBP",
@@ -204,6 +207,27 @@ def score(test: Path, boxes_dir: Path, model: Path, fold: str, margins_file: Pat
 
 
 SWEEP_MM = (10, 20, 30, 40, 50, 60)
+FLOOR = 0.95            # the issue's per-patient containment floor
+# the walls of a box in ITK's LPS world, as spill_mm lists them (min x, y, z; max x, y, z)
+WALLS = (("right", "anterior", "inferior"), ("left", "posterior", "superior"))
+
+
+def below_floor(per_case: dict, margins: dict = None) -> list:
+    """The (patient, organ) pairs whose box holds less than ``FLOOR`` of the contour: containment, centroid
+    error and the walls the contour crosses (world mm beyond each, from ``spill_mm``); on the calibration fold,
+    whether margin calibration left the pair out as a failure."""
+    left_out = {(c["case"], organ) for organ, m in (margins or {}).items() for c in m.get("failures", {}).get("cases", [])}
+    rows = []
+    for case, organs in sorted(per_case.items()):
+        for organ, m in organs.items():
+            if m.get("containment", 1.0) >= FLOOR:
+                continue
+            spill = {WALLS[side][axis]: round(mm, 1) for side, key in enumerate(("min", "max"))
+                     for axis, mm in enumerate(m.get("spill_mm", {}).get(key, [])) if mm > 0}
+            rows.append({"case": case, "organ": organ, "containment": round(m["containment"], 3),
+                         "centroid_error_mm": round(m["centroid_error_mm"], 1) if "centroid_error_mm" in m else None,
+                         "spill_mm": spill, "left_out": (case, organ) in left_out})
+    return rows
 
 
 def margin_sweep(groups: dict, model: Path, fold: str) -> dict:
@@ -293,6 +317,7 @@ def markdown(result: dict, json_name: str) -> str:
         *_moved_lines(result.get("calibration_positions_moved", []), main_summary.get("positions_moved", [])),
         *_failure_lines(result["margins"]),
         *_sweep_lines(result.get("margin_sweep"), result["margins"]),
+        *_below_floor_lines(result.get("below_floor")),
         "## Centroid read-out", "",
         "| organ | " + " | ".join(f"median error mm, `{r}`" for r in result["summary"]) + " |",
         "|---|" + "---|" * len(result["summary"]),
@@ -395,6 +420,28 @@ def _sweep_lines(sweep: dict, margins: dict) -> list:
         vol = " / ".join(f"{v:.0f}" for v in held["mean_box_ml"]) if held else "-"
         lines.append(f"| {organ} | {margins.get(organ, {}).get('margin_mm', float('nan')):.0f} | "
                      + " | ".join(cells) + f" | {vol} |")
+    return lines + [""]
+
+
+def _below_floor_lines(below: dict) -> list:
+    """Every patient whose box holds less than the floor of an organ, and the walls its contour crosses."""
+    if not below:
+        return []
+    lines = [f"## Patients below {FLOOR} containment", "",
+             "Each (patient, organ) whose box, at the calibrated margin, holds less than "
+             f"{FLOOR:.0%} of the contour: the walls the contour crosses and how far it reaches beyond each (world "
+             "mm, the patient's sides; from the bounding boxes, so a thin tail counts as much as a whole organ). "
+             "\"left out\": a failure margin calibration was not sized for.", "",
+             "| patients | patient | organ | containment | centroid error mm | beyond the box: wall mm |",
+             "|---|---|---|---|---|---|"]
+    for group, rows in (("calibration", below.get("calibration", [])), ("held-out", below.get("held_out", []))):
+        for r in sorted(rows, key=lambda r: (r["organ"], r["containment"])):
+            err = "not found" if r["centroid_error_mm"] is None else f"{r['centroid_error_mm']:.1f}"
+            walls = ", ".join(f"{w} {mm:.0f}" for w, mm in sorted(r["spill_mm"].items(), key=lambda x: -x[1])) or "-"
+            lines.append(f"| {group} | {r['case']} | {r['organ']} | {r['containment']:.3f} | {err}"
+                         f"{' (left out)' if r['left_out'] else ''} | {walls} |")
+        if not rows:
+            lines.append(f"| {group} | none | | | | |")
     return lines + [""]
 
 

@@ -161,11 +161,18 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     # E: an RTSTRUCT without a series reference (some planning systems omit it): linked by its frame
     e = write_ct_series(img, root / "E" / "ct", seed=5)
     write_rtstruct_file(root / "E" / "rs.dcm", img, e, {"Liver": liver}, series_uid="")
+    # F: one slice file cut short (its header ends before the series UID): F is refused, the rest converts
+    f = write_ct_series(img, root / "F" / "ct", seed=6)
+    write_rtstruct_file(root / "F" / "rs.dcm", img, f, {"Liver": liver})
+    cut = sorted((root / "F" / "ct").iterdir())[-1]
+    cut.write_bytes(cut.read_bytes()[:300])
     out = convert_dicom(root, 521, progress=False)
     report = json.loads((out / "conversion_report.json").read_text())
     annotations = json.loads((out / "annotations.json").read_text())
     assert len(annotations) == 3                                        # A, D and E
     reasons = " | ".join(s["reason"] for s in report["skipped"])
+    assert "1 damaged DICOM file(s) beside its slices; one may be a missing slice" in reasons        # F
+    assert report["damaged_files"] == 1
     assert "references series ['<uid>'], which is not a CT series under the input folder" in reasons   # B
     assert "frame of reference <uid> is not the CT's" in reasons                                      # C
     case_a = next(c for c, n in report["cases"].items() if "Spleen" in n["roi_to_organ"])

@@ -202,3 +202,8 @@ def test_localization_error_per_axis_and_the_worst_case_are_named():
     assert np.allclose(s["centroid_offset_xyz_mm"]["median"], [1, 0, -1.5])
     # a box shifted 3 mm along z holds 1 of the 4 slices: the worse case is named
     assert s["containment"]["min_case"] == "b" and s["containment"]["min"] < per_case["a"]["organ"]["containment"]
+    # where the contour leaves its box, in world mm per wall: a spills 2 mm towards -x, b 3 mm towards +z
+    assert np.allclose(per_case["a"]["organ"]["spill_mm"]["min"], [2, 0, 0])
+    assert np.allclose(per_case["a"]["organ"]["spill_mm"]["max"], [0, 0, 0])
+    assert np.allclose(per_case["b"]["organ"]["spill_mm"]["min"], [0, 0, 0])
+    assert np.allclose(per_case["b"]["organ"]["spill_mm"]["max"], [0, 0, 3])

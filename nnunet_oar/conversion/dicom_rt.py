@@ -30,7 +30,7 @@ from nnunet_oar import organs as catalogue
 from nnunet_oar.conversion.dataset import build_dataset
 from nnunet_oar.conversion.names import NameMap
 from nnunet_oar.dicom.rtstruct_reader import rasterize_rois, referenced_series
-from nnunet_oar.dicom.series import ct_from_files, scan_series
+from nnunet_oar.dicom.series import ct_from_files, is_ct_volume, scan_series
 from nnunet_oar.io import InputError
 
 
@@ -133,10 +133,12 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
     if not source.is_dir():
         raise InputError(f"{source}: not a folder")
     name_map = NameMap.from_file(names)
-    groups = scan_series(source)
-    cts = {u: items for u, items in groups.items() if getattr(items[0][1], "Modality", None) == "CT"}
+    damaged: List[Tuple[Path, str]] = []
+    groups = scan_series(source, damaged)
+    cts = {u: items for u, items in groups.items() if is_ct_volume(items)}      # not scouts or dose screens
     if not cts:
-        raise InputError(f"{source}: no CT series among {len(groups)} DICOM series")
+        raise InputError(f"{source}: no CT series among {len(groups)} DICOM series"
+                         + (f" ({len(damaged)} damaged files, e.g. {damaged[0][0]}: {damaged[0][1]})" if damaged else ""))
     on_ct, skipped = _structure_sets_by_ct(groups, cts)
     patients = []
     for uid, items in cts.items():
@@ -145,6 +147,11 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
         ids = {"patient_id": str(getattr(header, "PatientID", "")), "study_uid": str(getattr(header, "StudyInstanceUID", "")),
                "series_uid": uid, "folder": str(items[0][0].parent)} if keep_ids else {}
         chosen, how = _choose(on_ct[uid], rtstruct_label) if uid in on_ct else (None, "no RTSTRUCT references it")
+        # a damaged file beside a CT series may be one of its slices: that patient is refused, not the others
+        folders = {f.parent for f, _ in items}
+        beside = [f for f, _ in damaged if f.parent in folders]
+        if beside:          # the console names them (file names may name the patient)
+            chosen, how = None, f"{len(beside)} damaged DICOM file(s) beside its slices; one may be a missing slice"
         if chosen is None:
             skipped.append({"case": case, "reason": how, **ids})
         else:
@@ -191,7 +198,10 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
                 "roi_notes": notes}, keep_ids) | ids)
         for s in skipped:           # the console names the files; the report does so only with --keep-ids
             print(f"skipped {s.get('case') or s.get('rtstruct_file')}: {s['reason']}")
+        for f, why in damaged:
+            print(f"damaged DICOM file {f}: {why}")
         builder.extra_report = {"skipped": [_scrub(s, keep_ids) for s in skipped],
+                                "damaged_files": len(damaged),
                                 "unmapped_names": dict(sorted(unmapped.items())),
                                 "names_file": str(names) if names else None, "keep_ids": keep_ids}
         if unmapped:

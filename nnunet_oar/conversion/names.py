@@ -1,12 +1,17 @@
 """Clinical ROI names -> catalogue organs ("Parotid_L", "L Parotid", "PAROTID LT", "Lt_Parotid_Gland").
 
-A name is split into words (at spaces, ``_``, ``-``, ``.``, ``+``, brackets and camel case), its side
-read from a word (``L``, ``Lt``, ``Lft``, ``Left``, ``Sin`` / ``R``, ``Rt``, ``Rgt``, ``Right``, ``Dx``),
-and filler words (``gland``, ``glnd``, ``bone``, ``musc``, ``muscle``, TG-263's artery prefix ``A``)
-dropped. It names an organ when the rest, in any word order or written as one word, equals one of that
-organ's names: the catalogue name, its TG-263 name, its OpenKBP ROI, its TotalSegmentator name (organs
-without a side only) and the few synonyms below. Anything else, a planning structure such as
-``Parotid_L_PRV`` or ``SpinalCord+5mm`` included, stays unmapped and is reported, never guessed.
+A name is split into words (at spaces, ``_``, ``-`` and the other dashes, ``.``, ``,``, ``/``, brackets
+and camel case, after Unicode compatibility normalisation and with invisible format characters such as a
+zero-width space or a byte-order mark taken out), its side read from a word (``L``, ``Lt``, ``Lft``,
+``Left``, ``Sin``, ``Sx`` / ``R``, ``Rt``, ``Rgt``, ``Right``, ``Dx``), and filler words (``gland``,
+``glnd``, ``bone``, ``musc``, ``muscle``, TG-263's artery prefix ``A``) dropped. It names an organ when
+the rest, in any word order or written as one word, equals one of that organ's names: the catalogue name,
+its TG-263 name, its OpenKBP ROI, its TotalSegmentator name (organs without a side only) and the few
+synonyms below. Anything else, a planning structure such as ``Parotid_L_PRV`` or ``SpinalCord+5mm``
+included, stays unmapped and is reported, never guessed: a ``+`` (an expansion, ``Cord+``, or a union) is
+a word of its own, and so is a leading ``_``, which TG-263 gives (like a leading ``z``) to structures not
+meant for dose evaluation (``_Parotid_L``), so neither ever matches; TG-263's ``~`` (partial structure)
+and ``^`` (custom note) are not separators and keep the word they stand in from matching too.
 
 A user file (``--names NAMES.json``: ``{"ROI name": "catalogue name" or null}``) is consulted first: a
 key equal to the ROI name (ignoring case and surrounding spaces) decides; then keys written ``re:PATTERN``,
@@ -16,13 +21,14 @@ patterns (``Liver*`` is a name, not "Liver and more"). ``null`` skips the ROI (l
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Dict, FrozenSet, Optional, Set, Tuple
 
 from nnunet_oar import organs as catalogue
 from nnunet_oar.io import InputError, read_json
 
-SIDES = {"l": "left", "lt": "left", "lft": "left", "left": "left", "sin": "left",
+SIDES = {"l": "left", "lt": "left", "lft": "left", "left": "left", "sin": "left", "sx": "left",
          "r": "right", "rt": "right", "rgt": "right", "right": "right", "dx": "right"}
 FILLER = {"gland", "glnd", "bone", "musc", "muscle", "a"}
 SYNONYMS = {"esophagus": ["oesophagus"], "urinary_bladder": ["bladder"], "thyroid_gland": ["thyroid"],
@@ -32,9 +38,12 @@ Key = Tuple[Optional[str], FrozenSet[str]]
 
 
 def _words(name: str) -> list:
+    name = "".join(c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) != "Cf").strip()
+    lead = ["_"] if name.startswith("_") else []                # "_Parotid_L": TG-263's not-for-dose prefix
+    name = name.replace("+", " + ")                             # "Cord+", "SpinalCord+5mm": "+" stays a word
     name = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)            # SpinalCord -> Spinal Cord
     name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", name)      # LParotid -> L Parotid
-    return [w for w in re.split(r"[\s_\-.,/()+]+", name.lower()) if w]
+    return lead + [w for w in re.split(r"[\s_\-\u2010-\u2015\u2212.,/()]+", name.lower()) if w]
 
 
 def keys(name: str) -> Set[Key]:

@@ -34,8 +34,10 @@ def localization_metrics(mask_zyx: np.ndarray, geom: dict, entry: Optional[dict]
         for a ``tp``: ``centroid_error_mm``, ``centroid_error_xyz_mm`` (absolute error along world x, y, z:
         for a patient in standard orientation, left-right, front-back, head-foot), ``centroid_offset_xyz_mm``
         (the same, signed: predicted minus reference, world x, y, z), ``wall_distance_mm``
-        (mean absolute distance of the six box walls), ``iou`` (box IoU) and ``containment`` (fraction of
-        reference voxels inside the box).
+        (mean absolute distance of the six box walls), ``iou`` (box IoU), ``containment`` (fraction of
+        reference voxels inside the box) and ``spill_mm`` (how far the reference's extent reaches beyond the
+        box's walls, ``{"min": [x, y, z], "max": [x, y, z]}`` in world mm, 0 where it stays inside; in
+        ITK's LPS world the min walls face the patient's right, anterior and inferior side).
     """
     present = bool(mask_zyx.any())
     found = entry is not None and entry.get("status") == "found"
@@ -57,6 +59,8 @@ def localization_metrics(mask_zyx: np.ndarray, geom: dict, entry: Optional[dict]
                                                                np.asarray(entry["box_mm"]["max"]) - ref_max])))),
         iou=box_iou(entry["box_mm"]["min"], entry["box_mm"]["max"], ref_min, ref_max),
         containment=inside / int(mask_zyx.sum()),
+        spill_mm={"min": np.maximum(np.asarray(entry["box_mm"]["min"]) - ref_min, 0).tolist(),
+                  "max": np.maximum(ref_max - np.asarray(entry["box_mm"]["max"]), 0).tolist()},
     )
     return out
 
