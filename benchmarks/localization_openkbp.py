@@ -157,9 +157,15 @@ def main() -> None:
               "calibration_offset_xyz_mm": {o: m["centroid_offset_xyz_mm"]["median"]
                                             for o, m in calibration["per_organ"].items() if "centroid_offset_xyz_mm" in m},
               **_checkpoint_facts(fold_dir / checkpoint)}
-    result["below_floor"] = {"calibration": below_floor(calibration["per_case"], result["margins"]),
-                             "held_out": below_floor(result["summary"][DEFAULT_READOUT if DEFAULT_READOUT in
-                                                                       a.readouts else a.readouts[0]]["per_case"])}
+    train = work / "nnUNet_raw" / "Dataset100_OpenKBP"
+    volumes = {"training": reference_volumes(train), "held_out": reference_volumes(test)}
+    result["reference_volume_fence_ml"] = volume_fences(volumes["training"])
+    result["below_floor"] = {
+        "calibration": below_floor(calibration["per_case"], result["margins"], volumes["training"],
+                                   result["reference_volume_fence_ml"]),
+        "held_out": below_floor(result["summary"][DEFAULT_READOUT if DEFAULT_READOUT in a.readouts else
+                                                  a.readouts[0]]["per_case"], None, volumes["held_out"],
+                                result["reference_volume_fence_ml"])}
     lead = DEFAULT_READOUT if DEFAULT_READOUT in a.readouts else a.readouts[0]
     result["margin_sweep"] = margin_sweep(
         {"calibration": (work / tag / "calibration", work / "nnUNet_preprocessed" / "Dataset100_OpenKBP",
@@ -212,10 +218,48 @@ FLOOR = 0.95            # the issue's per-patient containment floor
 WALLS = (("right", "anterior", "inferior"), ("left", "posterior", "superior"))
 
 
-def below_floor(per_case: dict, margins: dict = None) -> list:
+def reference_volumes(dataset: Path) -> dict:
+    """``{case: {organ: mL}}`` of every contoured organ of a raw data set (``annotations.json`` decides
+    what was contoured)."""
+    import numpy as np
+    import SimpleITK as sitk
+    meta = json.loads((dataset / "dataset.json").read_text())
+    labels = {o: v for o, v in meta["labels"].items() if o not in ("background", "ignore")}
+    ann = dataset / "annotations.json"
+    annotated = json.loads(ann.read_text()) if ann.is_file() else None
+    out = {}
+    for f in sorted((dataset / "labelsTr").glob(f"*{meta['file_ending']}")):
+        case = f.name[:-len(meta["file_ending"])]
+        img = sitk.ReadImage(str(f))
+        arr, voxel_ml = sitk.GetArrayViewFromImage(img), float(np.prod(img.GetSpacing())) / 1000
+        counts = np.bincount(arr.ravel(), minlength=max(labels.values()) + 1)
+        out[case] = {o: round(float(counts[v]) * voxel_ml, 2) for o, v in labels.items()
+                     if counts[v] and (annotated is None or o in annotated.get(case, []))}
+    return out
+
+
+def volume_fences(volumes: dict) -> dict:
+    """Per organ, Tukey's far-out fences (Q1 - 3 IQR, Q3 + 3 IQR) of the training contours' volumes (mL),
+    with their median: a reference outside them is no ordinary contour of that organ (the rule of the far
+    misses, ``margins.far_miss_fence``)."""
+    import numpy as np
+    per_organ: dict = {}
+    for organs in volumes.values():
+        for o, v in organs.items():
+            per_organ.setdefault(o, []).append(v)
+    out = {}
+    for o, v in per_organ.items():
+        q1, med, q3 = np.percentile(v, [25, 50, 75])
+        out[o] = {"low": round(float(q1 - 3 * (q3 - q1)), 1), "high": round(float(q3 + 3 * (q3 - q1)), 1),
+                  "median": round(float(med), 1), "n": len(v)}
+    return out
+
+
+def below_floor(per_case: dict, margins: dict = None, volumes: dict = None, fences: dict = None) -> list:
     """The (patient, organ) pairs whose box holds less than ``FLOOR`` of the contour: containment, centroid
     error and the walls the contour crosses (world mm beyond each, from ``spill_mm``); on the calibration fold,
-    whether margin calibration left the pair out as a failure."""
+    whether margin calibration left the pair out as a failure; the contour's volume (mL) and whether it lies
+    outside the training contours' fences (:func:`volume_fences`)."""
     left_out = {(c["case"], organ) for organ, m in (margins or {}).items() for c in m.get("failures", {}).get("cases", [])}
     rows = []
     for case, organs in sorted(per_case.items()):
@@ -224,9 +268,13 @@ def below_floor(per_case: dict, margins: dict = None) -> list:
                 continue
             spill = {WALLS[side][axis]: round(mm, 1) for side, key in enumerate(("min", "max"))
                      for axis, mm in enumerate(m.get("spill_mm", {}).get(key, [])) if mm > 0}
+            volume = (volumes or {}).get(case, {}).get(organ)
+            fence = (fences or {}).get(organ)
             rows.append({"case": case, "organ": organ, "containment": round(m["containment"], 3),
                          "centroid_error_mm": round(m["centroid_error_mm"], 1) if "centroid_error_mm" in m else None,
-                         "spill_mm": spill, "left_out": (case, organ) in left_out})
+                         "spill_mm": spill, "left_out": (case, organ) in left_out, "volume_ml": volume,
+                         "volume_outside_training": None if volume is None or fence is None else
+                         not fence["low"] <= volume <= fence["high"]})
     return rows
 
 
@@ -317,7 +365,7 @@ def markdown(result: dict, json_name: str) -> str:
         *_moved_lines(result.get("calibration_positions_moved", []), main_summary.get("positions_moved", [])),
         *_failure_lines(result["margins"]),
         *_sweep_lines(result.get("margin_sweep"), result["margins"]),
-        *_below_floor_lines(result.get("below_floor")),
+        *_below_floor_lines(result.get("below_floor"), result.get("reference_volume_fence_ml")),
         "## Centroid read-out", "",
         "| organ | " + " | ".join(f"median error mm, `{r}`" for r in result["summary"]) + " |",
         "|---|" + "---|" * len(result["summary"]),
@@ -423,26 +471,41 @@ def _sweep_lines(sweep: dict, margins: dict) -> list:
     return lines + [""]
 
 
-def _below_floor_lines(below: dict) -> list:
-    """Every patient whose box holds less than the floor of an organ, and the walls its contour crosses."""
+def _below_floor_lines(below: dict, fences: dict = None) -> list:
+    """Every patient whose box holds less than the floor of an organ, the walls its contour crosses, and
+    whether the contour itself is out of the training range."""
     if not below:
         return []
+    fences = fences or {}
     lines = [f"## Patients below {FLOOR} containment", "",
              "Each (patient, organ) whose box, at the calibrated margin, holds less than "
              f"{FLOOR:.0%} of the contour: the walls the contour crosses and how far it reaches beyond each (world "
              "mm, the patient's sides; from the bounding boxes, so a thin tail counts as much as a whole organ). "
-             "\"left out\": a failure margin calibration was not sized for.", "",
-             "| patients | patient | organ | containment | centroid error mm | beyond the box: wall mm |",
-             "|---|---|---|---|---|---|"]
+             "\"left out\": a failure margin calibration was not sized for. The contour's volume beside the "
+             "training contours' median; **bold** where it lies outside their far-out fences (Q1 - 3 IQR, "
+             "Q3 + 3 IQR over the training tarball's patients, the far misses' rule): no ordinary contour of "
+             "that organ, so no box of its mean size can hold it.", "",
+             "| patients | patient | organ | containment | centroid error mm | beyond the box: wall mm "
+             "| contour mL (training median) |", "|---|---|---|---|---|---|---|"]
     for group, rows in (("calibration", below.get("calibration", [])), ("held-out", below.get("held_out", []))):
         for r in sorted(rows, key=lambda r: (r["organ"], r["containment"])):
             err = "not found" if r["centroid_error_mm"] is None else f"{r['centroid_error_mm']:.1f}"
             walls = ", ".join(f"{w} {mm:.0f}" for w, mm in sorted(r["spill_mm"].items(), key=lambda x: -x[1])) or "-"
+            vol = "-" if r.get("volume_ml") is None else (f"**{r['volume_ml']:.0f}**" if r.get("volume_outside_training")
+                                                        else f"{r['volume_ml']:.0f}")
+            med = fences.get(r["organ"], {}).get("median")
             lines.append(f"| {group} | {r['case']} | {r['organ']} | {r['containment']:.3f} | {err}"
-                         f"{' (left out)' if r['left_out'] else ''} | {walls} |")
+                         f"{' (left out)' if r['left_out'] else ''} | {walls} | {vol}"
+                         f"{f' ({med:.0f})' if med is not None else ''} |")
         if not rows:
-            lines.append(f"| {group} | none | | | | |")
-    return lines + [""]
+            lines.append(f"| {group} | none | | | | | |")
+    lines.append("")
+    odd = [r for rows in below.values() for r in rows if r.get("volume_outside_training")]
+    if odd:
+        lines += [f"{len(odd)} of these {sum(len(r) for r in below.values())} pairs have a contour outside the "
+                  "training range: " + ", ".join(f"{r['case']} {r['organ']} ({r['volume_ml']:.0f} mL)" for r in odd)
+                  + ".", ""]
+    return lines
 
 
 def _moved_lines(calibration: list, held_out: list) -> list:
