@@ -239,20 +239,17 @@ def reference_volumes(dataset: Path) -> dict:
 
 
 def volume_fences(volumes: dict) -> dict:
-    """Per organ, Tukey's far-out fences (Q1 - 3 IQR, Q3 + 3 IQR) of the training contours' volumes (mL),
-    with their median: a reference outside them is no ordinary contour of that organ (the rule of the far
-    misses, ``margins.far_miss_fence``)."""
+    """Per organ, Tukey's far-out fences (``nnunet_oar.plausibility.far_out_fences``) of the training
+    contours' volumes (mL), with their median: a reference outside them is no ordinary contour of that
+    organ (the rule of the far misses and of the conversion's volume check)."""
     import numpy as np
+    from nnunet_oar.plausibility import far_out_fences
     per_organ: dict = {}
     for organs in volumes.values():
         for o, v in organs.items():
             per_organ.setdefault(o, []).append(v)
-    out = {}
-    for o, v in per_organ.items():
-        q1, med, q3 = np.percentile(v, [25, 50, 75])
-        out[o] = {"low": round(float(q1 - 3 * (q3 - q1)), 1), "high": round(float(q3 + 3 * (q3 - q1)), 1),
-                  "median": round(float(med), 1), "n": len(v)}
-    return out
+    return {o: {"low": round(far_out_fences(v)[0], 1), "high": round(far_out_fences(v)[1], 1),
+                "median": round(float(np.median(v)), 1), "n": len(v)} for o, v in per_organ.items()}
 
 
 def below_floor(per_case: dict, margins: dict = None, volumes: dict = None, fences: dict = None) -> list:

@@ -8,6 +8,10 @@ mean HU lies outside the HU range (widened by :data:`HU_SLACK`) is removed and r
 reason; a volume outside the range (widened by :data:`VOLUME_FACTOR`) or a field of view smaller than
 half the organ's mean box is flagged in the statistics, not removed (a partly imaged organ is real);
 so is every organ found in an input with :func:`input_warnings` (see ``OARPredictor``).
+
+The references get a check too: a contour whose volume lies far outside its organ's other contours in
+the same data set (:func:`volume_outliers`) is named when the data set is converted, since a "SpinalCord"
+of 500 mL would teach a network, size its boxes and widen the volume range above.
 """
 from __future__ import annotations
 
@@ -17,6 +21,46 @@ import numpy as np
 
 HU_SLACK = 100.0         # HU added on both sides of the trained range (contrast, scanner and clinic differ)
 VOLUME_FACTOR = 3.0      # volumes down to min / 3 and up to 3 x max of the training organs pass
+
+
+FAR_OUT = 3.0            # Tukey's far-out fences: Q1 - 3 IQR, Q3 + 3 IQR
+MIN_CASES = 10           # fewer contours of an organ give no range to judge one of them by
+
+
+def far_out_fences(values: Sequence[float]) -> tuple:
+    """Tukey's far-out fences ``(Q1 - 3 IQR, Q3 + 3 IQR)`` of ``values``: beyond them a value is no
+    ordinary member of the sample (the same rule as the localizer's far misses)."""
+    q1, q3 = np.percentile(np.asarray(values, float), [25, 75])
+    return float(q1 - FAR_OUT * (q3 - q1)), float(q3 + FAR_OUT * (q3 - q1))
+
+
+def volume_outliers(volumes_ml: Dict[str, Dict[str, float]], min_cases: int = MIN_CASES) -> List[dict]:
+    """Reference contours whose volume lies outside the far-out fences (:func:`far_out_fences`) of the same
+    organ's contours over the data set: a mislabelled structure, a PRV under the organ's name, a slip of
+    the brush. Absent organs (0 mL) are not contours and do not count.
+
+    Args:
+        volumes_ml: ``{case: {organ: volume in mL}}``.
+        min_cases: organs with fewer contours are not judged.
+
+    Returns:
+        ``[{"case", "organ", "volume_ml", "median_ml", "fences_ml": [low, high]}]``, by organ and case.
+    """
+    per_organ: Dict[str, Dict[str, float]] = {}
+    for case, organs in volumes_ml.items():
+        for organ, v in organs.items():
+            if v > 0:
+                per_organ.setdefault(organ, {})[case] = float(v)
+    out = []
+    for organ, by_case in sorted(per_organ.items()):
+        if len(by_case) < min_cases:
+            continue
+        low, high = far_out_fences(list(by_case.values()))
+        median = float(np.median(list(by_case.values())))
+        out += [{"case": case, "organ": organ, "volume_ml": round(v, 2), "median_ml": round(median, 2),
+                 "fences_ml": [round(max(low, 0.0), 2), round(high, 2)]}       # no volume lies below 0
+                for case, v in sorted(by_case.items()) if not low <= v <= high]
+    return out
 
 
 def input_warnings(size_xyz: Sequence[int], spacing_xyz: Sequence[float], ct_zyx: np.ndarray) -> List[str]:

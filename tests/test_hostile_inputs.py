@@ -253,3 +253,25 @@ def test_organs_that_cannot_be_what_their_network_learned_are_removed_or_flagged
     small = organ_check(mask[10:15, 20:40, 20:40], ct[10:15, 20:40, 20:40], (1, 1, 1), expected)
     assert any("field of view" in f for f in small["flags"])
     assert organ_check(mask, ct, (2.5, 2.5, 2.5), expected) == {"implausible": None, "flags": []}   # 2250 mL
+
+
+def test_a_reference_contour_far_outside_its_organs_volumes_is_named_at_conversion(tmp_path, capsys):
+    # OpenKBP's held-out split has "SpinalCord" contours of 478 and 543 mL where cords hold about 25 mL
+    from nnunet_oar.conversion.dataset import build_dataset
+    ct = sitk.GetImageFromArray(np.zeros((20, 30, 30), np.int16))
+    ct.SetSpacing((2.0, 2.0, 2.5))                                   # 10 uL voxels
+    sizes = {f"case_{k:02d}": 2 + k % 3 for k in range(12)}          # cords of 2-4 slices of 4 x 4 voxels
+    sizes["case_big"] = 20                                           # a "cord" of 20 slices of 20 x 20 voxels
+    with build_dataset(990, "VolumeCheck", ["spinal_cord", "liver"], "test", tmp_path) as builder:
+        for case, n in sizes.items():
+            cord = np.zeros((20, 30, 30), bool)
+            cord[:n, 5:9, 5:9] = True
+            if case == "case_big":
+                cord[:, 5:25, 5:25] = True
+            builder.add_case(case, ct, {"spinal_cord": cord, "liver": np.zeros_like(cord)})   # liver: absent
+    report = read_json(builder.destination / "conversion_report.json")
+    assert [(o["case"], o["organ"]) for o in report["volume_outliers"]] == [("case_big", "spinal_cord")]
+    big = report["volume_outliers"][0]
+    assert big["volume_ml"] == 80.0 and big["median_ml"] == 0.48 and big["fences_ml"][1] < 2.0
+    assert report["cases"]["case_00"]["volume_ml"] == {"spinal_cord": 0.32, "liver": 0.0}
+    assert "check case_big: its spinal_cord contour holds 80.0 mL" in capsys.readouterr().out

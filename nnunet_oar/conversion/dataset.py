@@ -17,6 +17,7 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 from nnunet_oar import organs as catalogue
 from nnunet_oar.io import InputError, atomic_dir, read_json, write_image, write_json
 from nnunet_oar.paths import dataset_folder_name, find_dataset, raw_root
+from nnunet_oar.plausibility import volume_outliers
 
 READER_WRITER = "SimpleITKIOWithReorient"
 NETWORK_ORIENTATION = "RAS"   # what SimpleITKIOWithReorient reorients to
@@ -102,8 +103,11 @@ class DatasetBuilder:
         write_image(ct, self.folder / "imagesTr" / f"{case}_0000.nii.gz")
         write_image(seg, self.folder / "labelsTr" / f"{case}.nii.gz")
         self.annotations[case] = [n for n in self.labels if n in masks]
+        voxels = {n: int(np.count_nonzero(label_map == self.labels[n])) for n in self.annotations[case]}
+        voxel_ml = float(np.prod(ct.GetSpacing())) / 1000
         self.report[case] = {
-            "organs": {n: int(np.count_nonzero(label_map == self.labels[n])) for n in self.annotations[case]},
+            "organs": voxels,
+            "volume_ml": {n: round(v * voxel_ml, 2) for n, v in voxels.items()},
             "overlap_voxels": overlap,
             **(notes or {}),
         }
@@ -119,8 +123,14 @@ class DatasetBuilder:
                               license="see the source data set", converted_by="nnunet_oar",
                               overwrite_image_reader_writer=READER_WRITER)
         write_json(self.annotations, self.folder / "annotations.json")
+        outliers = volume_outliers({c: r["volume_ml"] for c, r in self.report.items()})
+        for o in outliers:
+            print(f"check {o['case']}: its {o['organ']} contour holds {o['volume_ml']:.1f} mL, where the data set's "
+                  f"{o['organ']} contours have a median of {o['median_ml']:.1f} mL (far-out fences "
+                  f"{o['fences_ml'][0]:.1f} to {o['fences_ml'][1]:.1f} mL): another structure under its name?")
         write_json({"overlap_rule": "the structure with fewer voxels wins; ties go to the lower label",
-                    "cases": self.report, **self.extra_report}, self.folder / "conversion_report.json")
+                    "volume_outliers": outliers, "cases": self.report, **self.extra_report},
+                   self.folder / "conversion_report.json")
 
 
 @contextlib.contextmanager
