@@ -370,3 +370,37 @@ def test_a_dicom_file_with_a_damaged_header_is_named(tmp_path):
     bad.write_bytes(bytes(128) + b"DICM" + np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
     with pytest.raises(InputError, match=str(bad)):
         read_ct_series(tmp_path / "dcm")
+
+
+def test_a_damaged_file_elsewhere_in_the_tree_is_reported_not_fatal(tmp_path, capsys):
+    """A cut-off file in another folder (a dose screen, an old export) cannot be a slice of this CT."""
+    img, _, _ = series(tmp_path / "study" / "CT")
+    (tmp_path / "study" / "other").mkdir()
+    bad = tmp_path / "study" / "other" / "IM_cut"
+    bad.write_bytes(bytes(128) + b"DICM" + np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    image, _ = read_ct_series(tmp_path / "study")
+    assert_same_image(image, img)
+    assert f"warning: {bad}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spacing", [2.5, 0.625])
+def test_positions_written_to_a_tenth_of_a_millimetre_are_read(tmp_path, spacing):
+    """Elekta XiO writes positions to 0.1 mm: 2.5 mm steps read 2.5 and 2.6 where they cross zero
+    (pytrip issue 409), 0.625 mm steps read 0.6 and 0.7; nothing is missing or out of place."""
+    img = volume(size=(6, 6, 24), spacing=(0.8, 0.9, spacing))
+    _, _, files = series(tmp_path / "dcm", img)
+    z = [-5.25 + spacing * k for k in range(24)]
+    edit(files, lambda k, ds: setattr(ds, "ImagePositionPatient",
+                                      [-10.0, 20.0, float(np.sign(z[k]) * np.floor(abs(z[k]) * 10 + 0.5) / 10)]))
+    image, _ = read_ct_series(tmp_path / "dcm")
+    assert abs(image.GetSpacing()[2] - spacing) < 0.01
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(img))
+
+
+def test_a_tilt_tag_on_an_orthogonal_stack_is_reported_not_refused(tmp_path, capsys):
+    """Tools that resample a tilted scan often leave GantryDetectorTilt set; the positions decide."""
+    img, _, files = series(tmp_path / "dcm")
+    edit(files, lambda k, ds: setattr(ds, "GantryDetectorTilt", "15"))
+    image, _ = read_ct_series(tmp_path / "dcm")
+    assert_same_image(image, img)
+    assert "GantryDetectorTilt says 15.0 degrees" in capsys.readouterr().out

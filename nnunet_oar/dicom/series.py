@@ -29,6 +29,7 @@ import SimpleITK as sitk
 from nnunet_oar.io import InputError
 
 TOL_MM = 0.01
+ROUNDING_MM = 0.1        # how coarsely exports write ImagePositionPatient (0.1 mm: Elekta XiO)
 
 
 @dataclass
@@ -187,6 +188,14 @@ def _describe(uid: str, items: list) -> str:
             f"{len(items)} files, '{getattr(ds, 'SeriesDescription', '')}')")
 
 
+def _frames(ds) -> int:
+    """NumberOfFrames (1 when absent; a malformed value counts as several: it is no plain CT slice)."""
+    try:
+        return int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 2
+
+
 def is_ct_volume(items: list) -> bool:
     """A series that holds CT slices (not only localizers or secondary captures)."""
     return any(getattr(ds, "Modality", None) == "CT" and _not_a_slice(ds) is None for _, ds in items)
@@ -261,37 +270,43 @@ def slice_geometry(headers: list, where: str) -> Tuple[np.ndarray, np.ndarray, n
         k = int(np.argmax(steps < TOL_MM))
         raise InputError(f"{where}: two slices at one position ({pos[k]:.2f} mm): {files[k]} and {files[k + 1]} "
                          "(a duplicate, or several acquisitions or phases in one series)")
-    try:
-        tilt = float(getattr(headers[0], "GantryDetectorTilt", 0) or 0)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: GantryDetectorTilt {headers[0].GantryDetectorTilt!r} is not a number") from None
     # every slice's offset across the slice plane from the first: a sheared stack (gantry tilt) or a slice
-    # out of line; either would be misplaced on an orthogonal grid. Rounded positions move it by far less
-    # than a tenth of a pixel.
+    # out of line; either would be misplaced on an orthogonal grid. The tilt is judged from the positions:
+    # DICOM calls GantryDetectorTilt nominal, and tools that resample a tilted series often leave it set.
     shear = np.linalg.norm((ipp - ipp[0]) - np.outer(pos - pos[0], normal), axis=1)
-    if abs(tilt) > 1e-3 or shear.max() > max(TOL_MM, 0.1 * ps[0].min()):
+    if shear.max() > ROUNDING_MM + 0.1 * ps[0].min():
         k = int(np.argmax(shear))
-        raise InputError(f"{where}: gantry tilt or an in-plane shift (GantryDetectorTilt {tilt:.1f} degrees; "
-                         f"{files[k]} lies {shear[k]:.2f} mm across the slice plane from the line through "
-                         f"{files[0]}, {np.degrees(np.arctan2(shear[k], pos[k] - pos[0])):.1f} degrees); "
+        raise InputError(f"{where}: gantry tilt or an in-plane shift ({files[k]} lies {shear[k]:.2f} mm across the "
+                         f"slice plane from the line through {files[0]}, "
+                         f"{np.degrees(np.arctan2(shear[k], pos[k] - pos[0])):.1f} degrees); "
                          "resample the series to an orthogonal grid first")
+    # dicom2nifti's tolerance (0.1 mm + 5 %): planning systems write positions to 0.1 mm (Elekta XiO: 2.5 mm
+    # steps read 2.4-2.6 mm), so a 1 % tolerance refused real exports
     step = float(np.median(steps))
-    if np.abs(steps - step).max() > max(TOL_MM, 0.01 * step):
+    if np.abs(steps - step).max() > ROUNDING_MM + 0.05 * step:
         k = int(np.argmax(np.abs(steps - step)))
         ratio = steps[k] / step
         what = (f"missing slice(s): a {steps[k]:.2f} mm gap between {files[k]} and {files[k + 1]} "
                 f"where the spacing is {step:.2f} mm" if abs(ratio - round(ratio)) < 0.05 and ratio > 1.5
                 else f"non-uniform slice spacing ({steps.min():.2f} to {steps.max():.2f} mm)")
         raise InputError(f"{where}: {what}")
-    # a uniform stack's spacing from its end slices: from the median of positions a scanner rounded to
-    # 0.01 mm, the grid would drift by up to a slice over a long stack
+    # a uniform stack's spacing from its end slices: from the median of rounded positions the grid would
+    # drift by up to a slice over a long stack
     step = float((pos[-1] - pos[0]) / (len(pos) - 1))
-    # steps each within 1 % can still add up (two runs of slightly different spacing): every slice on the grid
+    # steps each within tolerance can still add up (two runs of slightly different spacing): every slice on
+    # the grid, within the rounding of the positions
     off = np.abs(pos - (pos[0] + step * np.arange(len(pos))))
-    if off.max() > max(TOL_MM, 0.05 * step):
+    if off.max() > ROUNDING_MM + 0.05 * step:
         k = int(np.argmax(off))
         raise InputError(f"{where}: non-uniform slice spacing: {files[k]} lies {off[k]:.2f} mm off the uniform "
                          f"grid of {step:.3f} mm between the end slices")
+    try:
+        tilt = float(getattr(headers[0], "GantryDetectorTilt", 0) or 0)
+    except (TypeError, ValueError):
+        tilt = 0.0
+    if abs(tilt) > 1e-3:
+        print(f"warning: {where}: GantryDetectorTilt says {tilt:.1f} degrees, but the slices are stacked "
+              "orthogonally (a series resampled after a tilted scan?); read as orthogonal")
     direction = np.stack([row_dir, col_dir, normal], axis=1)
     spacing_xyz = np.array([ps[0, 1], ps[0, 0], step])
     return order, direction, spacing_xyz
@@ -312,9 +327,11 @@ def read_ct_series(folder: Path, series_uid: Optional[str] = None) -> Tuple[sitk
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
-    groups = scan_series(folder)
+    damaged: List[Tuple[Path, str]] = []
+    groups = scan_series(folder, damaged)
     if not groups:
-        raise InputError(f"{folder}: no DICOM files")
+        raise InputError(f"{folder}: no DICOM files" + (f" that can be read ({damaged[0][0]}: {damaged[0][1]})"
+                                                        if damaged else ""))
     if series_uid is None:
         # other objects beside one CT series (an RTSTRUCT, a dose, a scout) do not make the choice ambiguous
         ct = [u for u, items in groups.items() if is_ct_volume(items)]
@@ -328,6 +345,12 @@ def read_ct_series(folder: Path, series_uid: Optional[str] = None) -> Tuple[sitk
     elif series_uid not in groups:
         listing = "; ".join(_describe(u, items) for u, items in groups.items())
         raise InputError(f"{folder}: no series {series_uid}; found {listing}")
+    # a damaged file beside the series' slices may be one of them; elsewhere in the tree it is reported only
+    folders = {f.parent for f, _ in groups[series_uid]}
+    for f, why in damaged:
+        if f.parent in folders:
+            raise InputError(f"{f}: {why}")
+        print(f"warning: {f}: {why} (not beside the CT's slices; ignored)")
     return ct_from_files(groups[series_uid], str(folder))
 
 
@@ -351,7 +374,7 @@ def ct_from_files(items: List[Tuple[Path, object]], where: str) -> Tuple[sitk.Im
                          f"{_not_a_slice(items[0][1])}{more}")
     items = slices
     multi = [f for f, ds in items if str(getattr(ds, "SOPClassUID", "") or "").startswith(_CT_IMAGE + ".")
-             or int(getattr(ds, "NumberOfFrames", 1) or 1) > 1]
+             or _frames(ds) > 1]
     if multi:
         raise InputError(f"{folder}: {multi[0]} is a multi-frame (Enhanced CT) image, which is not read; export "
                          "the series as single-frame CT images (CT Image Storage)")
