@@ -404,3 +404,16 @@ def test_a_tilt_tag_on_an_orthogonal_stack_is_reported_not_refused(tmp_path, cap
     image, _ = read_ct_series(tmp_path / "dcm")
     assert_same_image(image, img)
     assert "GantryDetectorTilt says 15.0 degrees" in capsys.readouterr().out
+
+
+def test_a_bolus_tracking_series_at_one_position_is_no_second_ct(tmp_path):
+    """Monitoring scans image one position again and again: no volume, so no choice to ask for."""
+    img, uids, files = series(tmp_path / "study" / "ct")
+    bolus = generate_uid()
+    (tmp_path / "study" / "bolus").mkdir()
+    for k in range(5):
+        new_object(files[3], tmp_path / "study" / "bolus" / f"IM{k}", series_uid=bolus, InstanceNumber=k + 1,
+                   SeriesDescription="monitoring")
+    image, ct = read_ct_series(tmp_path / "study")
+    assert ct.series_uid == uids["series"]
+    assert_same_image(image, img)

@@ -197,8 +197,11 @@ def _frames(ds) -> int:
 
 
 def is_ct_volume(items: list) -> bool:
-    """A series that holds CT slices (not only localizers or secondary captures)."""
-    return any(getattr(ds, "Modality", None) == "CT" and _not_a_slice(ds) is None for _, ds in items)
+    """A series that holds CT slices at two positions at least (not only localizers, secondary captures or
+    a bolus-tracking series that images one position again and again)."""
+    positions = {tuple(str(v) for v in (ds.get("ImagePositionPatient") or [])) for _, ds in items
+                 if getattr(ds, "Modality", None) == "CT" and _not_a_slice(ds) is None}
+    return len(positions) >= 2
 
 
 def _numbers(h, key: str, n: int, where: str) -> np.ndarray:
