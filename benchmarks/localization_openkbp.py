@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from nnunet_oar.localization.boxes import DEFAULT_READOUT, READOUTS
+from nnunet_oar.plausibility import volume_fences
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER = "nnUNetTrainerOARHeatmap_cpu"
@@ -157,16 +158,17 @@ def main() -> None:
               "calibration_offset_xyz_mm": {o: m["centroid_offset_xyz_mm"]["median"]
                                             for o, m in calibration["per_organ"].items() if "centroid_offset_xyz_mm" in m},
               **_checkpoint_facts(fold_dir / checkpoint)}
-    train = work / "nnUNet_raw" / "Dataset100_OpenKBP"
-    volumes = {"training": reference_volumes(train), "held_out": reference_volumes(test)}
-    result["reference_volume_fence_ml"] = volume_fences(volumes["training"])
+    lead = DEFAULT_READOUT if DEFAULT_READOUT in a.readouts else a.readouts[0]
+    # every contour's volume, as the conversion recorded it; the training contours' fences judge both groups
+    volumes = {group: {case: r["volume_ml"] for case, r in json.loads(
+        (work / "nnUNet_raw" / dataset / "conversion_report.json").read_text())["cases"].items()}
+        for group, dataset in (("training", "Dataset100_OpenKBP"), ("held_out", "Dataset101_OpenKBP"))}
+    result["reference_volume_fences"] = volume_fences(volumes["training"], min_cases=1)
     result["below_floor"] = {
         "calibration": below_floor(calibration["per_case"], result["margins"], volumes["training"],
-                                   result["reference_volume_fence_ml"]),
-        "held_out": below_floor(result["summary"][DEFAULT_READOUT if DEFAULT_READOUT in a.readouts else
-                                                  a.readouts[0]]["per_case"], None, volumes["held_out"],
-                                result["reference_volume_fence_ml"])}
-    lead = DEFAULT_READOUT if DEFAULT_READOUT in a.readouts else a.readouts[0]
+                                   result["reference_volume_fences"]),
+        "held_out": below_floor(result["summary"][lead]["per_case"], None, volumes["held_out"],
+                                result["reference_volume_fences"])}
     result["margin_sweep"] = margin_sweep(
         {"calibration": (work / tag / "calibration", work / "nnUNet_preprocessed" / "Dataset100_OpenKBP",
                          "gt_segmentations"),
@@ -218,45 +220,11 @@ FLOOR = 0.95            # the issue's per-patient containment floor
 WALLS = (("right", "anterior", "inferior"), ("left", "posterior", "superior"))
 
 
-def reference_volumes(dataset: Path) -> dict:
-    """``{case: {organ: mL}}`` of every contoured organ of a raw data set (``annotations.json`` decides
-    what was contoured)."""
-    import numpy as np
-    import SimpleITK as sitk
-    meta = json.loads((dataset / "dataset.json").read_text())
-    labels = {o: v for o, v in meta["labels"].items() if o not in ("background", "ignore")}
-    ann = dataset / "annotations.json"
-    annotated = json.loads(ann.read_text()) if ann.is_file() else None
-    out = {}
-    for f in sorted((dataset / "labelsTr").glob(f"*{meta['file_ending']}")):
-        case = f.name[:-len(meta["file_ending"])]
-        img = sitk.ReadImage(str(f))
-        arr, voxel_ml = sitk.GetArrayViewFromImage(img), float(np.prod(img.GetSpacing())) / 1000
-        counts = np.bincount(arr.ravel(), minlength=max(labels.values()) + 1)
-        out[case] = {o: round(float(counts[v]) * voxel_ml, 2) for o, v in labels.items()
-                     if counts[v] and (annotated is None or o in annotated.get(case, []))}
-    return out
-
-
-def volume_fences(volumes: dict) -> dict:
-    """Per organ, Tukey's far-out fences (``nnunet_oar.plausibility.far_out_fences``) of the training
-    contours' volumes (mL), with their median: a reference outside them is no ordinary contour of that
-    organ (the rule of the far misses and of the conversion's volume check)."""
-    import numpy as np
-    from nnunet_oar.plausibility import far_out_fences
-    per_organ: dict = {}
-    for organs in volumes.values():
-        for o, v in organs.items():
-            per_organ.setdefault(o, []).append(v)
-    return {o: {"low": round(far_out_fences(v)[0], 1), "high": round(far_out_fences(v)[1], 1),
-                "median": round(float(np.median(v)), 1), "n": len(v)} for o, v in per_organ.items()}
-
-
 def below_floor(per_case: dict, margins: dict = None, volumes: dict = None, fences: dict = None) -> list:
     """The (patient, organ) pairs whose box holds less than ``FLOOR`` of the contour: containment, centroid
     error and the walls the contour crosses (world mm beyond each, from ``spill_mm``); on the calibration fold,
     whether margin calibration left the pair out as a failure; the contour's volume (mL) and whether it lies
-    outside the training contours' fences (:func:`volume_fences`)."""
+    outside the training contours' fences (``nnunet_oar.plausibility.volume_fences``)."""
     left_out = {(c["case"], organ) for organ, m in (margins or {}).items() for c in m.get("failures", {}).get("cases", [])}
     rows = []
     for case, organs in sorted(per_case.items()):
@@ -271,7 +239,7 @@ def below_floor(per_case: dict, margins: dict = None, volumes: dict = None, fenc
                          "centroid_error_mm": round(m["centroid_error_mm"], 1) if "centroid_error_mm" in m else None,
                          "spill_mm": spill, "left_out": (case, organ) in left_out, "volume_ml": volume,
                          "volume_outside_training": None if volume is None or fence is None else
-                         not fence["low"] <= volume <= fence["high"]})
+                         not fence["fences_ml"][0] <= volume <= fence["fences_ml"][1]})
     return rows
 
 
@@ -362,7 +330,7 @@ def markdown(result: dict, json_name: str) -> str:
         *_moved_lines(result.get("calibration_positions_moved", []), main_summary.get("positions_moved", [])),
         *_failure_lines(result["margins"]),
         *_sweep_lines(result.get("margin_sweep"), result["margins"]),
-        *_below_floor_lines(result.get("below_floor"), result.get("reference_volume_fence_ml")),
+        *_below_floor_lines(result.get("below_floor"), result.get("reference_volume_fences")),
         "## Centroid read-out", "",
         "| organ | " + " | ".join(f"median error mm, `{r}`" for r in result["summary"]) + " |",
         "|---|" + "---|" * len(result["summary"]),
@@ -490,7 +458,7 @@ def _below_floor_lines(below: dict, fences: dict = None) -> list:
             walls = ", ".join(f"{w} {mm:.0f}" for w, mm in sorted(r["spill_mm"].items(), key=lambda x: -x[1])) or "-"
             vol = "-" if r.get("volume_ml") is None else (f"**{r['volume_ml']:.0f}**" if r.get("volume_outside_training")
                                                         else f"{r['volume_ml']:.0f}")
-            med = fences.get(r["organ"], {}).get("median")
+            med = fences.get(r["organ"], {}).get("median_ml")
             lines.append(f"| {group} | {r['case']} | {r['organ']} | {r['containment']:.3f} | {err}"
                          f"{' (left out)' if r['left_out'] else ''} | {walls} | {vol}"
                          f"{f' ({med:.0f})' if med is not None else ''} |")

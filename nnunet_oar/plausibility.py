@@ -34,33 +34,42 @@ def far_out_fences(values: Sequence[float]) -> tuple:
     return float(q1 - FAR_OUT * (q3 - q1)), float(q3 + FAR_OUT * (q3 - q1))
 
 
-def volume_outliers(volumes_ml: Dict[str, Dict[str, float]], min_cases: int = MIN_CASES) -> List[dict]:
-    """Reference contours whose volume lies outside the far-out fences (:func:`far_out_fences`) of the same
-    organ's contours over the data set: a mislabelled structure, a PRV under the organ's name, a slip of
-    the brush. Absent organs (0 mL) are not contours and do not count.
+def volume_fences(volumes_ml: Dict[str, Dict[str, float]], min_cases: int = MIN_CASES) -> Dict[str, dict]:
+    """Per organ with at least ``min_cases`` contours, the far-out fences (:func:`far_out_fences`, the low one
+    no lower than 0 mL) and the median of its contours' volumes. Absent organs (0 mL) are not contours.
 
     Args:
         volumes_ml: ``{case: {organ: volume in mL}}``.
-        min_cases: organs with fewer contours are not judged.
+
+    Returns:
+        ``{organ: {"fences_ml": [low, high], "median_ml", "n"}}``.
+    """
+    per_organ: Dict[str, List[float]] = {}
+    for organs in volumes_ml.values():
+        for organ, v in organs.items():
+            if v > 0:
+                per_organ.setdefault(organ, []).append(float(v))
+    out = {}
+    for organ, v in sorted(per_organ.items()):
+        if len(v) >= min_cases:
+            low, high = far_out_fences(v)
+            out[organ] = {"fences_ml": [round(max(low, 0.0), 2), round(high, 2)],     # no volume lies below 0
+                          "median_ml": round(float(np.median(v)), 2), "n": len(v)}
+    return out
+
+
+def volume_outliers(volumes_ml: Dict[str, Dict[str, float]], min_cases: int = MIN_CASES) -> List[dict]:
+    """Reference contours whose volume lies outside their organ's fences over the same data set
+    (:func:`volume_fences`): a mislabelled structure, a PRV under the organ's name, a slip of the brush.
 
     Returns:
         ``[{"case", "organ", "volume_ml", "median_ml", "fences_ml": [low, high]}]``, by organ and case.
     """
-    per_organ: Dict[str, Dict[str, float]] = {}
-    for case, organs in volumes_ml.items():
-        for organ, v in organs.items():
-            if v > 0:
-                per_organ.setdefault(organ, {})[case] = float(v)
-    out = []
-    for organ, by_case in sorted(per_organ.items()):
-        if len(by_case) < min_cases:
-            continue
-        low, high = far_out_fences(list(by_case.values()))
-        median = float(np.median(list(by_case.values())))
-        out += [{"case": case, "organ": organ, "volume_ml": round(v, 2), "median_ml": round(median, 2),
-                 "fences_ml": [round(max(low, 0.0), 2), round(high, 2)]}       # no volume lies below 0
-                for case, v in sorted(by_case.items()) if not low <= v <= high]
-    return out
+    fences = volume_fences(volumes_ml, min_cases)
+    return [{"case": case, "organ": organ, "volume_ml": round(v, 2), "median_ml": f["median_ml"],
+             "fences_ml": f["fences_ml"]}
+            for organ, f in fences.items() for case, organs in sorted(volumes_ml.items())
+            for v in [organs.get(organ, 0.0)] if v > 0 and not f["fences_ml"][0] <= v <= f["fences_ml"][1]]
 
 
 def input_warnings(size_xyz: Sequence[int], spacing_xyz: Sequence[float], ct_zyx: np.ndarray) -> List[str]:

@@ -15,6 +15,7 @@ from nnunet_oar.geometry import crop_zyx
 from nnunet_oar.io import InputError, read_json
 from nnunet_oar.localization.boxes import organ_box
 from nnunet_oar.localization.extent import ENDS
+from nnunet_oar.plausibility import far_out_fences
 
 
 def read_margins(path: Path) -> Dict[str, float]:
@@ -78,8 +79,7 @@ def far_miss_fence(errors_mm: Sequence[float], floor_mm: float = 20.0) -> float:
     Args:
         errors_mm: one organ's centroid errors (mm) over the calibration cases where it was found.
     """
-    q1, q3 = np.percentile(np.asarray(errors_mm, float), [25, 75])
-    return float(max(q3 + 3 * (q3 - q1), floor_mm))
+    return max(far_out_fences(errors_mm)[1], float(floor_mm))
 
 
 def calibrate_margin(inside: np.ndarray, total: int, margins_mm: Sequence[float], target: float = 0.99
