@@ -44,7 +44,9 @@ for first in "$DATA"/*.part1of*; do
     fi
 done
 if [ "${1:-run}" = stage ]; then ls -la "$DATA"; exit 0; fi
-ls -d "$DATA"/openkbp-train* "$DATA"/openkbp-validation* || { echo "$DATA: no train or validation data"; exit 1; }
+# NO_DATA=1: a script that needs no OpenKBP data (gpu_inference.sh)
+[ "${NO_DATA:-0}" = 1 ] || ls -d "$DATA"/openkbp-train* "$DATA"/openkbp-validation* ||
+    { echo "$DATA: no train or validation data"; exit 1; }
 
 t0=$(date +%s)
 if [ "${WHEELS:-1}" = 1 ]; then     # WHEELS=0: a rehearsal in a Python that has everything already
