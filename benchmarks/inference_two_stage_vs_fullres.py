@@ -55,6 +55,8 @@ METHODS = {
     "two_stage": ("two-stage, trained patch sliding in each crop (`--tile trained`, the default)", "fast"),
     "two_stage_crop_tile": ("two-stage, each crop's own tile, within the patch's voxels (`--tile crop`)", "fast"),
     "two_stage_all_loaded": ("two-stage, all organ networks loaded first (`--keep-networks 0`)", "fast"),
+    "two_stage_cubic": ("two-stage, organ networks planned by nnU-Net's default planner (cubic spline; "
+                        "`plan-organs --planner ExperimentPlanner`)", "fast"),
     "baseline": ("nnU-Net 3d_fullres, 15 labels (baseline)", "fast"),
     "two_stage_accurate": ("two-stage, 5 folds, mirroring (`--preset accurate`)", "accurate"),
     "baseline_accurate": ("nnU-Net 3d_fullres, 5 folds, mirroring", "accurate"),
@@ -96,8 +98,10 @@ def prepare(work: Path, spacing) -> None:
     from nnunet_oar.io import geometry, write_image, write_json
     from nnunet_oar.localization.plans import plan_localizer
     from nnunet_oar.models import export_models
+    from nnunet_oar.segmentation.planning import ORGAN_PLANNER
 
-    for sub in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "models"):     # another grid before
+    for sub in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "models", "models_cubic",
+                "models_cubic.tmp"):      # another grid or planner before
         shutil.rmtree(work / sub, ignore_errors=True)
     ct3 = sitk.ReadImage(str(SHARED / "example_ct.nii.gz"))
     seg3 = sitk.ReadImage(str(SHARED / "example_seg.nii.gz"))
@@ -128,7 +132,9 @@ def prepare(work: Path, spacing) -> None:
     ids = [BASE_ID] + organ_ids
     extract_fingerprints(ids, num_processes=int(os.environ.get("nnUNet_def_n_proc", 2)), check_dataset_integrity=False, show_progress_bar=False)
     plan_experiments([BASE_ID])
-    plan_experiments(organ_ids, overwrite_target_spacing=(1.0, 1.0, 1.0))
+    # the organ networks as plan-organs plans them; the baseline as nnU-Net's default planner does
+    plan_experiments(organ_ids, ORGAN_PLANNER, overwrite_target_spacing=(1.0, 1.0, 1.0),
+                     overwrite_plans_name="nnUNetPlans")
     plan_localizer(BASE_ID, 3.0, progress=False)
 
     def fake_results(dataset_id, configuration, trainer, extra=None):
@@ -170,8 +176,30 @@ def prepare(work: Path, spacing) -> None:
         summary["organ_patches"][organ] = cm.patch_size
     export_models(work / "models", BASE_ID, organ_ids, tau=-1.0)
     summary["ct_size_xyz"], summary["spacing_xyz_mm"] = list(ct.GetSize()), list(spacing)
-    summary["organs"] = organs
+    summary["organs"], summary["organ_planner"] = organs, ORGAN_PLANNER
     write_json(summary, work / "prepared.json")
+
+
+def cubic_models(work: Path) -> Path:
+    """The models folder with the organ networks' plans resampling as nnU-Net's default planner does (the
+    baseline's plans give its entries): what ``plan-organs --planner ExperimentPlanner`` would have
+    planned; the checkpoints are links to the same random weights."""
+    out = work / "models_cubic"
+    if out.is_dir():
+        return out
+    base = json.loads(next((work / "nnUNet_results").glob(f"Dataset{BASE_ID}_*")).joinpath(
+        "nnUNetTrainer__nnUNetPlans__3d_fullres", "plans.json").read_text())["configurations"]["3d_fullres"]
+    keys = [k for k in base if k.startswith("resampling_fn")]
+    tmp = work / "models_cubic.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(work / "models", tmp, copy_function=lambda src, dst: (
+        os.symlink(os.path.realpath(src), dst) if src.endswith(".pth") else shutil.copy2(src, dst)))
+    for plans_file in (tmp / "organs").glob("*/plans.json"):
+        plans = json.loads(plans_file.read_text())
+        plans["configurations"]["3d_fullres"].update({k: base[k] for k in keys})
+        plans_file.write_text(json.dumps(plans, indent=2))
+    tmp.rename(out)
+    return out
 
 
 def run_method(work: Path, method: str, device: str) -> dict:
@@ -206,7 +234,8 @@ def run_method(work: Path, method: str, device: str) -> dict:
         # the default loads one organ network at a time, when needed, the next in the background (inside the wall time);
         # two_stage_all_loaded loads every one before the clock starts (what multi-case runs amortize)
         keep = None if method == "two_stage_all_loaded" else 1
-        p = OARPredictor(work / "models", device=device, max_loaded=keep, on_load=lambda net: timer.attach(net.network),
+        models = cubic_models(work) if method == "two_stage_cubic" else work / "models"
+        p = OARPredictor(models, device=device, max_loaded=keep, on_load=lambda net: timer.attach(net.network),
                          tile="crop" if method == "two_stage_crop_tile" else "trained",
                          **PRESETS["accurate" if accurate else "fast"])
         timer.attach(p.localizer.predictor.network)
@@ -239,6 +268,8 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
              f"{len(prep['organs'])} structures from its TotalSegmentator map. Random weights; sliding-window step 0.5. "
              "Each method in its own process; the wall time excludes loading the networks, except where a method "
              "loads them one at a time when needed.", "",
+             f"Planners: the baseline nnU-Net's default (`ExperimentPlanner`); the organ networks as `plan-organs` "
+             f"plans them (`{prep['organ_planner']}`), except where a row says otherwise.", "",
              f"Patches planned by nnU-Net: baseline 3d_fullres {prep['baseline_patch']}; localizer 3d_loc "
              f"{prep['localizer_patch']} at 3 mm; organ networks at 1 mm: "
              + ", ".join(f"{o} {p}" for o, p in prep["organ_patches"].items()) + ".", "",
@@ -249,7 +280,7 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
         if m in results:
             r = results[m]
             lines.append(f"| {label} | {preset} | {r['wall_s']:.1f} | {r['network_s']:.1f} | "
-                         f"{100 * r['share_outside_networks']:.0f} % | {r['network_calls']} | "
+                         f"{100 * r['share_outside_networks']:.1f} % | {r['network_calls']} | "
                          f"{r['voxels_through_networks'] / 1e6:.1f} M | {r['peak_rss_gb']:.2f} |"
                          + (f" {r['peak_gpu_gb']:.2f} |" if gpu else ""))
     lines += ["", "Wall-time ratios, two-stage / baseline at the same preset (one run of each, side by side):", ""]
@@ -260,7 +291,8 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
                   f"- fast preset, wall time <= 0.20x the baseline's: {results['ratio_wall_two_stage_over_baseline']:.3f}x",
                   f"- peak RSS <= the baseline's: {t['peak_rss_gb']:.2f} vs {b['peak_rss_gb']:.2f} GB",
                   f"- localization <= 15 s: {loc.get('wall_s', float('nan')):.1f} s",
-                  f"- non-network share <= 5 %: {100 * t['share_outside_networks']:.0f} %"]
+                  f"- non-network share <= 5 %: {100 * t['share_outside_networks']:.1f} % (`--tile crop`: "
+                  f"{100 * results.get('two_stage_crop_tile', t)['share_outside_networks']:.1f} %)"]
     if "ratio_wall_two_stage_over_baseline_accurate" in results:
         lines += [f"- accurate preset, wall time <= 0.20x the baseline's: "
                   f"{results['ratio_wall_two_stage_over_baseline_accurate']:.3f}x"]
@@ -287,7 +319,9 @@ def main() -> None:
         print(json.dumps(run_method(work, a.method, a.device)))
         return
     prepared = work / "prepared.json"
-    if not prepared.is_file() or json.loads(prepared.read_text()).get("spacing_xyz_mm") != list(a.spacing):
+    from nnunet_oar.segmentation.planning import ORGAN_PLANNER
+    if not prepared.is_file() or {k: json.loads(prepared.read_text()).get(k) for k in ("spacing_xyz_mm", "organ_planner")} \
+            != {"spacing_xyz_mm": list(a.spacing), "organ_planner": ORGAN_PLANNER}:
         prepare(work, tuple(a.spacing))
     import nnunetv2
     import torch

@@ -36,7 +36,7 @@ def main() -> None:
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                           preprocess)
         from nnunet_oar.segmentation.crops import crop_rois
-        from nnunet_oar.segmentation.planning import organ_dataset_ids_from
+        from nnunet_oar.segmentation.planning import ORGAN_PLANNER, organ_dataset_ids_from
         t0 = time.perf_counter()
         reports = crop_rois(a.dataset_id, 900, boxes_dir=Path(a.boxes), progress=False)
         crop_s = time.perf_counter() - t0
@@ -45,7 +45,7 @@ def main() -> None:
             row = {"organ": organ, "crops": report["cases"]}
             for step, run in (("fingerprint_s", lambda: extract_fingerprints([i], num_processes=a.num_processes,
                                                                               check_dataset_integrity=True)),
-                              ("plan_s", lambda: plan_experiments([i])),
+                              ("plan_s", lambda: plan_experiments([i], ORGAN_PLANNER, overwrite_plans_name="nnUNetPlans")),
                               ("preprocess_s", lambda: preprocess([i], configurations=["3d_fullres"],
                                                                   num_processes=[a.num_processes]))):
                 t = time.perf_counter()

@@ -67,3 +67,10 @@ def test_side_by_side_figure_has_a_row_pair_per_case(tmp_path):
     import matplotlib.image as mpimg
     h, w = mpimg.imread(dst).shape[:2]
     assert h > w                      # 4 rows (2 cases x axial, coronal) by 2 columns
+
+
+def test_a_paired_difference_reads_as_mean_interval_and_p():
+    from nnunet_oar.evaluation.statistics import format_difference
+    assert format_difference({"mean_diff": -0.0012, "ci_low": -0.0061, "ci_high": 0.0034, "p_wilcoxon": 0.987}) \
+        == "-0.001 [-0.006, +0.003], p = 0.99"
+    assert format_difference({"mean_diff": 0.0, "ci_low": None, "ci_high": None, "p_wilcoxon": None}) == "n/a"

@@ -18,7 +18,7 @@ def _crop_rois(a) -> None:
 def _plan_organs(a) -> None:
     from nnunet_oar.segmentation.planning import plan_organs
     ids = plan_organs(a.first_id, spacing_mm=None if a.spacing <= 0 else a.spacing, num_processes=a.num_processes,
-                      dataset_ids=a.ids, configurations=a.configurations)
+                      dataset_ids=a.ids, configurations=a.configurations, planner=a.planner)
     print(f"planned and preprocessed {', '.join(a.configurations)} for data sets " + ", ".join(map(str, ids)))
 
 
@@ -39,6 +39,7 @@ def add_crop_args(s: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
+    from nnunet_oar.segmentation.planning import ORGAN_PLANNER
     s = sub.add_parser("crop-rois", help="one cropped nnU-Net data set per organ")
     add_crop_args(s)
     s.set_defaults(func=_crop_rois)
@@ -53,6 +54,9 @@ def register(sub) -> None:
     s.add_argument("-np", "--num-processes", type=int, default=2)
     s.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"],
                    help="nnU-Net configurations to preprocess (default 3d_fullres; add 2d for 2D organ networks)")
+    s.add_argument("--planner", default=ORGAN_PLANNER,
+                   help="nnU-Net experiment planner (default nnUNetPlanner_torchres: torch resampling, fast at "
+                        "inference; ExperimentPlanner: nnU-Net's default cubic spline); plans are named nnUNetPlans")
     s.set_defaults(func=_plan_organs)
 
     s = sub.add_parser("merge", help="merge per-organ crop predictions (nnU-Net output folders) into label maps")

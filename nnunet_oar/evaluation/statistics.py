@@ -71,6 +71,13 @@ def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) ->
     return out
 
 
+def format_difference(d: dict) -> str:
+    """One :func:`paired_difference` as ``+0.001 [-0.003, +0.004], p = 0.62`` (``n/a`` without an interval)."""
+    if d["ci_low"] is None:
+        return "n/a"
+    return f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], p = {d['p_wilcoxon']:.2g}"
+
+
 def compare_methods(per_case_a: Dict[str, Dict[str, dict]], per_case_b: Dict[str, Dict[str, dict]],
                     metric: str = "dice") -> dict:
     """:func:`paired_difference` overall and per organ: ``{"overall": {...}, "per_organ": {organ: {...}}}``."""

@@ -90,7 +90,8 @@ rule plan_organs:
     log: f"{DONE}/logs/plan_organs.log"
     shell:
         ENV + f"nnunet_oar plan-organs --first-id {ORG['first_id']} --spacing {ORG.get('spacing', 1)} "
-        f"-c {ORG.get('configuration', '3d_fullres')} -np {NP} > {{log}} 2>&1"
+        f"-c {ORG.get('configuration', '3d_fullres')} -np {NP} "
+        + (f"--planner {ORG['planner']} " if "planner" in ORG else "") + "> {log} 2>&1"
 
 
 rule train_organ:
