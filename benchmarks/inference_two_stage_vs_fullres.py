@@ -320,8 +320,8 @@ def main() -> None:
         return
     prepared = work / "prepared.json"
     from nnunet_oar.segmentation.planning import ORGAN_PLANNER
-    if not prepared.is_file() or {k: json.loads(prepared.read_text()).get(k) for k in ("spacing_xyz_mm", "organ_planner")} \
-            != {"spacing_xyz_mm": list(a.spacing), "organ_planner": ORGAN_PLANNER}:
+    prep = json.loads(prepared.read_text()) if prepared.is_file() else {}
+    if (prep.get("spacing_xyz_mm"), prep.get("organ_planner")) != (list(a.spacing), ORGAN_PLANNER):
         prepare(work, tuple(a.spacing))
     import nnunetv2
     import torch
