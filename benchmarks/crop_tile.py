@@ -23,14 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 MODES = ("trained", "crop")
 
 
-def run_predict(models: Path, images: Path, out: Path, tile: str) -> dict:
+def run_predict(models: Path, images: Path, out: Path, options: list) -> dict:
+    """``nnunet_oar predict`` with ``options`` in its own process: wall time and peak RSS."""
     t0 = time.perf_counter()
     p = subprocess.Popen([str(Path(sys.executable).parent / "nnunet_oar"), "predict", "-i", str(images), "-o", str(out),
-                          "-m", str(models), "--preset", "fast", "--tile", tile],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                          "-m", str(models), *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(p.pid, 0)
     if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"predict --tile {tile} failed: {p.stderr.read()[-2000:]}")
+        raise SystemExit(f"predict {' '.join(options)} failed: {p.stderr.read()[-2000:]}")
     return {"wall_s": time.perf_counter() - t0, "peak_rss_gb": usage.ru_maxrss / 1024 ** 2}
 
 
@@ -44,13 +44,18 @@ def tiles_used(folder: Path) -> dict:
     return {o: sorted(v) for o, v in out.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a comparison of ``predict`` options on held-out cases."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", required=True, help="models folder (export-models)")
     ap.add_argument("--test", required=True, help="raw nnU-Net data set of held-out cases (imagesTr, labelsTr)")
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True, help="JSON to write; the Markdown table goes beside it")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = parser(__doc__).parse_args()
     from nnunet_oar.evaluation.evaluate import evaluate_folders
     from nnunet_oar.evaluation.statistics import compare_methods
     test, work = Path(a.test), Path(a.work)
@@ -60,7 +65,7 @@ def main() -> None:
     scores = {}
     for mode in MODES:
         out = work / f"tile_{mode}"
-        result["runs"][mode] = run_predict(Path(a.models), test / "imagesTr", out, mode)
+        result["runs"][mode] = run_predict(Path(a.models), test / "imagesTr", out, ["--preset", "fast", "--tile", mode])
         result["runs"][mode]["tiles"] = tiles_used(out)
         scores[mode] = evaluate_folders(test / "labelsTr", out, annotations, progress=False)
         result["dice"][mode] = scores[mode]["overall"]["dice"]

@@ -38,7 +38,7 @@ def run_once(work: Path, prefetch: bool) -> dict:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     use_nnunet_folders(work)
     cls = OARPredictor if prefetch else LoadWhenNeeded
-    p = cls(work / "models", device="cpu", max_loaded=1, tile="trained", **PRESETS["fast"])
+    p = cls(work / "models", device="cpu", max_loaded=1, **PRESETS["fast"])
     ct = sitk.ReadImage(str(work / "ct_clinical.nii.gz"))
     t = time.perf_counter()
     p.predict_image(ct, work / "ct_clinical.nii.gz", "ct")

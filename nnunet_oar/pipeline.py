@@ -82,7 +82,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
             series_uid: Optional[str] = None, rtstruct: bool = False, dicom_seg: bool = False,
             preview: bool = False, boxes_dir: Optional[Path] = None, roi_names: str = "tg263",
             largest_component: Sequence[str] = (), keep_networks: Optional[int] = 1, tile: str = "trained",
-            one_fold: bool = False) -> Dict[str, str]:
+            one_fold: bool = False, grid_factor: float = 1.0) -> Dict[str, str]:
     """Segment every CT in ``inputs`` into ``output``.
 
     Args:
@@ -99,8 +99,8 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
             brings no nnU-Net ``postprocessing.pkl`` (which is applied whenever it does).
         keep_networks: organ networks kept loaded at once, besides the next organ's, which loads in the
             background (``None``: all; docs/results/inference_benchmark.md measures the memory each choice takes).
-        tile, one_fold: see :class:`~nnunet_oar.segmentation.predict.OARPredictor` (``predict --tile``,
-            ``--preset fast``).
+        tile, one_fold, grid_factor: see :class:`~nnunet_oar.segmentation.predict.OARPredictor`
+            (``predict --tile``, ``--preset fast``, ``--preset fastest`` / ``--grid-factor``).
 
     Returns:
         ``{case: error}`` for inputs that could not be processed; the other cases are written.
@@ -112,7 +112,7 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
     _refuse_overwriting_inputs(sources, Path(output))
     check_writable(output)
     predictor = OARPredictor(models_folder(models), folds, device, organs, tta, step_size, largest_component,
-                             keep_networks, tile=tile, one_fold=one_fold)
+                             keep_networks, tile=tile, one_fold=one_fold, grid_factor=grid_factor)
     output = Path(output)
     clinical = {"rtstruct": rtstruct, "dicom_seg": dicom_seg, "preview": preview, "roi_names": roi_names}
     errors = {}

@@ -4,7 +4,10 @@ import numpy as np
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-from nnunet_oar.segmentation.predict import MAX_TILE_FACTOR, crop_tile
+import pytest
+
+from nnunet_oar.io import InputError
+from nnunet_oar.segmentation.predict import MAX_TILE_FACTOR, OARPredictor, coarser_grid, crop_tile
 
 
 def _configuration(patch, spacing=(1.0, 1.0, 1.0)):
@@ -56,3 +59,24 @@ def test_a_large_crop_takes_fewer_passes_and_voxels_than_the_sliding_patch_and_n
     assert _passes(shape, tile) * np.prod(tile) < 0.6 * _passes(shape, patch) * np.prod(patch)
     assert [t % s for t, s in zip(tile, (8, 8, 4))] == [0, 0, 0]          # the network's stride divides it
     assert all(t >= p / 2 for t, p in zip(tile, patch))                    # never a thin slab
+
+
+def test_a_coarser_grid_keeps_the_patchs_field_of_view_in_strides_of_the_network():
+    cm = _configuration((96, 160, 60), spacing=(1.0, 0.8, 0.8))
+    coarse = coarser_grid(cm, 1.5)
+    assert coarse.spacing == pytest.approx([1.5, 1.2, 1.2])
+    # 96 / 1.5 = 64 (a multiple of 8); 160 / 1.5 = 106.7 -> 112; 60 / 1.5 = 40 (a multiple of 4)
+    assert coarse.patch_size == [64, 112, 40]
+    for t, p, s in zip(coarse.patch_size, cm.patch_size, (8, 8, 4)):
+        assert t % s == 0 and t * 1.5 >= p and (t - s) * 1.5 < p       # the smallest such tile that holds it
+    assert cm.spacing == [1.0, 0.8, 0.8] and cm.patch_size == [96, 160, 60]       # the trained one untouched
+    assert coarser_grid(cm, 1.0) is cm
+    # never below one stride; an architecture without strides keeps its patch (its input may be fixed)
+    assert coarser_grid(_configuration((8, 8, 4)), 4.0).patch_size == [8, 8, 4]
+    cm.configuration["architecture"]["arch_kwargs"] = {}
+    assert coarser_grid(cm, 2.0).patch_size == [96, 160, 60]
+
+
+def test_a_grid_finer_than_the_trained_one_is_refused(tmp_path):
+    with pytest.raises(InputError, match="grid_factor must be at least 1"):
+        OARPredictor(tmp_path, grid_factor=0.5)

@@ -130,6 +130,16 @@ def test_predict_end_to_end_keeps_the_input_geometry(pipeline, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == before      # replaced in place, no temporary left
 
 
+def _voxel_counter():
+    """``({"n": voxels}, on_load hook)``: the voxels of every forward pass of the organ networks it is given."""
+    count = {"n": 0}
+
+    def hook(predictor):
+        predictor.network.register_forward_hook(
+            lambda _m, inputs, _o: count.__setitem__("n", count["n"] + int(np.prod(inputs[0].shape[2:]))))
+    return count, hook
+
+
 @pytest.mark.slow
 def test_the_crop_tile_takes_fewer_voxels_than_the_trained_patch_and_no_more_memory(pipeline):
     """--tile crop: a crop larger than its patch goes through its network with its own tile (a multiple of the
@@ -145,11 +155,7 @@ def test_the_crop_tile_takes_fewer_voxels_than_the_trained_patch_and_no_more_mem
     found["organs"]["liver"]["box_index_xyz"] = {"start": [0, 0, 0], "stop": list(ct.GetSize())}
     voxels, liver_tile = {}, {}
     for tile in ("crop", "trained"):
-        count = {"n": 0}
-
-        def hook(predictor, count=count):
-            predictor.network.register_forward_hook(
-                lambda _m, inputs, _o: count.__setitem__("n", count["n"] + int(np.prod(inputs[0].shape[2:]))))
+        count, hook = _voxel_counter()
         p = OARPredictor(pipeline["models"], tta=False, tile=tile, one_fold=True, on_load=hook, max_loaded=None)
         seg, boxes = p.predict_image(ct, image, "c", boxes=copy.deepcopy(found))
         assert seg.GetSize() == ct.GetSize() and seg.GetOrigin() == ct.GetOrigin()
@@ -164,6 +170,30 @@ def test_the_crop_tile_takes_fewer_voxels_than_the_trained_patch_and_no_more_mem
                 assert np.prod(tile_zyx) <= np.prod(trained.patch_size)
     assert liver_tile["crop"].startswith("tile") and liver_tile["trained"].startswith("trained patch")
     assert 0 < voxels["crop"] < voxels["trained"]
+
+
+@pytest.mark.slow
+def test_a_coarser_organ_grid_takes_fewer_voxels_through_the_networks_and_keeps_the_grid(pipeline):
+    """--preset fastest: each organ network on a coarser grid (nnU-Net's manual_initialization, its patch
+    scaled to the same field of view): about factor^3 fewer voxels through the organ networks, the labels on
+    the input's grid, and each organ's box says which grid its network ran on."""
+    from nnunet_oar.segmentation.predict import GRID_FACTOR_FASTEST, PRESETS, OARPredictor
+    image = next((pipeline["root"] / "heldout").glob("*_ThAb.nii.gz"))
+    ct = sitk.ReadImage(str(image))
+    voxels, segs = {}, {}
+    for preset in ("fast", "fastest"):
+        count, hook = _voxel_counter()
+        p = OARPredictor(pipeline["models"], on_load=hook, **PRESETS[preset])
+        segs[preset], boxes = p.predict_image(ct, image, "c")
+        voxels[preset] = count["n"]
+        assert segs[preset].GetSize() == ct.GetSize() and segs[preset].GetOrigin() == ct.GetOrigin()
+        assert segs[preset].GetSpacing() == ct.GetSpacing() and segs[preset].GetDirection() == ct.GetDirection()
+        for organ in ORGANS:
+            assert (f"{GRID_FACTOR_FASTEST:g}x coarser grid" in boxes["organs"][organ]["tile"]) == (preset == "fastest")
+    # 1 / 1.5^3 = 0.30 on large patches; the phantoms' small ones round up to the network's stride (0.40-0.43)
+    assert voxels["fastest"] < 0.5 * voxels["fast"]
+    fast, fastest = (sitk.GetArrayFromImage(segs[k]) for k in ("fast", "fastest"))
+    assert (fastest > 0).any() and set(np.unique(fastest)) <= set(np.unique(fast)) | {0}
 
 
 @pytest.mark.slow

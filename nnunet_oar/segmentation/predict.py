@@ -34,8 +34,13 @@ from nnunet_oar.segmentation.merge import THRESHOLD, MaxProbabilityMerger
 
 
 TILES = ("crop", "trained")
-# what `predict --preset` sets: nnU-Net's defaults (every fold, test-time mirroring), or one fold without
-PRESETS = {"accurate": {"tta": True, "one_fold": False}, "fast": {"tta": False, "one_fold": True}}
+# what `predict --preset` sets: nnU-Net's defaults (every fold, test-time mirroring); one fold without;
+# and that with each crop's own tile on organ grids GRID_FACTOR_FASTEST times coarser (Dice -0.017 on the
+# phantoms, -0.039 at 1.5: docs/results/organ_grid.md)
+GRID_FACTOR_FASTEST = 1.25
+PRESETS = {"accurate": {"tta": True, "one_fold": False, "tile": "trained", "grid_factor": 1.0},
+           "fast": {"tta": False, "one_fold": True, "tile": "trained", "grid_factor": 1.0},
+           "fastest": {"tta": False, "one_fold": True, "tile": "crop", "grid_factor": GRID_FACTOR_FASTEST}}
 # a tile holds at most the trained patch's voxels: the activations, and so the memory, of nnU-Net's own
 # sliding window (4x, one pass for most crops, took the clinical-size benchmark to 8.32 GB, the baseline 4.72)
 MAX_TILE_FACTOR = 1.0
@@ -102,6 +107,34 @@ def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configurat
     return best
 
 
+def coarser_grid(configuration_manager, factor: float):
+    """An organ network's configuration on a grid ``factor`` times coarser than it was trained on.
+
+    The spacing is multiplied by ``factor`` and the patch keeps its field of view in mm: each length divided
+    by ``factor``, rounded up to a multiple of the network's total stride along that axis (an architecture
+    without ``strides`` keeps its patch). A crop then takes about ``factor**3`` fewer voxels through the
+    network, which meets organs ``1 / factor`` their trained size in voxels; nnU-Net's training augmentation
+    scales images by 0.7-1.4, so factors up to about 1.4 stay within what the network has seen.
+
+    Args:
+        configuration_manager: the network's nnU-Net configuration as trained.
+        factor: grid coarsening, >= 1 (1 returns the configuration unchanged).
+
+    Returns:
+        An nnU-Net ``ConfigurationManager``: the trained configuration with another spacing and patch.
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+    if factor == 1:
+        return configuration_manager
+    c = configuration_manager.configuration
+    patch = list(c["patch_size"])
+    strides = configuration_manager.network_arch_init_kwargs.get("strides")
+    if strides is not None:
+        stride = np.prod(np.asarray(strides), axis=0)
+        patch = [int(max(np.ceil(p / factor / s), 1) * s) for p, s in zip(patch, stride)]
+    return ConfigurationManager({**c, "spacing": [float(x) * factor for x in c["spacing"]], "patch_size": patch})
+
+
 def _expected(models: Path, organ: str, entry: dict, box_stats: Dict[str, dict]) -> dict:
     """What an organ looked like in training (see :mod:`nnunet_oar.plausibility`)."""
     fingerprint = models / entry["results_folder"] / "dataset_fingerprint.json"
@@ -134,16 +167,21 @@ class OARPredictor:
             networks this way).
         tile: ``"crop"``: each crop with its own tile where that needs fewer passes within the trained
             patch's memory (:func:`crop_tile`); ``"trained"``: nnU-Net's sliding window with the trained patch.
+        grid_factor: every organ network runs on a grid this many times coarser than it was trained on
+            (:func:`coarser_grid`; ``--preset fastest``); 1 is the trained grid.
     """
 
     def __init__(self, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",
                  organs: Optional[Sequence[str]] = None, tta: bool = True, step_size: float = 0.5,
                  largest_component: Sequence[str] = (), max_loaded: Optional[int] = 1,
-                 on_load: Optional[Callable] = None, tile: str = "trained", one_fold: bool = False):
+                 on_load: Optional[Callable] = None, tile: str = "trained", one_fold: bool = False,
+                 grid_factor: float = 1.0):
         ensure_trainer_path()
         if tile not in TILES:
             raise InputError(f"tile must be one of {', '.join(TILES)}, got {tile!r}")
-        self.tile = tile
+        if not grid_factor >= 1:
+            raise InputError(f"grid_factor must be at least 1 (the trained grid), got {grid_factor}")
+        self.tile, self.grid_factor = tile, float(grid_factor)
         models = Path(models)
         manifest = read_manifest(models)
         loc = manifest["localizer"]
@@ -176,7 +214,7 @@ class OARPredictor:
         # otherwise waits between networks (docs/results/network_prefetch.md)
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnunet_oar-load")
         self._pending: Dict[str, Future] = {}
-        self._trained: Dict[str, object] = {}        # each organ network's configuration as trained
+        self._trained: Dict[str, object] = {}    # each organ network's configuration (on the coarser grid)
         self.expected = {o: _expected(models, o, available[o], self.localizer.box_stats) for o in self.organs}
         self.postprocess = {}
         for o in self.organs:
@@ -210,7 +248,7 @@ class OARPredictor:
             return self._loaded[organ]
         pending = self._pending.pop(organ, None)
         p = pending.result() if pending is not None else self._load(organ)
-        self._trained[organ] = p.configuration_manager
+        self._trained[organ] = coarser_grid(p.configuration_manager, self.grid_factor)
         if self.on_load is not None:
             self.on_load(p)
         self._loaded[organ] = p
@@ -219,21 +257,23 @@ class OARPredictor:
         return p
 
     def _set_tile(self, organ: str, p, shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> str:
-        """Give the organ's predictor ``p`` the tile for this crop (its own configuration with another patch,
-        through nnU-Net's ``manual_initialization``); returns how the crop is tiled, for the boxes."""
+        """Give the organ's predictor ``p`` the tile for this crop (its configuration with another patch or
+        grid, through nnU-Net's ``manual_initialization``); returns how the crop is tiled, for the boxes."""
         from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
         trained = self._trained[organ]
         tile = crop_tile(shape_zyx, spacing_zyx, trained, p.plans_manager.transpose_forward,
                          self._settings["tile_step_size"]) if self.tile == "crop" else None
         cm = trained if tile is None else ConfigurationManager({**trained.configuration, "patch_size": tile})
-        if cm.patch_size != p.configuration_manager.patch_size:
+        if cm.configuration != p.configuration_manager.configuration:
             p.manual_initialization(p.network, p.plans_manager, cm, p.list_of_parameters, p.dataset_json,
                                     p.trainer_name, p.allowed_mirroring_axes)
+        grid = "" if self.grid_factor == 1 else \
+            f" on a {self.grid_factor:g}x coarser grid ({' x '.join(f'{s:g}' for s in cm.spacing)} mm)"
         if tile is not None:
-            return f"tile {tile}"
+            return f"tile {tile}{grid}"
         why = "" if self.tile == "trained" else (" (a 2D network)" if len(trained.patch_size) != 3 else
                                                  " (no tile within its voxels needs fewer passes)")
-        return f"trained patch {list(trained.patch_size)}{why}"
+        return f"{'trained' if self.grid_factor == 1 else 'scaled'} patch {list(trained.patch_size)}{grid}{why}"
 
     def predict_image(self, ct: sitk.Image, image_file: Path, case: str, boxes: Optional[dict] = None):
         """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict).
