@@ -237,7 +237,8 @@ def run_method(work: Path, method: str, device: str) -> dict:
         t_start = time.perf_counter()
         loc.localize_file(work / "ct_clinical.nii.gz", "ct")
     else:
-        from nnunet_oar.segmentation.predict import PRESETS, OARPredictor
+        from nnunet_oar.segmentation.predict import OARPredictor
+        from nnunet_oar.segmentation.presets import PRESETS
         # the default loads one organ network at a time, when needed, the next in the background (inside the wall time);
         # two_stage_all_loaded loads every one before the clock starts (what multi-case runs amortize)
         keep = None if method == "two_stage_all_loaded" else 1

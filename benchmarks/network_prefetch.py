@@ -29,7 +29,8 @@ def run_once(work: Path, prefetch: bool) -> dict:
     import SimpleITK as sitk
     import torch
     from nnunet_oar.paths import use_nnunet_folders
-    from nnunet_oar.segmentation.predict import PRESETS, OARPredictor
+    from nnunet_oar.segmentation.predict import OARPredictor
+    from nnunet_oar.segmentation.presets import PRESETS
 
     class LoadWhenNeeded(OARPredictor):
         def prefetch(self, organ):

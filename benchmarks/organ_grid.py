@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--factors", nargs="+", type=float, default=[1.0, 1.25, 1.5, 2.0],
                     help="grid factors; the first is the reference (default 1 1.25 1.5 2)")
     a = ap.parse_args()
+    if len(a.factors) < 2:
+        ap.error("--factors needs the reference and at least one factor to compare with it")
     from nnunet_oar.evaluation.evaluate import evaluate_folders
     from nnunet_oar.evaluation.statistics import compare_methods
     test, work = Path(a.test), Path(a.work)

@@ -30,8 +30,9 @@ An organ whose heat map put it far from where the other organs place it was move
 (``heatmap_centroid_mm``), how far it was from the vote (``distance_mm``) and the organs that voted (its
 ``moved_into_scan_mm``, if any, counts from the vote).
 ``predict`` adds its findings per organ (``cut_by_box``: faces of the box the
-organ touches inside the image; ``implausible``, ``flags``, ``postprocessing``) and the case's
-``input_warnings``.
+organ touches inside the image; ``tile``: how its crop went through its network; ``grid_factor``: how much
+coarser than trained that network's grid was, where it was; ``implausible``, ``flags``, ``postprocessing``)
+and the case's ``input_warnings``.
 
 A prediction folder holds, per case, the files of :data:`CASE_OUTPUT_SUFFIXES`: the label map
 ``{case}.nii.gz`` on the input's grid, ``{case}.json`` naming its labels (``{"labels": {organ: value}}``),
@@ -75,6 +76,8 @@ class OrganBox(TypedDict, total=False):
     z_extent: dict          # a learned extent along z: {"ends_mm", "anchors", "heatmap_z_mm"}
     position_check: dict    # moved by anatomical consistency: {"heatmap_centroid_mm", "distance_mm", "anchors"}
     cut_by_box: List[str]   # faces ("x-", ..., "z+") the predicted organ touches inside the image
+    tile: str               # how predict tiled the crop ("trained patch [...]", "tile [...]", its grid)
+    grid_factor: float      # predict ran the organ network on a grid this much coarser than trained (> 1)
 
 
 class CaseBoxes(TypedDict, total=False):

@@ -73,10 +73,18 @@ def test_a_coarser_grid_keeps_the_patchs_field_of_view_in_strides_of_the_network
     assert coarser_grid(cm, 1.0) is cm
     # never below one stride; an architecture without strides keeps its patch (its input may be fixed)
     assert coarser_grid(_configuration((8, 8, 4)), 4.0).patch_size == [8, 8, 4]
+    # a floating-point hair above a whole number of strides does not take another stride: 84 / 1.4 / 4 = 15
+    assert coarser_grid(_configuration((84, 84, 84)), 1.4).patch_size == [64, 64, 60]
     cm.configuration["architecture"]["arch_kwargs"] = {}
     assert coarser_grid(cm, 2.0).patch_size == [96, 160, 60]
 
 
+def test_a_2d_network_gets_coarser_in_plane():
+    coarse = coarser_grid(_configuration((160, 128), spacing=(0.8, 0.8)), 1.5)        # total stride 2, 2
+    assert coarse.spacing == pytest.approx([1.2, 1.2]) and coarse.patch_size == [108, 86]
+
+
 def test_a_grid_finer_than_the_trained_one_is_refused(tmp_path):
-    with pytest.raises(InputError, match="grid_factor must be at least 1"):
-        OARPredictor(tmp_path, grid_factor=0.5)
+    for factor in (0.5, 0.0, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="grid_factor must be at least 1"):
+            OARPredictor(tmp_path, grid_factor=factor)

@@ -7,6 +7,7 @@ from pathlib import Path
 from nnunet_oar.cli.common import fail_on_errors, labels_file, margins
 from nnunet_oar.localization.boxes import DEFAULT_READOUT, READOUTS
 from nnunet_oar.organs import ROI_NAME_STYLES
+from nnunet_oar.segmentation.presets import GRID_FACTOR_FASTEST, PRESETS, TILES
 
 
 def _export_models(a) -> None:
@@ -31,12 +32,11 @@ def _install_models(a) -> None:
 
 def _predict(a) -> None:
     from nnunet_oar.pipeline import predict
-    from nnunet_oar.segmentation.predict import PRESETS
     preset = PRESETS[a.preset]
     fail_on_errors(predict(Path(a.input), Path(a.output), Path(a.models), folds=a.folds, device=a.device,
                            organs=a.organs, tta=preset["tta"] and not a.disable_tta, step_size=a.step_size,
                            series_uid=a.series_uid, tile=a.tile or preset["tile"], one_fold=preset["one_fold"],
-                           grid_factor=a.grid_factor or preset["grid_factor"],
+                           grid_factor=preset["grid_factor"] if a.grid_factor is None else a.grid_factor,
                            largest_component=a.largest_component, keep_networks=a.keep_networks or None,
                            rtstruct=a.rtstruct, dicom_seg=a.dicom_seg, preview=a.preview,
                            boxes_dir=Path(a.boxes) if a.boxes else None, roi_names=a.roi_names))
@@ -102,15 +102,16 @@ def register(sub) -> None:
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--organs", nargs="+")
     s.add_argument("--disable-tta", action="store_true", help="no test-time mirroring in the organ networks")
-    s.add_argument("--preset", choices=["accurate", "fast", "fastest"], default="accurate",
+    s.add_argument("--preset", choices=list(PRESETS), default="accurate",
                    help="accurate: every fold of each network, test-time mirroring (nnU-Net's defaults); fast: "
                         "each network's first fold, no mirroring; fastest: fast with --tile crop and the organ "
-                        "networks on a 1.25x coarser grid (costs Dice). --folds, --disable-tta, --tile and "
-                        "--grid-factor override it")
+                        f"networks on a {GRID_FACTOR_FASTEST:g}x coarser grid (costs Dice). --folds, --disable-tta, "
+                        "--tile and --grid-factor override it")
     s.add_argument("--grid-factor", type=float, metavar="F",
-                   help="run the organ networks on a grid F times coarser than they were trained on (their patch "
-                        "keeps its size in mm; about F^3 fewer voxels; default: the preset's, 1 or 1.25)")
-    s.add_argument("--tile", choices=["trained", "crop"],
+                   help="run the organ networks on a grid F >= 1 times coarser than they were trained on (their "
+                        "patch keeps its size in mm, rounded up to the network's stride: up to F^3 fewer voxels; "
+                        f"default: the preset's, 1 or {GRID_FACTOR_FASTEST:g})")
+    s.add_argument("--tile", choices=list(TILES),
                    help="organ networks: nnU-Net's sliding window with the trained patch (the default but for "
                         "--preset fastest), or each crop with its own tile where that needs fewer network passes, "
                         "holding at most the trained patch's voxels (so no more memory)")

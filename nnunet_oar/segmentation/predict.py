@@ -31,16 +31,9 @@ from nnunet_oar.plausibility import input_warnings, organ_check
 from nnunet_oar.safe_load import check_checkpoint
 from nnunet_oar.segmentation import postprocessing
 from nnunet_oar.segmentation.merge import THRESHOLD, MaxProbabilityMerger
+from nnunet_oar.segmentation.presets import TILES
 
 
-TILES = ("crop", "trained")
-# what `predict --preset` sets: nnU-Net's defaults (every fold, test-time mirroring); one fold without;
-# and that with each crop's own tile on organ grids GRID_FACTOR_FASTEST times coarser (Dice -0.017 on the
-# phantoms, -0.039 at 1.5: docs/results/organ_grid.md)
-GRID_FACTOR_FASTEST = 1.25
-PRESETS = {"accurate": {"tta": True, "one_fold": False, "tile": "trained", "grid_factor": 1.0},
-           "fast": {"tta": False, "one_fold": True, "tile": "trained", "grid_factor": 1.0},
-           "fastest": {"tta": False, "one_fold": True, "tile": "crop", "grid_factor": GRID_FACTOR_FASTEST}}
 # a tile holds at most the trained patch's voxels: the activations, and so the memory, of nnU-Net's own
 # sliding window (4x, one pass for most crops, took the clinical-size benchmark to 8.32 GB, the baseline 4.72)
 MAX_TILE_FACTOR = 1.0
@@ -110,11 +103,13 @@ def crop_tile(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], configurat
 def coarser_grid(configuration_manager, factor: float):
     """An organ network's configuration on a grid ``factor`` times coarser than it was trained on.
 
-    The spacing is multiplied by ``factor`` and the patch keeps its field of view in mm: each length divided
-    by ``factor``, rounded up to a multiple of the network's total stride along that axis (an architecture
-    without ``strides`` keeps its patch). A crop then takes about ``factor**3`` fewer voxels through the
-    network, which meets organs ``1 / factor`` their trained size in voxels; nnU-Net's training augmentation
-    scales images by 0.7-1.4, so factors up to about 1.4 stay within what the network has seen.
+    The spacing is multiplied by ``factor`` and the patch keeps at least its field of view in mm: each
+    length divided by ``factor``, rounded up to a multiple of the network's total stride along that axis
+    (an architecture without ``strides`` keeps its patch in voxels). The patch then holds up to ``factor**3``
+    fewer voxels (``factor**2`` for a 2D network, coarser in-plane only), less where the rounding keeps a
+    length; a crop smaller than the patch is padded to it, as in training. The network meets organs
+    ``1 / factor`` their trained size in voxels; nnU-Net's augmentation scales a fifth of its training
+    samples by 0.7-1.4, so factors up to about 1.4 stay within what the network has seen.
 
     Args:
         configuration_manager: the network's nnU-Net configuration as trained.
@@ -131,7 +126,8 @@ def coarser_grid(configuration_manager, factor: float):
     strides = configuration_manager.network_arch_init_kwargs.get("strides")
     if strides is not None:
         stride = np.prod(np.asarray(strides), axis=0)
-        patch = [int(max(np.ceil(p / factor / s), 1) * s) for p, s in zip(patch, stride)]
+        # less a hair: 84 / 1.4 / 4 is 15.000000000000002 in floating point
+        patch = [int(max(np.ceil(p / factor / s - 1e-9), 1) * s) for p, s in zip(patch, stride)]
     return ConfigurationManager({**c, "spacing": [float(x) * factor for x in c["spacing"]], "patch_size": patch})
 
 
@@ -179,8 +175,8 @@ class OARPredictor:
         ensure_trainer_path()
         if tile not in TILES:
             raise InputError(f"tile must be one of {', '.join(TILES)}, got {tile!r}")
-        if not grid_factor >= 1:
-            raise InputError(f"grid_factor must be at least 1 (the trained grid), got {grid_factor}")
+        if not 1 <= grid_factor < float("inf"):
+            raise InputError(f"grid_factor must be at least 1 (the trained grid) and finite, got {grid_factor}")
         self.tile, self.grid_factor = tile, float(grid_factor)
         models = Path(models)
         manifest = read_manifest(models)
@@ -267,13 +263,13 @@ class OARPredictor:
         if cm.configuration != p.configuration_manager.configuration:
             p.manual_initialization(p.network, p.plans_manager, cm, p.list_of_parameters, p.dataset_json,
                                     p.trainer_name, p.allowed_mirroring_axes)
-        grid = "" if self.grid_factor == 1 else \
-            f" on a {self.grid_factor:g}x coarser grid ({' x '.join(f'{s:g}' for s in cm.spacing)} mm)"
+        grid = "" if self.grid_factor == 1 else (f" on a {self.grid_factor:g}x coarser grid "
+                                                 f"({' x '.join(f'{s:g}' for s in cm.spacing)} mm, network axis order)")
         if tile is not None:
             return f"tile {tile}{grid}"
         why = "" if self.tile == "trained" else (" (a 2D network)" if len(trained.patch_size) != 3 else
                                                  " (no tile within its voxels needs fewer passes)")
-        return f"{'trained' if self.grid_factor == 1 else 'scaled'} patch {list(trained.patch_size)}{grid}{why}"
+        return f"{'trained' if self.grid_factor == 1 else 'coarse'} patch {list(trained.patch_size)}{grid}{why}"
 
     def predict_image(self, ct: sitk.Image, image_file: Path, case: str, boxes: Optional[dict] = None):
         """One CT (``image_file``, already read as ``ct``) -> (label image on the CT's grid, boxes dict).
@@ -308,6 +304,8 @@ class OARPredictor:
         data = sitk.GetArrayFromImage(crop)[None].astype(np.float32)
         spacing_zyx = list(crop.GetSpacing())[::-1]
         entry["tile"] = self._set_tile(organ, net, data.shape[1:], spacing_zyx)
+        if self.grid_factor != 1:
+            entry["grid_factor"] = self.grid_factor
         _, prob = net.predict_single_npy_array(data, {"spacing": spacing_zyx}, None, None, True)
         prob_img = sitk.GetImageFromArray(np.asarray(prob[1], dtype=np.float32))
         prob_img.CopyInformation(crop)
