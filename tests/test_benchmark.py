@@ -70,6 +70,16 @@ def test_stages_run_as_snakemake_jobs_in_order_once_and_a_failure_names_its_log(
     assert records["the second stage"]["wall_s"] >= 0 and len(records["the second stage"]["commands"]) == 2
     plan.run()                                          # everything done: nothing runs again
     assert out.read_text().split() == ["first", "second", "again"]
+    # stages asked for first run, with what they wait for, ahead of the others
+    for branch in "abc":
+        plan.add(f"{branch}1", [["sh", "-c", f"echo {branch}1 >> {out}"]])
+        plan.add(f"{branch}2", [["sh", "-c", f"echo {branch}2 >> {out}"]], [f"{branch}1"])
+    for wanted in ("b2", "c2"):
+        out.write_text("")
+        for f in (tmp_path / "stages").glob("[abc][12].done"):
+            f.unlink()
+        plan.run(first=[wanted])
+        assert out.read_text().split()[:2] == [f"{wanted[0]}1", wanted]
     plan.add("broken", [["sh", "-c", "echo the reason >&2; exit 3"]], ["second"])
     with pytest.raises(StageFailed, match="broken") as e:
         plan.run()

@@ -44,9 +44,10 @@ class Plan:
             self.labels[name] = label
         return name
 
-    def run(self, cores: int = 1, gpus: int = 1) -> None:
-        """Run every stage not done yet through Snakemake; raise :class:`StageFailed` naming the log of a
-        failed one."""
+    def run(self, cores: int = 1, gpus: int = 1, first: Sequence[str] = ()) -> None:
+        """Run every stage not done yet through Snakemake, the stages ``first`` and those they wait for
+        ahead of the others (so that a run stopped early has them); raise :class:`StageFailed` naming the
+        log of a failed one."""
         try:
             import snakemake  # noqa: F401
         except ImportError:
@@ -61,6 +62,8 @@ class Plan:
                str(cores), "--resources", f"gpu={gpus}", "--rerun-incomplete", "--keep-going",
                # a handful of jobs needs no ILP solver (and a machine without one gets no warning)
                "--scheduler", "greedy"]
+        if first:
+            cmd += ["--prioritize", *(str(stages / f"{name}.done") for name in first)]
         with open(self.work / "benchmark.log", "a") as log:
             rc = subprocess.call(cmd, cwd=self.work, env=env, stdout=log, stderr=subprocess.STDOUT)
         if rc:
