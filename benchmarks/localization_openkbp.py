@@ -384,14 +384,20 @@ def _extent_lines(margins: dict) -> list:
              "end at the anchor whose offset varies least over the training patients (the rule below, fitted on "
              "all of them, is the one used here). The organ got it because the rule fitted on the trained fold's "
              "patients lowered the median z error of the centroid on the calibration fold (last column); the two "
-             "fits may pick different anchors where two vary about as little.", "",
+             "fits may pick different anchors where two vary about as little. The rule's floor is its error with "
+             "every other anchor where the contours put it and the true scanned extent: what is left is how far "
+             "the contours' ends vary about their anchors (where the clinic stopped contouring, where it put the "
+             "brainstem's lower end). It is the best a localizer that places these ends by these anchors can expect "
+             "(its errors in finding the anchors come on top), and the error along z is part of the 3D error.", "",
              "| organ | bottom: anchor, offset mm | top: anchor, offset mm | calibration z error mm: mean-size box "
-             "/ learned extent |", "|---|---|---|---|"]
+             "/ learned extent | the rule's floor, mm |", "|---|---|---|---|---|"]
     for organ, rule in chosen.items():
         err = rule["median_z_error_mm"]
+        floor = err.get("learned_extent_exact_anchors")
         lines.append(f"| {organ} | {rule['bottom']['anchor']}, {rule['bottom']['offset_mm']:+.1f} | "
                      f"{rule['top']['anchor']}, {rule['top']['offset_mm']:+.1f} | "
-                     f"{err['mean_size_box']:.1f} / {err['learned_extent']:.1f} |")
+                     f"{err['mean_size_box']:.1f} / {err['learned_extent']:.1f} | "
+                     f"{'-' if floor is None else f'{floor:.1f}'} |")
     return lines + [""]
 
 

@@ -97,6 +97,15 @@ def test_the_extent_is_kept_only_where_it_beats_the_mean_size_box_out_of_fold():
     assert errors["mean_size_box"] == 20.0 and errors["learned_extent"] < 3
     # the rule inference gets rests on every case; each validation case gets the rule of its fold
     assert chosen["spinal_cord"]["top"]["n"] == 52 and per_case["v0"]["spinal_cord"]["top"]["n"] == 40
+    assert errors["learned_extent_exact_anchors"] < 1.5
+    # the floor sets the anchors where the contours put them: a brainstem found 12 mm off moves the cord's top
+    # (and half as far its centroid) but not the floor, which is the contours' own spread about their anchors
+    for boxes in found.values():
+        boxes["organs"]["brainstem"]["centroid_mm"][2] += 11
+    errors = choose_z_extents(facts, folds, found, organs)[0]["spinal_cord"]["median_z_error_mm"]
+    assert 5 < errors["learned_extent"] < 7 and errors["learned_extent_exact_anchors"] < 1.5
+    for boxes in found.values():
+        boxes["organs"]["brainstem"]["centroid_mm"][2] -= 11
     # a fold that trained on nothing like these cases is judged out of fold too: the rule is not fitted on them
     few = [(folds[0][0][:5], folds[0][1])]
     assert choose_z_extents(facts, few, found, organs)[0] == {}

@@ -43,10 +43,12 @@ def _localize(a) -> None:
                                           f"{m['failures']['fence_mm']:.0f} mm fence" if f["status"] == "far_miss"
                                           else "not found"))
             if "z_extent" in m:
-                e = m["z_extent"]
+                e, err = m["z_extent"], m["z_extent"]["median_z_error_mm"]
+                floor = err.get("learned_extent_exact_anchors")
                 print(f"  {organ}: box along z from {e['bottom']['anchor']} to {e['top']['anchor']} (learned extent; "
-                      f"median z error {e['median_z_error_mm']['learned_extent']:.1f} mm against "
-                      f"{e['median_z_error_mm']['mean_size_box']:.1f} mm with the mean-size box)")
+                      f"median z error {err['learned_extent']:.1f} mm against {err['mean_size_box']:.1f} mm with "
+                      "the mean-size box" + ("" if floor is None else
+                                              f"; {floor:.1f} mm with the anchors where the contours put them") + ")")
         return
     from nnunet_oar.localization.localize import localize
     if a.input is None or a.model is None:

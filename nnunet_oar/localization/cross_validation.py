@@ -274,11 +274,15 @@ def choose_z_extents(facts: Dict[str, dict], folds: Sequence[Tuple[Sequence[str]
 
     Returns:
         ``({organ: rule fitted on every case}, {organ: {"n", "median_z_error_mm": {"mean_size_box",
-        "learned_extent"}, "judged_rules": the folds' rules}}, {validation case: {organ: its fold's rule}})``. An organ keeps its learned extent
-        where the median error of its centroid along z over the validation cases is below the mean-size
-        box's; the rules of the last dict are those of the kept organs.
+        "learned_extent", "learned_extent_exact_anchors"}, "judged_rules": the folds' rules}}, {validation
+        case: {organ: its fold's rule}})``. An organ keeps its learned extent where the median error of its
+        centroid along z over the validation cases is below the mean-size box's; the rules of the last dict
+        are those of the kept organs. ``learned_extent_exact_anchors`` is the rule's floor: the same
+        rule with every other anchor at its contour's centroid and the true scanned extent (the organ's own
+        centroid as found), so what remains is how much the contours' ends vary around their anchors.
     """
     errors: Dict[str, Tuple[list, list]] = {}
+    floor: Dict[str, list] = {}
     rules_of: Dict[str, Dict[str, dict]] = {}
     judged: Dict[str, list] = {}
     for train, val in folds:
@@ -300,12 +304,21 @@ def choose_z_extents(facts: Dict[str, dict], folds: Sequence[Tuple[Sequence[str]
                 if ends is not None:
                     own.append(abs(centroids[organ] - truth["centroid_mm"]))
                     learned.append(abs((ends[0] + ends[1]) / 2 - truth["centroid_mm"]))
+                    # the rule's floor: the other anchors where the contours put them, and the true
+                    # scanned extent; what is left is the contours' own spread of where they end
+                    true_scan = facts[case].get("scan_z_mm")
+                    exact = learned_ends(rule, centroids[organ], anchors_z(true_scan, {
+                        o: f["centroid_mm"] for o, f in facts[case]["organs"].items() if o != organ}), true_scan)
+                    if exact is not None:
+                        floor.setdefault(organ, []).append(abs((exact[0] + exact[1]) / 2 - truth["centroid_mm"]))
     chosen, compared = {}, {}
     everyone = list(facts.values())
     for organ, (own, learned) in errors.items():
         if len(own) < min_cases:
             continue
         err = {"mean_size_box": round(float(np.median(own)), 2), "learned_extent": round(float(np.median(learned)), 2)}
+        if len(floor.get(organ, [])) >= min_cases:
+            err["learned_extent_exact_anchors"] = round(float(np.median(floor[organ])), 2)
         compared[organ] = {"n": len(own), "median_z_error_mm": err, "judged_rules": judged[organ]}
         rule = fit_z_extent(everyone, organ)
         if err["learned_extent"] < err["mean_size_box"] and rule is not None:
