@@ -226,7 +226,7 @@ class nnUNetTrainerOARHeatmap_demo(nnUNetTrainerOARHeatmap):
 
 class nnUNetTrainerOARHeatmap_cpu(nnUNetTrainerOARHeatmap):
     """The CPU budget on OpenKBP (benchmarks/localization_openkbp.py, nnunet_oar benchmark): 1500 iterations,
-    30-35 min on 2 cores at 8 mm with nnU-Net's width (58 min on a slower 2-core machine), about 18 min with
+    30-35 min on 2 cores at 8 mm with nnU-Net's width (63 min on a slower 2-core machine), about 18 min with
     ``plan-localizer --base-features 16`` (docs/localization.md, "A slimmer network")."""
     budget = (30, 50, 4)
 
