@@ -174,12 +174,15 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     res = work / "nnUNet_results"
     runs = [epoch_seconds(d) for d in [*res.glob("Dataset901_*/*__3d_loc/fold_[01]"), *res.glob("Dataset91[12]_*/*/fold_all")]]
     assert [len(r) for r in runs] == [2, 2, 2, 2]     # tiny budgets: 2 epochs per localizer fold and organ network
-    per_epoch = epoch_seconds(res / "Dataset906_VISCERALIgnore" / "nnUNetTrainerOARTiny__nnUNetPlans__3d_fullres"
+    # the tiny budget caps the baseline's patch as the demo does: its own configuration
+    from nnunet_oar.evaluation.baselines import capped_configuration
+    config = capped_configuration(json.loads((work / "settings.json").read_text())["baseline_patch"])
+    per_epoch = epoch_seconds(res / "Dataset906_VISCERALIgnore" / f"nnUNetTrainerOARTiny__nnUNetPlans__{config}"
                               / "fold_all")
     epochs = max(1, round(sum(map(training_seconds, runs)) / np.percentile(per_epoch, 10)))
     assert report["trainers"]["baseline_equal_time"] == f"nnUNetTrainerOARTiny_{epochs}epochs"
     final = work / "nnUNet_results" / "Dataset906_VISCERALIgnore" / \
-        f"nnUNetTrainerOARTiny_{epochs}epochs__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth"
+        f"nnUNetTrainerOARTiny_{epochs}epochs__nnUNetPlans__{config}" / "fold_all" / "checkpoint_final.pth"
     assert final.is_file() and f"{epochs} epochs = round(two-stage training" in (work / "report.md").read_text()
     # and it did train about as long, by the same measure (tiny budgets: 2-epoch trainings, so loosely)
     ratio = report["trainers"]["baseline_equal_time_training_s"] / report["trainers"]["two_stage_training_s"]

@@ -71,10 +71,13 @@ def _settings_for(dataset: str, budget: str) -> Settings:
     if dataset == "phantoms":
         # CPU shortcuts of the demo: coarser grids, foreground-weighted L2. The demo budget must finish in
         # 15 min on 2 cores: 20 training phantoms, organ networks at 2.5 mm, the baseline's patch capped
-        # at 48^3 voxels (its uncapped 80 x 80 x 96 patch took 39 of the old demo's 54 minutes).
+        # at 48^3 voxels (its uncapped 80 x 80 x 96 patch took 39 of the old demo's 54 minutes). The tests'
+        # tiny budget takes the same grids (on shared cores the uncapped baseline's 8 iterations took 10 of the
+        # end-to-end test's 25 minutes).
         demo = budget == "demo"
+        small = budget in ("tiny", "demo")
         return Settings("phantoms", budget, 901, 902, loc_spacing_mm=4.0, loc_fg_weight=20.0,
-                        organ_spacing_mm=2.5 if demo else 2.0, baseline_patch=[48, 48, 48] if demo else None,
+                        organ_spacing_mm=2.5 if small else 2.0, baseline_patch=[48, 48, 48] if small else None,
                         organs=PHANTOM_ORGANS, phantoms={"train": 20 if demo else 30, "test": 3, "seed": 0,
                                                          "scale": 0.4})
     if dataset == "openkbp":
