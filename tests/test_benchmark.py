@@ -97,6 +97,36 @@ def test_stages_run_as_snakemake_jobs_in_order_once_and_a_failure_names_its_log(
     assert training_seconds(shared) == training_seconds(alone) == 1000.0 and training_seconds([]) == 0.0
 
 
+def test_a_killed_run_resumes_and_a_second_run_in_the_same_folder_is_refused(tmp_path):
+    import fcntl
+    import os
+    import signal
+    import sys
+    import time
+    from nnunet_oar.evaluation.stages import Plan
+    from nnunet_oar.io import InputError
+    started, out = tmp_path / "started", tmp_path / "out.txt"
+    stage = ["sh", "-c", f"touch {started}; sleep 60; echo late >> {out}"]
+    script = ("import sys; from nnunet_oar.evaluation.stages import Plan; p = Plan(sys.argv[1]); "
+              f"p.add('slow', [{stage!r}]); p.run()")
+    # a session's end: the whole run (Python, Snakemake, the stage) killed at once
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], start_new_session=True)
+    for _ in range(600):
+        if started.exists():
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    plan = Plan(tmp_path)
+    plan.add("slow", [["sh", "-c", f"echo resumed >> {out}"]])
+    plan.run()                                          # no lock left behind to unlock by hand
+    assert out.read_text().split() == ["resumed"]
+    with open(tmp_path / "stages" / "run.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)                # a run still under way
+        with pytest.raises(InputError, match="another benchmark is running"):
+            plan.run()
+
+
 @pytest.mark.slow
 def test_benchmark_on_phantoms_end_to_end(tmp_path):
     env = nnunet_environment(tmp_path / "env")

@@ -9,6 +9,7 @@ memory of its processes). :meth:`Plan.records` reads those measurements for the 
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import re
 import subprocess
@@ -47,7 +48,7 @@ class Plan:
     def run(self, cores: int = 1, gpus: int = 1, first: Sequence[str] = ()) -> None:
         """Run every stage not done yet through Snakemake, the stages ``first`` and those they wait for
         ahead of the others (so that a run stopped early has them); raise :class:`StageFailed` naming the
-        log of a failed one."""
+        log of a failed one, :class:`InputError` while another run holds the folder."""
         try:
             import snakemake  # noqa: F401
         except ImportError:
@@ -64,8 +65,14 @@ class Plan:
                "--scheduler", "greedy"]
         if first:
             cmd += ["--prioritize", *(str(stages / f"{name}.done") for name in first)]
-        with open(self.work / "benchmark.log", "a") as log:
-            rc = subprocess.call(cmd, cwd=self.work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # one run per folder, held by the kernel, so a killed run (a session's end) leaves no lock behind;
+        # Snakemake's own lock would outlive the kill and stop the resume until `snakemake --unlock`
+        with open(stages / "run.lock", "w") as lock, open(self.work / "benchmark.log", "a") as log:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InputError(f"{self.work}: another benchmark is running in this folder") from None
+            rc = subprocess.call([*cmd, "--nolock"], cwd=self.work, env=env, stdout=log, stderr=subprocess.STDOUT)
         if rc:
             failed = [n for n in self.steps if not (stages / f"{n}.done").is_file() and (stages / f"{n}.log").is_file()]
             logs = "\n".join(f"{stages / n}.log:\n" + (stages / f"{n}.log").read_text()[-3000:] for n in failed[:1])
