@@ -30,8 +30,11 @@ _PICKLE_GLOBALS = {("builtins", n) for n in ("tuple", "list", "dict", "set", "fr
                                                               np.int32, np.int64, np.uint8, np.uint16, np.bool_))}
 
 
-def check_checkpoint(path: Path) -> None:
+def check_checkpoint(path: Path) -> str:
     """Refuse a checkpoint that is not a plain nnU-Net checkpoint (code, unknown types) or is damaged.
+
+    Returns:
+        the name of the trainer class that wrote it (nnU-Net's ``trainer_name``).
 
     Raises:
         InputError: naming ``path`` and what is wrong.
@@ -47,8 +50,9 @@ def check_checkpoint(path: Path) -> None:
                          "only if you trust its source (README, 'Models are code')") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise InputError(f"{path}: checkpoint is truncated or damaged ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(content, dict) or "network_weights" not in content:
-        raise InputError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
+    if not isinstance(content, dict) or "network_weights" not in content or "trainer_name" not in content:
+        raise InputError(f"{path}: not an nnU-Net checkpoint (no network_weights or trainer_name)")
+    return content["trainer_name"]
 
 
 # nnU-Net's postprocessing.pkl: ([functions], [kwargs]); the only function nnU-Net's search ever chooses

@@ -108,8 +108,12 @@ def test_checkpoints_that_carry_code_or_are_truncated_are_refused_by_name(tmp_pa
     good = tmp_path / "good.pth"
     # what nnU-Net stores: tensors, plain containers, numpy scalars in the log
     torch.save({"network_weights": {"w": torch.zeros(3)}, "logging": {"dice": [np.float64(0.5), np.float32(1)]},
-                "init_args": {"device": torch.device("cpu")}, "current_epoch": 3}, good)
-    check_checkpoint(good)
+                "init_args": {"device": torch.device("cpu")}, "current_epoch": 3, "trainer_name": "nnUNetTrainer"}, good)
+    assert check_checkpoint(good) == "nnUNetTrainer"
+    nameless = tmp_path / "nameless.pth"
+    torch.save({"network_weights": {"w": torch.zeros(3)}}, nameless)
+    with pytest.raises(InputError, match="no network_weights or trainer_name"):
+        check_checkpoint(nameless)
     cut = tmp_path / "cut.pth"
     cut.write_bytes(good.read_bytes()[:200])
     with pytest.raises(InputError, match="truncated or damaged") as e:

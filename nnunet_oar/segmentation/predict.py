@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -156,9 +155,8 @@ class OARPredictor:
             nnU-Net's default, 1.0 halves the tiles of crops larger than the patch.
         largest_component: organs whose networks have no nnU-Net ``postprocessing.pkl`` and keep only
             their largest connected component (:mod:`nnunet_oar.segmentation.postprocessing`).
-        max_loaded: organ networks kept in memory at once (loaded when first needed, the least recently
-            used dropped; the next organ's is loaded in the background while one runs, so one more is held
-            then); ``None`` keeps every one loaded (fastest for many cases, most memory).
+        max_loaded: organ networks kept in memory at once (each loaded when its crop comes, the least
+            recently used dropped); ``None`` keeps every one loaded (fastest for many cases, most memory).
         on_load: called with each organ's ``nnUNetPredictor`` when it is loaded (benchmarks time the
             networks this way).
         tile: ``"crop"``: each crop with its own tile where that needs fewer passes within the trained
@@ -193,23 +191,31 @@ class OARPredictor:
             if o not in available:
                 raise InputError(f"no model for {o}; the models folder has {', '.join(available)}")
         self.labels = catalogue.labels_for(self.organs)
-        # every checkpoint is checked now, so that a bad one fails before any case is processed
+        # every checkpoint is checked now, so that a bad one fails before any case is processed; its trainer
+        # class is looked up now too, once: nnU-Net's lookup walks sys.modules, which an import on the batch's
+        # reader or writer thread would change under it
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         self._specs = {}
+        trainers = {}
         for organ in self.organs:
             checkpoint = available[organ].get("checkpoint", "checkpoint_final.pth")
             organ_folds = folds_of(available[organ])
-            for f in organ_folds:
-                check_checkpoint(models / available[organ]["results_folder"] / f"fold_{f}" / checkpoint)
-            self._specs[organ] = (str(models / available[organ]["results_folder"]), organ_folds, checkpoint)
+            folder = models / available[organ]["results_folder"]
+            names = {check_checkpoint(folder / f"fold_{f}" / checkpoint) for f in organ_folds}
+            if len(names) > 1:
+                raise InputError(f"{folder}: its folds were trained by different trainers ({', '.join(sorted(names))})")
+            name = names.pop()
+            if name not in trainers:
+                try:
+                    trainers[name] = recursive_find_trainer_class_by_name(name)
+                except RuntimeError as e:
+                    raise InputError(f"{folder}: {e}") from None
+            self._specs[organ] = (folder, organ_folds, checkpoint, trainers[name])
         self._settings = dict(tile_step_size=step_size, use_mirroring=tta, device=torch.device(device))
         if max_loaded is not None and max_loaded < 1:
             raise InputError(f"max_loaded must be at least 1 (or None: all), got {max_loaded}")
         self.max_loaded, self.on_load = max_loaded, on_load
         self._loaded: "OrderedDict[str, object]" = OrderedDict()
-        # one thread reads and builds the next organ's network while the current one runs: CPU work that
-        # otherwise waits between networks (docs/results/network_prefetch.md)
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnunet_oar-load")
-        self._pending: Dict[str, Future] = {}
         self._trained: Dict[str, object] = {}    # each organ network's configuration (on the coarser grid)
         self.expected = {o: _expected(models, o, available[o], self.localizer.box_stats) for o in self.organs}
         self.postprocess = {}
@@ -221,29 +227,37 @@ class OARPredictor:
                 self.postprocess[o] = (postprocessing.largest_component(), "largest component")
 
     def _load(self, organ: str):
-        """A new ``nnUNetPredictor`` with the organ's network (on the loader thread or this one)."""
+        """A new ``nnUNetPredictor`` with the organ's network: nnU-Net's
+        ``initialize_from_trained_model_folder`` step by step, with the trainer class looked up in
+        ``__init__`` (nnU-Net's own loader would look it up again, beside the batch's I/O threads)."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+        folder, folds, checkpoint, trainer_class = self._specs[organ]
         dev = self._settings["device"]
         p = nnUNetPredictor(tile_step_size=self._settings["tile_step_size"], use_gaussian=True,
                             use_mirroring=self._settings["use_mirroring"], perform_everything_on_device=dev.type != "cpu",
                             device=dev, verbose=False, allow_tqdm=False)
-        folder, folds, checkpoint = self._specs[organ]
-        p.initialize_from_trained_model_folder(folder, folds, checkpoint)
+        plans, dataset_json = PlansManager(read_json(folder / "plans.json")), read_json(folder / "dataset.json")
+        # checked by check_checkpoint in __init__
+        saved = [torch.load(folder / f"fold_{f}" / checkpoint, map_location="cpu", weights_only=False) for f in folds]
+        cm = plans.get_configuration(saved[0]["init_args"]["configuration"])
+        network = trainer_class.build_network_architecture(
+            plans, cm, determine_num_input_channels(plans, cm, dataset_json),
+            plans.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+        weights = [s["network_weights"] for s in saved]
+        network.load_state_dict(weights[0])
+        p.manual_initialization(network, plans, cm, weights, dataset_json, saved[0]["trainer_name"],
+                                saved[0].get("inference_allowed_mirroring_axes"))
         return p
 
-    def prefetch(self, organ: str) -> None:
-        """Start loading the organ's network in the background, unless it is loaded or on its way."""
-        if organ not in self._loaded and organ not in self._pending:
-            self._pending[organ] = self._loader.submit(self._load, organ)
-
     def network(self, organ: str):
-        """The organ's ``nnUNetPredictor``, loaded when first needed (or taken from :meth:`prefetch`); beyond
-        ``max_loaded`` networks the least recently used one is dropped (its memory freed)."""
+        """The organ's ``nnUNetPredictor``, loaded when first needed; beyond ``max_loaded`` networks the
+        least recently used one is dropped (its memory freed)."""
         if organ in self._loaded:
             self._loaded.move_to_end(organ)
             return self._loaded[organ]
-        pending = self._pending.pop(organ, None)
-        p = pending.result() if pending is not None else self._load(organ)
+        p = self._load(organ)
         self._trained[organ] = coarser_grid(p.configuration_manager, self.grid_factor)
         if self.on_load is not None:
             self.on_load(p)
@@ -279,16 +293,8 @@ class OARPredictor:
         merger = MaxProbabilityMerger(ct.GetSize()[::-1])
         orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(ct.GetDirection())
         found = [o for o in self.organs if boxes["organs"].get(o, {}).get("status") == "found"]
-        try:
-            for k, organ in enumerate(tqdm(found, desc=case, unit="organ", leave=False)):
-                net = self.network(organ)
-                if k + 1 < len(found):
-                    self.prefetch(found[k + 1])
-                self._predict_organ(net, organ, boxes["organs"][organ], ct, orientation, merger, case)
-        finally:           # a case that fails half-way leaves no network loading for nothing
-            for pending in self._pending.values():
-                pending.cancel()
-            self._pending.clear()
+        for organ in tqdm(found, desc=case, unit="organ", leave=False):
+            self._predict_organ(self.network(organ), organ, boxes["organs"][organ], ct, orientation, merger, case)
         labels = self._plausible(merger.labels, sitk.GetArrayViewFromImage(ct), ct.GetSpacing(), boxes, case)
         seg = sitk.GetImageFromArray(labels)
         seg.CopyInformation(ct)
