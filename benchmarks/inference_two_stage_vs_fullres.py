@@ -239,7 +239,7 @@ def run_method(work: Path, method: str, device: str) -> dict:
     else:
         from nnunet_oar.segmentation.predict import OARPredictor
         from nnunet_oar.segmentation.presets import PRESETS
-        # the default loads one organ network at a time, when needed, the next in the background (inside the wall time);
+        # the default loads one organ network at a time, when needed (inside the wall time);
         # two_stage_all_loaded loads every one before the clock starts (what multi-case runs amortize)
         keep = None if method == "two_stage_all_loaded" else 1
         models = cubic_models(work) if method == "two_stage_cubic" else work / "models"

@@ -97,8 +97,8 @@ def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] 
         roi_names: ROI / segment names in RTSTRUCT and SEG: ``"tg263"`` (``Kidney_L``) or ``"catalogue"``.
         largest_component: organs to keep to their largest connected component, where their network
             brings no nnU-Net ``postprocessing.pkl`` (which is applied whenever it does).
-        keep_networks: organ networks kept loaded at once, besides the next organ's, which loads in the
-            background (``None``: all; docs/results/inference_benchmark.md measures the memory each choice takes).
+        keep_networks: organ networks kept loaded at once, each loaded when its crop comes (``None``: all;
+            docs/results/inference_benchmark.md measures the memory each choice takes).
         tile, one_fold, grid_factor: see :class:`~nnunet_oar.segmentation.predict.OARPredictor`
             (``predict --tile``, ``--preset fast``, ``--preset fastest`` / ``--grid-factor``).
 

@@ -1,6 +1,6 @@
 """Helpers of our nnU-Net trainers that live in the package, so that the trainer folder holds trainer
-classes only: seeding, short schedules, the heat-map output layer's start, the localizer's centroid-error
-curve."""
+classes only: seeding, short schedules, the tests' narrow networks, the heat-map output layer's start, the
+localizer's centroid-error curve."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 
 def seed_everything(seed: int) -> None:
@@ -45,6 +46,22 @@ class ShortSchedule:
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.fold != "all":
             super().perform_actual_validation(save_probabilities)
+
+
+class PlumbingWidth:
+    """Mixin for the tests' budget trainers (before the trainer class in the bases): nnU-Net's planned
+    network with 1/8 of its features per stage (32, 64, ... -> 4, 8, ...). Eight iterations learn nothing at
+    any width; the plans, checkpoints and nnU-Net's predictor (which builds the network through this same
+    hook) are unchanged, and the convolutions cost about 1/64 of the planned width's."""
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
+        kwargs = dict(configuration_manager.network_arch_init_kwargs)
+        kwargs["features_per_stage"] = [max(2, f // 8) for f in kwargs["features_per_stage"]]
+        return get_network_from_plans(configuration_manager.network_arch_class_name, kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
+                                      num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
 
 
 def init_output_layer(network: torch.nn.Module, std: float) -> None:

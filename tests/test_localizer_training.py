@@ -71,3 +71,31 @@ def test_a_subclass_in_its_own_trainer_folder_imports_the_parent_through_the_pac
     cls = recursive_find_trainer_class_by_name("MyLocalizer")
     assert cls is not None and cls.budget == (1, 2, 1) and cls.amsgrad is False
     assert str(folder) not in sys.path
+
+
+def test_the_tests_trainers_build_narrow_networks_through_nnunets_hook_and_the_others_the_planned_width(
+        heatmap_module):
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+    budget = importlib.import_module("nnUNetTrainerOARBudget")
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 3, "features_per_stage": [32, 64, 128],
+                            "conv_op": "torch.nn.modules.conv.Conv3d",
+                            "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+                            "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    cm = ConfigurationManager({"architecture": arch})
+
+    def widths(trainer):
+        # the call nnU-Net's trainer and predictor make
+        net = trainer.build_network_architecture(None, cm, 1, 4, enable_deep_supervision=False)
+        return [s[-1].output_channels for s in net.encoder.stages]
+
+    assert widths(budget.nnUNetTrainerOARTiny) == widths(heatmap_module.nnUNetTrainerOARHeatmap_tiny) == [4, 8, 16]
+    for planned in (budget.nnUNetTrainerOARDemo, heatmap_module.nnUNetTrainerOARHeatmap_demo,
+                    heatmap_module.nnUNetTrainerOARHeatmap_cpu):
+        assert widths(planned) == [32, 64, 128]
+    assert cm.network_arch_init_kwargs["features_per_stage"] == [32, 64, 128]      # the plans are not touched

@@ -119,8 +119,8 @@ def register(sub) -> None:
                    help="keep only the largest connected component of these organs (where their network has "
                    "no nnU-Net postprocessing.pkl, which is always applied)")
     s.add_argument("--keep-networks", type=int, default=1, metavar="N",
-                   help="organ networks kept loaded at once (default 1: least memory, the next organ's loading in the "
-                        "background; 0: all, fastest over many cases)")
+                   help="organ networks kept loaded at once (default 1: least memory, each loaded when its crop "
+                        "comes; 0: all, fastest over many cases)")
     s.add_argument("--step-size", type=float, default=0.5,
                    help="sliding-window step of the organ networks, fraction of the patch (nnU-Net's default 0.5)")
     s.add_argument("--boxes", help="folder of {case}_boxes.json to use instead of the localizer "

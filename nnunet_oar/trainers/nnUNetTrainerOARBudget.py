@@ -4,11 +4,11 @@ nnU-Net's own ``nnUNetTrainer``. Seeded like the localizer (``nnUNet_oar_seed``,
 benchmark and demo runs start from the same weights (:class:`nnunet_oar.training.ShortSchedule`)."""
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_oar.training import ShortSchedule
+from nnunet_oar.training import PlumbingWidth, ShortSchedule
 
 
-class nnUNetTrainerOARTiny(ShortSchedule, nnUNetTrainer):
-    """A few iterations, for tests."""
+class nnUNetTrainerOARTiny(PlumbingWidth, ShortSchedule, nnUNetTrainer):
+    """A few iterations of a narrow network, for tests of the plumbing."""
     budget = (2, 4, 2)
 
 
