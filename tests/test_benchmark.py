@@ -95,6 +95,17 @@ def test_stages_run_as_snakemake_jobs_in_order_once_and_a_failure_names_its_log(
     alone = [50.0] * 20
     shared = alone[:10] + [150.0] * 10                  # half the epochs ran beside a test suite
     assert training_seconds(shared) == training_seconds(alone) == 1000.0 and training_seconds([]) == 0.0
+    # but not a training that shared the device throughout (--jobs N): the report says so, after scoring too
+    from nnunet_oar.evaluation.baselines import equal_time_record
+    from nnunet_oar.evaluation.settings import Settings
+    settings = Settings(dataset="phantoms", budget="tiny", baseline_budget="time")
+    (tmp_path / "equal_time.json").write_text(json.dumps({"trainer": "T_3epochs", "two_stage_training_s": 9.0,
+                                                          "rule": "3 epochs = ..."}))
+    for jobs, caveat in ((1, False), (0, False), (2, True), (0, True)):     # 0: --report-only
+        trainers = {}
+        equal_time_record(settings, tmp_path, trainers, jobs=jobs)
+        assert trainers["baseline_equal_time_rule"].startswith("3 epochs = ...")
+        assert ("ran up to 2 at a time" in trainers["baseline_equal_time_rule"]) == caveat
 
 
 def test_a_killed_run_resumes_and_a_second_run_in_the_same_folder_is_refused(tmp_path):
@@ -132,7 +143,7 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     env = nnunet_environment(tmp_path / "env")
     work = tmp_path / "bench"
     cmd = ["nnunet_oar", "benchmark", "--dataset", "phantoms", "--budget", "tiny", "--phantoms", "6", "2",
-           "--organs", "liver", "kidney_left", "--work", str(work), "--jobs", "2", "--baseline-budget", "time"]
+           "--organs", "liver", "kidney_left", "--work", str(work), "--baseline-budget", "time"]
     run(cmd, env, timeout=1500)
     report = json.loads((work / "report.json").read_text())
     assert set(report["overall"]) == {"baseline", "baseline_equal_time", "two_stage", "two_stage_reference_boxes"}

@@ -140,15 +140,25 @@ def equal_time_run(work: Path, train_id: str, loc_tr: str, loc_folds: str, seg_t
     subprocess.run([trainer if a == TRAINER else a for a in command], check=True)
 
 
-def equal_time_record(s: Settings, work: Path, trainers: dict) -> None:
+def equal_time_record(s: Settings, work: Path, trainers: dict, jobs: int = 1) -> None:
     """After the run: the equal-time rule with its numbers, and each equal-time baseline's training
-    seconds by the same measure, into ``trainers`` (for the report)."""
+    seconds by the same measure, into ``trainers`` (for the report). ``jobs``: the trainings this run
+    let side by side (0: only scoring), kept in the record as the most of any run in this folder."""
     record = work / "equal_time.json"
     if s.baseline_budget != "time" or not record.is_file():
         return
     r = read_json(record)
+    if jobs > r.get("jobs", 1):
+        r["jobs"] = jobs
+        write_json(r, record)
+    rule = r["rule"]
+    if r.get("jobs", 1) > 1:
+        # a training that shares the device for all its epochs is slower in every epoch: the 10th
+        # percentile cannot remove that, and each side may have shared it with a different neighbour
+        rule += (f"; trainings ran up to {r['jobs']} at a time (--jobs), so these times include their "
+                 f"neighbours' share of the device: compare the two sides with --jobs 1")
     trainers.update(baseline_equal_time=r["trainer"], two_stage_training_s=r["two_stage_training_s"],
-                    baseline_equal_time_rule=r["rule"])
+                    baseline_equal_time_rule=rule)
     for k, rule in enumerate(s.baseline_ignore):
         tag = "baseline" if rule == "body" else f"baseline_{rule}"
         if not (work / "stages" / f"{tag}_equal_time_train.done").is_file():    # a partial report

@@ -110,7 +110,7 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1, report_only: bo
         # the two-stage method first: on 2 CPU cores the equal-time baselines take most of a day
         plan.run(cores=jobs, gpus=jobs, first=two_stage)
         unfinished = []
-    equal_time_record(s, work, trainers)
+    equal_time_record(s, work, trainers, jobs=0 if report_only else jobs)
     return write_comparison(work, test_raw, methods, plan.records(finished_only=report_only), asdict(s), trainers,
                             unfinished=unfinished)
 
