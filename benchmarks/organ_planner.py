@@ -5,7 +5,8 @@ and nnU-Net's prediction of the held-out crops (preprocessing, network, export).
 
 Training crops: reference boxes + 10 mm, shifted at random up to 10 mm (seeded; identical for both
 planners); held-out crops: reference boxes + 10 mm. The organ networks are trained with
-``nnUNetTrainerOARDemo`` (the demo's budget) on fold ``all`` and predicted with nnU-Net's predictor (one
+``nnUNetTrainerOARDemo`` (the demo's budget; at half nnU-Net's width since 2026-12-06, so a rerun
+differs from the committed results, trained at full width) on fold ``all`` and predicted with nnU-Net's predictor (one
 fold, no mirroring). The Dice difference is paired over the (case, organ) pairs (mean, BCa bootstrap
 95 % interval, Wilcoxon signed-rank p). Each planner's record is written once all its networks are
 trained and scored; an interrupted planner starts again from its planning (its times would otherwise

@@ -7,7 +7,8 @@ briefly with the stock ``nnUNetv2_train``, predicted, scored (Dice, HD95, NSD, l
 reported in ``report.md``; plus ``preview.png``, the QA montage of a held-out case. Everything lives
 under the output folder (its own nnU-Net folders), so the user's nnU-Net folders are untouched. The CPU
 shortcuts are listed in the report's settings (4 mm localizer grid with a foreground-weighted L2,
-2.5 mm organ grid, the baseline's patch capped at 48^3 voxels).
+2.5 mm grid for the organ networks and the baseline, the baseline's patch capped at 32^3 voxels) and
+trainers (every network at half nnU-Net's width).
 """
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def test_a_subclass_in_its_own_trainer_folder_imports_the_parent_through_the_pac
     assert str(folder) not in sys.path
 
 
-def test_the_tests_trainers_build_narrow_networks_through_nnunets_hook_and_the_others_the_planned_width(
+def test_the_tests_and_demos_trainers_build_narrow_networks_through_nnunets_hook_and_the_others_the_planned_width(
         heatmap_module):
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
     budget = importlib.import_module("nnUNetTrainerOARBudget")
@@ -95,7 +95,37 @@ def test_the_tests_trainers_build_narrow_networks_through_nnunets_hook_and_the_o
         return [s[-1].output_channels for s in net.encoder.stages]
 
     assert widths(budget.nnUNetTrainerOARTiny) == widths(heatmap_module.nnUNetTrainerOARHeatmap_tiny) == [4, 8, 16]
-    for planned in (budget.nnUNetTrainerOARDemo, heatmap_module.nnUNetTrainerOARHeatmap_demo,
-                    heatmap_module.nnUNetTrainerOARHeatmap_cpu):
+    assert widths(budget.nnUNetTrainerOARDemo) == widths(heatmap_module.nnUNetTrainerOARHeatmap_demo) == [16, 32, 64]
+    for planned in (budget.nnUNetTrainerOARCPU, heatmap_module.nnUNetTrainerOARHeatmap_cpu,
+                    heatmap_module.nnUNetTrainerOARHeatmap_150its):
         assert widths(planned) == [32, 64, 128]
     assert cm.network_arch_init_kwargs["features_per_stage"] == [32, 64, 128]      # the plans are not touched
+
+
+def test_short_budgets_draw_nnunets_progress_plot_at_most_once_a_minute_and_at_the_end(tmp_path, monkeypatch):
+    from nnunetv2.training.logging.nnunet_logger import MetaLogger
+    from nnunet_oar import training
+    logger = MetaLogger(str(tmp_path), False)
+    for epoch in range(2):
+        for key in ("train_losses", "val_losses", "lrs", "epoch_start_timestamps", "epoch_end_timestamps"):
+            logger.log(key, 0.1 * epoch, epoch)
+        logger.log("dice_per_class_or_region", [0.5], epoch)
+        logger.log("mean_fg_dice", 0.5, epoch)
+    clock = [1000.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    throttled = training.ThrottledPlots(logger, 60.0)
+    png = tmp_path / "progress.png"
+    throttled.plot_progress_png(str(tmp_path))
+    assert not png.exists()                                   # within a minute of the start: skipped
+    clock[0] += 61
+    throttled.plot_progress_png(str(tmp_path))
+    assert png.is_file()
+    png.unlink()
+    clock[0] += 30
+    throttled.plot_progress_png(str(tmp_path))
+    assert not png.exists()
+    throttled.plot_progress_png(str(tmp_path), force=True)    # after the last epoch
+    assert png.is_file()
+    # everything else is nnU-Net's logger, including what a checkpoint stores
+    assert throttled.get_value("mean_fg_dice", step=None) == [0.5, 0.5]
+    assert throttled.get_checkpoint() == logger.get_checkpoint() and throttled.local_logger is logger.local_logger

@@ -108,7 +108,8 @@ def plan_baselines(s: Settings, plan: Plan, methods: Dict[str, Path], trainers: 
         config = capped_configuration(s.baseline_patch) if s.baseline_patch else "3d_fullres"
         plan.add(f"{tag}_plan", [
             ["nnunet_oar", "ignore-label", "-d", s.train_id, "-t", B, "--region", rule],
-            ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc, "--verify_dataset_integrity"],
+            ["nnUNetv2_plan_and_preprocess", "-d", B, "-c", "3d_fullres", "-np", n_proc, "--verify_dataset_integrity",
+             *(["-overwrite_target_spacing", *[str(s.baseline_spacing_mm)] * 3] if s.baseline_spacing_mm else [])],
             *([[sys.executable, "-m", "nnunet_oar.evaluation.baselines", "cap-patch", B, *s.baseline_patch]]
               if s.baseline_patch else [])], label=f"{tag}: ignore label + plan + preprocess")
         trainers["baseline_config"] = config
