@@ -16,7 +16,7 @@ from tests.nnunet_helpers import nnunet_environment, run
 ROOT = Path(__file__).resolve().parents[1]
 ORGANS = ["spleen", "kidney_left"]
 LOC_TRAINER = "nnUNetTrainerOARHeatmap_150its"      # 2 x 150 iterations at 6 mm
-ORGAN_TRAINER = "nnUNetTrainerOARDemo"              # 200 iterations per organ at 2.5 mm, as in the demo
+ORGAN_TRAINER = "nnUNetTrainerOARDemo"              # 160 iterations per organ at 2.5 mm, as in the demo
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ PHANTOM_ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
 # trainer class names: (localizer, baseline and organ networks)
 BUDGETS = {
     "tiny": ("nnUNetTrainerOARHeatmap_tiny", "nnUNetTrainerOARTiny"),        # tests: 8 iterations each
-    "demo": ("nnUNetTrainerOARHeatmap_demo", "nnUNetTrainerOARDemo"),        # 250 / 200 iterations
+    "demo": ("nnUNetTrainerOARHeatmap_demo", "nnUNetTrainerOARDemo"),        # 250 / 160 iterations
     "cpu": ("nnUNetTrainerOARHeatmap_cpu", "nnUNetTrainerOARCPU"),           # 1000 / 400 iterations
     "gpu": ("nnUNetTrainerOARHeatmap_gpu", "nnUNetTrainerOARGPU"),           # 2000 / 1000 iterations
     "full": ("nnUNetTrainerOARHeatmap", "nnUNetTrainer"),                    # nnU-Net's 1000 x 250
