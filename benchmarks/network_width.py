@@ -1,5 +1,5 @@
 """Seconds per training iteration of each network a run planned, at nnU-Net's width and at half width
-(``nnunet_oar.training.NarrowWidth``, as the demo's organ networks and baseline), side by side in one
+(``nnunet_oar.training.NarrowWidth``, as the demo's networks), side by side in one
 run: the network each trainer builds through nnU-Net's ``build_network_architecture`` hook, with the
 planned patch, batch size and output channels, one forward + backward + optimiser step on random data
 (the data loader is left out: nnU-Net's augmentation runs in its own worker).
@@ -36,12 +36,12 @@ def _networks(preprocessed: Path):
         plans = json.loads(plans_file.read_text())
         dataset_json = json.loads((plans_file.parent / "dataset.json").read_text())
         pm = PlansManager(plans)
+        # the localizer too: background + one heat map per organ (channel 0 carries no loss)
+        outputs = pm.get_label_manager(dataset_json).num_segmentation_heads
         names = [c for c in plans["configurations"] if c == "3d_loc" or c.startswith("3d_fullres_p")]
         names = names or ["3d_fullres"]
         for name in names:
             cm = pm.get_configuration(name)
-            # the localizer too: background + one heat map per organ (channel 0 carries no loss)
-            outputs = pm.get_label_manager(dataset_json).num_segmentation_heads
             yield (plans_file.parent.name, name, cm.patch_size, cm.batch_size,
                    determine_num_input_channels(pm, cm, dataset_json), outputs, pm, cm)
 

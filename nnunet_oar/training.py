@@ -79,8 +79,8 @@ class NarrowWidth:
     1/``width_divisor`` of its features per stage (8: 32, 64, ... -> 4, 8, ...). The plans, checkpoints and
     nnU-Net's predictor (which builds the network through this same hook) are unchanged; the convolutions
     cost about 1/``width_divisor``² of the planned width's. The tests' 8-iteration trainers, which learn
-    nothing at any width, take 1/8; the demo's organ networks and baseline 1/2 (about 3x faster per
-    iteration on 2 CPU cores, ``docs/results/network_width.md``)."""
+    nothing at any width, take 1/8; the demo's networks 1/2 (0.34-0.47x the time per iteration on 2 CPU
+    cores, ``docs/results/network_width.md``)."""
 
     width_divisor = 8
 

@@ -152,14 +152,14 @@ def equal_time_record(s: Settings, work: Path, trainers: dict, jobs: int = 1) ->
     if jobs > r.get("jobs", 1):
         r["jobs"] = jobs
         write_json(r, record)
-    rule = r["rule"]
+    text = r["rule"]
     if r.get("jobs", 1) > 1:
         # a training that shares the device for all its epochs is slower in every epoch: the 10th
         # percentile cannot remove that, and each side may have shared it with a different neighbour
-        rule += (f"; trainings ran up to {r['jobs']} at a time (--jobs), so these times include their "
+        text += (f"; trainings ran up to {r['jobs']} at a time (--jobs), so these times include their "
                  f"neighbours' share of the device: compare the two sides with --jobs 1")
     trainers.update(baseline_equal_time=r["trainer"], two_stage_training_s=r["two_stage_training_s"],
-                    baseline_equal_time_rule=rule)
+                    baseline_equal_time_rule=text)
     for k, rule in enumerate(s.baseline_ignore):
         tag = "baseline" if rule == "body" else f"baseline_{rule}"
         if not (work / "stages" / f"{tag}_equal_time_train.done").is_file():    # a partial report
