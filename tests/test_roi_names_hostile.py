@@ -49,6 +49,18 @@ MAPPED = [
     ("Glnd_Adrenal_L", "adrenal_gland_left"), ("L_Adrenal_Glnd", "adrenal_gland_left"),
     ("Adrenal Gland R", "adrenal_gland_right"), ("Musc_Psoas_L", "psoas_major_left"),
     ("Psoas Major R", "psoas_major_right"), ("Musc_RectusAbdominis_R", "rectus_abdominis_right"),
+    # abbreviations and TotalSegmentator's name, found in clinics' structure lists
+    ("B Stem", "brainstem"), ("bstem", "brainstem"), ("BStem", "brainstem"), ("SpCord", "spinal_cord"),
+    ("Spine cord", "spinal_cord"), ("Esoph", "esophagus"), ("Oesoph", "esophagus"),
+    ("vertebrae_L1", "vertebra_L1"), ("Vertebral_Body_L1", "vertebra_L1"),
+    # sides in Latin, German, French, Italian, Spanish; "OAR" as a filler word; any bracket or separator
+    ("Parotid Dext", "parotid_right"), ("Parotid dexter", "parotid_right"),
+    ("Parotid links", "parotid_left"), ("Parotid_rechts", "parotid_right"), ("Parotid gauche", "parotid_left"),
+    ("Parotid droite", "parotid_right"), ("Parotid sinistra", "parotid_left"), ("Parotid destra", "parotid_right"),
+    ("Parotid izq", "parotid_left"), ("Parotid_Der", "parotid_right"), ("Kidney izquierdo", "kidney_left"),
+    ("larynx (OAR)", "larynx"), ("OAR_Bladder", "urinary_bladder"), ("Parotid [L]", "parotid_left"),
+    ("Parotid {R}", "parotid_right"), ("Parotid<L>", "parotid_left"), ("Parotid: L", "parotid_left"),
+    ("Parotid;R", "parotid_right"), ("Parotid | L", "parotid_left"), ("Parotid\u00b7L", "parotid_left"),
 ]
 
 UNMAPPED = [
@@ -69,7 +81,11 @@ UNMAPPED = [
     "Esophagus_Cerv", "Esophagus_S", "Larynx_Glottic", "Larynx_SG", "Glottis", "Brainstem_Core", "Brainstem_Surf",
     "SpinalCord_Cerv", "Kidney_Cortex_L", "Kidney_Hilum_R", "Lung_LUL", "Bladder_Wall", "A_Aorta_Asc",
     "Mandible_L", "Thyroid_L", "Liver_R", "Cord_L", "VocalCords", "Spinal Canal", "CaudaEquina", "Brain", "Pons",
-    "Rectus_L", "Rectum", "L1", "VB_L1_L2", "Esoph", "Jaw",
+    "Rectus_L", "Rectum", "L1", "VB_L1_L2", "Jaw", "Esophagus_Cerv_Esoph", "B", "Stem",
+    # one-letter or short words that are sides only in some clinics: a deep lobe, a re-contour
+    "Parotid_D", "Parotid_G", "Lung_D", "Parotid_re", "Parotid_li",
+    # two sides in two languages, and unions
+    "Parotid links rechts", "Parotid gauche Rt", "Parotid L&R", "Parotid_L+R", "Lung_Total",
     # head-and-neck organs the built-in catalogue does not hold
     "Glnd_Submand_L", "Lens_L", "Eye_L", "OpticNrv_L", "Chiasm", "OpticChiasm", "Cochlea_L", "Musc_Constrict",
     "A_Carotid_L", "Brachial_Plex_L",

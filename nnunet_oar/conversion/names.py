@@ -1,13 +1,16 @@
 """Clinical ROI names -> catalogue organs ("Parotid_L", "L Parotid", "PAROTID LT", "Lt_Parotid_Gland").
 
-A name is split into words (at spaces, ``_``, ``-`` and the other dashes, ``.``, ``,``, ``/``, brackets
-and camel case, after Unicode compatibility normalisation and with invisible format characters such as a
-zero-width space or a byte-order mark taken out), its side read from a word (``L``, ``Lt``, ``Lft``,
-``Left``, ``Sin``, ``Sx`` / ``R``, ``Rt``, ``Rgt``, ``Right``, ``Dx``), and filler words (``gland``,
-``glnd``, ``bone``, ``musc``, ``muscle``, TG-263's artery prefix ``A``) dropped. It names an organ when
-the rest, in any word order or written as one word, equals one of that organ's names: the catalogue name,
-its TG-263 name, its OpenKBP ROI, its TotalSegmentator name (organs without a side only) and the few
-synonyms below. Anything else, a planning structure such as ``Parotid_L_PRV`` or ``SpinalCord+5mm``
+A name is split into words (at spaces, ``_``, ``-`` and the other dashes, ``.``, ``,``, ``/``, ``:``,
+``;``, ``|``, ``·``, brackets of every kind and camel case, after Unicode compatibility normalisation and
+with invisible format characters such as a zero-width space or a byte-order mark taken out), its side read
+from a word (``L``, ``Lt``, ``Lft``, ``Left``, ``Sin``, ``Sx`` / ``R``, ``Rt``, ``Rgt``, ``Right``,
+``Dx``, and the Latin, German, French, Italian and Spanish words in ``SIDES``), and filler words
+(``gland``, ``glnd``, ``bone``, ``musc``, ``muscle``, ``OAR``, TG-263's artery prefix ``A``) dropped. It
+names an organ when the rest, in any word order or written as one word, equals one of that organ's names:
+the catalogue name, its TG-263 name, its OpenKBP ROI, its SNOMED CT concept's keyword (organs without a
+side only: ``Lung`` is both lungs) and the few synonyms below (``SYNONYMS``: abbreviations such as
+``B Stem``, ``SpCord``, ``Esoph``, and TotalSegmentator's ``vertebrae_L1``). Anything else, a planning
+structure such as ``Parotid_L_PRV`` or ``SpinalCord+5mm``
 included, stays unmapped and is reported, never guessed: a ``+`` (an expansion, ``Cord+``, or a union) is
 a word of its own, and so is a leading ``_``, which TG-263 gives (like a leading ``z``) to structures not
 meant for dose evaluation (``_Parotid_L``), so neither ever matches; TG-263's ``~`` (partial structure)
@@ -28,11 +31,16 @@ from typing import Dict, FrozenSet, Optional, Set, Tuple
 from nnunet_oar import organs as catalogue
 from nnunet_oar.io import InputError, read_json
 
-SIDES = {"l": "left", "lt": "left", "lft": "left", "left": "left", "sin": "left", "sx": "left",
-         "r": "right", "rt": "right", "rgt": "right", "right": "right", "dx": "right"}
-FILLER = {"gland", "glnd", "bone", "musc", "muscle", "a"}
-SYNONYMS = {"esophagus": ["oesophagus"], "urinary_bladder": ["bladder"], "thyroid_gland": ["thyroid"],
-            "spinal_cord": ["cord"], "brainstem": ["brain stem"]}
+# whole words only: one-letter sides other than L and R name other things ("Parotid_D": deep lobe,
+# "Parotid_re": re-contoured), so clinics that write "G"/"D" or "li"/"re" map them in NAMES.json
+SIDES = {**dict.fromkeys(["l", "lt", "lft", "left", "sin", "sx", "sinister", "sinistra", "sinistro", "links",
+                          "gauche", "izq", "izda", "izquierda", "izquierdo"], "left"),
+         **dict.fromkeys(["r", "rt", "rgt", "right", "dx", "dex", "dext", "dexter", "dextra", "destra", "destro",
+                          "rechts", "droite", "der", "dcha", "derecha", "derecho"], "right")}
+FILLER = {"gland", "glnd", "bone", "musc", "muscle", "a", "oar"}
+SYNONYMS = {"esophagus": ["oesophagus", "esoph", "oesoph"], "urinary_bladder": ["bladder"],
+            "thyroid_gland": ["thyroid"], "spinal_cord": ["cord", "sp cord", "spine cord"],
+            "brainstem": ["brain stem", "b stem"], "vertebra_L1": ["vertebrae L1", "vertebral body L1"]}
 
 Key = Tuple[Optional[str], FrozenSet[str]]
 
@@ -43,7 +51,7 @@ def _words(name: str) -> list:
     name = name.replace("+", " + ")                             # "Cord+", "SpinalCord+5mm": "+" stays a word
     name = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)            # SpinalCord -> Spinal Cord
     name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", name)      # LParotid -> L Parotid
-    return lead + [w for w in re.split(r"[\s_\-\u2010-\u2015\u2212.,/()]+", name.lower()) if w]
+    return lead + [w for w in re.split(r"[\s_\-\u2010-\u2015\u2212.,/()\[\]{}<>:;|\u00b7]+", name.lower()) if w]
 
 
 def keys(name: str) -> Set[Key]:
@@ -64,7 +72,7 @@ def _catalogue_keys() -> Dict[Key, Set[str]]:
     out: Dict[Key, Set[str]] = {}
     for organ in catalogue.ORGANS.values():
         names = [organ.name, organ.tg263, organ.openkbp_roi, *SYNONYMS.get(organ.name, [])]
-        if organ.partner is None:       # TotalSegmentator's names carry no side ("Lung" is both lungs)
+        if organ.partner is None:       # SNOMED CT's concepts carry no side ("Lung" is both lungs)
             names.append(organ.sct)
         for n in filter(None, names):
             for k in keys(n):
