@@ -183,6 +183,7 @@ def main() -> None:
     result["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch device {a.device}"
     result["command"] = "python benchmarks/localization_openkbp.py " + " ".join(sys.argv[1:])
     out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     out.write_text(markdown(result, out.with_suffix(".json").name))
     print(out.read_text())
@@ -506,12 +507,13 @@ def _checkpoint_facts(checkpoint: Path) -> dict:
     log (unlike the step's time, it covers every invocation of a training that was stopped and resumed with
     ``--c``, though not the work lost after the last checkpoint, which the resumed run redid), and the
     network's parameter count."""
-    import torch
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    from nnunet_oar.safe_load import load_checkpoint
+    from nnunet_oar.training import network_size
+    ckpt = load_checkpoint(checkpoint)
     log = ckpt["logging"]
     return {"epochs_trained": int(ckpt["current_epoch"]),
             "epoch_wall_s": [round(e - s, 1) for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])],
-            "parameters": int(sum(v.numel() for v in ckpt["network_weights"].values()))}
+            "parameters": network_size(ckpt["network_weights"])["parameters"]}
 
 
 def _epoch_lines(result: dict) -> list:

@@ -30,14 +30,12 @@ _PICKLE_GLOBALS = {("builtins", n) for n in ("tuple", "list", "dict", "set", "fr
                                                               np.int32, np.int64, np.uint8, np.uint16, np.bool_))}
 
 
-def check_checkpoint(path: Path) -> str:
-    """Refuse a checkpoint that is not a plain nnU-Net checkpoint (code, unknown types) or is damaged.
-
-    Returns:
-        the name of the trainer class that wrote it (nnU-Net's ``trainer_name``).
+def load_checkpoint(path: Path) -> dict:
+    """An nnU-Net checkpoint's content, loaded without running code (tensors on the CPU).
 
     Raises:
-        InputError: naming ``path`` and what is wrong.
+        InputError: naming ``path`` where it is not a plain nnU-Net checkpoint (code, unknown types) or is
+            damaged.
     """
     try:
         with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
@@ -52,7 +50,16 @@ def check_checkpoint(path: Path) -> str:
         raise InputError(f"{path}: checkpoint is truncated or damaged ({str(e).splitlines()[0][:200]})") from None
     if not isinstance(content, dict) or "network_weights" not in content or "trainer_name" not in content:
         raise InputError(f"{path}: not an nnU-Net checkpoint (no network_weights or trainer_name)")
-    return content["trainer_name"]
+    return content
+
+
+def check_checkpoint(path: Path) -> str:
+    """Refuse a checkpoint that is not a plain nnU-Net checkpoint (:func:`load_checkpoint`).
+
+    Returns:
+        the name of the trainer class that wrote it (nnU-Net's ``trainer_name``).
+    """
+    return load_checkpoint(path)["trainer_name"]
 
 
 # nnU-Net's postprocessing.pkl: ([functions], [kwargs]); the only function nnU-Net's search ever chooses

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -92,6 +92,25 @@ class NarrowWidth:
         return get_network_from_plans(configuration_manager.network_arch_class_name, kwargs,
                                       configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
                                       num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+
+
+def network_size(weights: Mapping[str, torch.Tensor]) -> dict:
+    """What a trained network is, from its weights (nnU-Net's ``network_weights`` in a checkpoint): a budget
+    trainer may build a narrower network than its plans say (:class:`NarrowWidth`).
+
+    Returns:
+        ``{"features_per_stage": [...]`` (output channels of each encoder stage; empty for an architecture
+        without ``encoder.stages``), ``"parameters": int}``, each tensor counted once: nnU-Net's decoder
+        holds the encoder, and its blocks list their convolutions twice, so a state dict holds most
+        weights several times (a sum over it gave 48.8 M for a network of 16.2 M).
+    """
+    unique, stages = {}, {}
+    for key, w in weights.items():
+        unique.setdefault((w.untyped_storage().data_ptr(), w.storage_offset(), tuple(w.shape)), w.numel())
+        parts = key.split(".")
+        if parts[:2] == ["encoder", "stages"] and parts[-1] == "weight" and w.ndim >= 3:
+            stages[int(parts[2])] = int(w.shape[0])       # the stage's last convolution
+    return {"features_per_stage": [stages[k] for k in sorted(stages)], "parameters": int(sum(unique.values()))}
 
 
 def init_output_layer(network: torch.nn.Module, std: float) -> None:

@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from nnunet_oar.training import init_output_layer, seed_everything
+from nnunet_oar.safe_load import load_checkpoint
+from nnunet_oar.training import init_output_layer, network_size, seed_everything
 from nnunet_oar.paths import trainer_path
 
 
@@ -74,7 +75,7 @@ def test_a_subclass_in_its_own_trainer_folder_imports_the_parent_through_the_pac
 
 
 def test_the_tests_and_demos_trainers_build_narrow_networks_through_nnunets_hook_and_the_others_the_planned_width(
-        heatmap_module):
+        heatmap_module, tmp_path):
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
     budget = importlib.import_module("nnUNetTrainerOARBudget")
     arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
@@ -91,8 +92,14 @@ def test_the_tests_and_demos_trainers_build_narrow_networks_through_nnunets_hook
 
     def widths(trainer):
         # the call nnU-Net's trainer and predictor make
-        net = trainer.build_network_architecture(None, cm, 1, 4, enable_deep_supervision=False)
-        return [s[-1].output_channels for s in net.encoder.stages]
+        net = trainer.build_network_architecture(None, cm, 1, 4, enable_deep_supervision=True)
+        built = [s[-1].output_channels for s in net.encoder.stages]
+        # what reports read back from a checkpoint (nnU-Net saves the state dict): the same network
+        path = tmp_path / f"{trainer.__name__}.pth"
+        torch.save({"network_weights": net.state_dict(), "trainer_name": trainer.__name__}, path)
+        assert network_size(load_checkpoint(path)["network_weights"]) == {
+            "features_per_stage": built, "parameters": sum(p.numel() for p in net.parameters())}
+        return built
 
     assert widths(budget.nnUNetTrainerOARTiny) == widths(heatmap_module.nnUNetTrainerOARHeatmap_tiny) == [4, 8, 16]
     assert widths(budget.nnUNetTrainerOARDemo) == widths(heatmap_module.nnUNetTrainerOARHeatmap_demo) == [16, 32, 64]
