@@ -4,6 +4,7 @@ rules, and what does not convert (reported per ROI or per patient while the rest
 import json
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -157,7 +158,12 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
         # every other slice: sparse contouring; a contour 0.2 mm off its slice, written twice: kept, noted
         "Pancreas": [("CLOSED_PLANAR", square + [0, 0, z]) for z in range(3, 30, 6)],
         "Gallbladder": [("CLOSED_PLANAR", square + [0, 0, 12.2])] * 2 + [("CLOSED_PLANAR", square + [0, 0, 15])],
-        "Tumour bed": spleen, "Lung_L": spleen, "Lt Lung": spleen})
+        "Tumour bed": spleen, "Lung_L": spleen, "Lt Lung": spleen,
+        # contour data that is no list of x, y, z triplets; contours of 2 points and of 1 (as some export
+        # tools write them) mark no voxel, beside a good contour and alone
+        "Trachea": [("CLOSED_PLANAR", np.arange(11.0))],
+        "Sternum": [("CLOSED_PLANAR", square + [0, 0, 15]), ("CLOSED_PLANAR", np.array([[-5, -5, 18], [5, 5, 18.]]))],
+        "Glnd_Thyroid": [("CLOSED_PLANAR", np.array([[0, 0, 15.]]))]})
     # E: an RTSTRUCT without a series reference (some planning systems omit it): linked by its frame
     e = write_ct_series(img, root / "E" / "ct", seed=5)
     write_rtstruct_file(root / "E" / "rs.dcm", img, e, {"Liver": liver}, series_uid="")
@@ -166,6 +172,14 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     write_rtstruct_file(root / "F" / "rs.dcm", img, f, {"Liver": liver})
     cut = sorted((root / "F" / "ct").iterdir())[-1]
     cut.write_bytes(cut.read_bytes()[:300])
+    # G: two CT series in one frame of reference and an RTSTRUCT that names neither: not guessed
+    g1 = write_ct_series(img, root / "G" / "ct1", seed=7)
+    write_ct_series(img, root / "G" / "ct2", seed=8)
+    for f in (root / "G" / "ct2").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID = g1["frame"]
+        ds.save_as(f)
+    write_rtstruct_file(root / "G" / "rs.dcm", img, g1, {"Liver": liver}, series_uid="")
     out = convert_dicom(root, 521, progress=False)
     report = json.loads((out / "conversion_report.json").read_text())
     annotations = json.loads((out / "annotations.json").read_text())
@@ -175,11 +189,12 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     assert report["damaged_files"] == 1
     assert "references series ['<uid>'], which is not a CT series under the input folder" in reasons   # B
     assert "frame of reference <uid> is not the CT's" in reasons                                      # C
+    assert "names no series, and its frame of reference holds 2 CT series (<uid>, <uid>)" in reasons  # G
     case_a = next(c for c, n in report["cases"].items() if "Spleen" in n["roi_to_organ"])
     assert report["cases"][case_a]["rtstruct"] == ("RTSTRUCT 'clinic', the approved or newest of 2; 1 automatic "
                                                    "set(s) (e.g. nnunet_oar's own) passed over")
     case_d = next(c for c in annotations if c != case_a and report["cases"][c]["refused_rois"])
-    assert annotations[case_d] == ["liver", "gallbladder"]
+    assert annotations[case_d] == ["liver", "gallbladder", "sternum"]
     refused = report["cases"][case_d]["refused_rois"]
     assert refused["Spleen"] == "empty (no contours)"
     assert "OPEN_PLANAR" in refused["Kidney_L"]
@@ -187,6 +202,11 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     assert "between CT slices" in refused["Aorta"]
     assert "contoured on 5 of the 9 slices of its extent" in refused["Pancreas"]
     assert report["cases"][case_d]["roi_notes"]["Gallbladder"] == "1 repeated contour(s) counted once"
+    assert refused["Trachea"] == "contour 1 has malformed ContourData (11 values, not x, y, z triplets of numbers)"
+    assert report["cases"][case_d]["roi_notes"]["Sternum"] == "1 contour(s) of fewer than 3 points or no area, left out"
+    sternum = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / f"{case_d}.nii.gz")))
+    assert (sternum[6] == json.loads((out / "dataset.json").read_text())["labels"]["sternum"]).sum() == 0
+    assert refused["Glnd_Thyroid"].startswith("its contours enclose no voxel centre (1 contour(s) of fewer than 3")
     assert "2 ROIs name lung_left" in refused["Lung_L"] and "Lt Lung" in refused["Lt Lung"]
     assert report["cases"][case_d]["unmapped_rois"] == {"Tumour bed": "unmapped"}
     assert "patient_id" not in report["cases"][case_a]
@@ -197,7 +217,7 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     names.write_text(json.dumps({"tumour bed": "spleen"}))
     out = convert_dicom(root, 521, names=names, keep_ids=True, progress=False)
     report = json.loads((out / "conversion_report.json").read_text())
-    assert json.loads((out / "annotations.json").read_text())[case_d] == ["liver", "spleen", "gallbladder"]
+    assert json.loads((out / "annotations.json").read_text())[case_d] == ["liver", "spleen", "gallbladder", "sternum"]
     assert report["cases"][case_a]["patient_id"] == "P1" and report["unmapped_names"] == {}
     # --rtstruct-label takes the draft on A; D has no RTSTRUCT so labelled and is skipped, saying so
     out = convert_dicom(root, 521, rtstruct_label="draft", progress=False)
@@ -248,3 +268,19 @@ def test_rounded_slice_positions_do_not_make_the_grid_drift():
     _, _, spacing = slice_geometry(headers, "rounded")
     last = -100 + spacing[2] * 399
     assert abs(last - headers[-1].ImagePositionPatient[2]) < 0.01
+
+
+def test_an_roi_without_its_own_frame_is_in_the_structure_sets_and_only_wanted_rois_are_read(tmp_path):
+    from nnunet_oar.dicom.rtstruct_reader import rasterize_rois
+    img = _cube_ct()
+    uids = write_ct_series(img, tmp_path / "ct", seed=1)
+    ball = _ball(img, (0, 0, 15), 8)
+    rs = tmp_path / "rs.dcm"
+    write_rtstruct_file(rs, img, uids, {"Liver": ball, "PTV": ball}, frame_uid="1.2.3.4.6")
+    ds = pydicom.dcmread(rs)
+    for roi in ds.StructureSetROISequence:
+        roi.ReferencedFrameOfReferenceUID = ""
+    masks, refused, _ = rasterize_rois(ds, img, uids["frame"], keep=lambda name: name == "Liver")
+    assert masks == {} and refused == {"Liver": f"frame of reference 1.2.3.4.6 is not the CT's ({uids['frame']})"}
+    masks, refused, _ = rasterize_rois(ds, img, "1.2.3.4.6", keep=lambda name: name == "Liver")
+    assert list(masks) == ["Liver"] and refused == {} and masks["Liver"].sum() == ball.sum()

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from nnunet_oar import organs as catalogue
 from nnunet_oar.conversion.dataset import build_dataset
 from nnunet_oar.conversion.names import NameMap
-from nnunet_oar.dicom.rtstruct_reader import rasterize_rois, referenced_series
+from nnunet_oar.dicom.rtstruct_reader import rasterize_rois, referenced_series, roi_names
 from nnunet_oar.dicom.series import ct_from_files, is_ct_volume, scan_series
 from nnunet_oar.io import InputError
 
@@ -84,15 +84,18 @@ def _structure_sets_by_ct(groups: Dict[str, list], cts: Dict[str, list]) -> Tupl
             continue
         refs = referenced_series(ds)
         hit = [u for u in refs if u in cts]
+        reason = f"references series {refs or 'none'}, which is not a CT series under the input folder"
         if not refs:
             frame = {str(getattr(r, "FrameOfReferenceUID", "")) for r in getattr(ds, "ReferencedFrameOfReferenceSequence", [])}
             hit = [u for u, items in cts.items() if str(getattr(items[0][1], "FrameOfReferenceUID", "")) in frame]
-            hit = hit if len(hit) == 1 else []
+            if len(hit) > 1:
+                reason = (f"names no series, and its frame of reference holds {len(hit)} CT series ({', '.join(hit)}): "
+                          "which one it was drawn on cannot be told")
+                hit = []
         if hit:
             on_ct.setdefault(hit[0], []).append((f, ds))
         else:
-            skipped.append({"rtstruct_file": str(f), "reason": f"references series {refs or 'none'}, which is not "
-                                                          "a CT series under the input folder"})
+            skipped.append({"rtstruct_file": str(f), "reason": reason})
     return on_ct, skipped
 
 
@@ -157,33 +160,39 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
         else:
             patients.append((case, items, chosen, how, ids))
     # the data set's organs, from the names alone (rasterising comes later, one patient at a time)
-    mapped = {name_map(str(r.ROIName))[0] for _, _, (_, ds), _, _ in patients
-              for r in getattr(ds, "StructureSetROISequence", [])}
+    mapped = {name_map(roi)[0] for _, _, (_, ds), _, _ in patients for roi in roi_names(ds)}
     wanted = [o for o in catalogue.ORGANS if o in mapped] if organs is None else list(organs)
     if not wanted:
         raise InputError(f"{source}: no ROI name maps to a catalogue organ; see the names in "
                          "`nnunet_oar convert-dicom --help` and give a --names file")
     unmapped: Dict[str, int] = {}
     with build_dataset(dataset_id, dataset_name, wanted, f"CT + RTSTRUCT from {source.name}", raw) as builder:
-        for case, items, (_, rt), how, ids in tqdm(patients, desc="convert DICOM", disable=not progress):
+        for case, items, (rt_file, rt), how, ids in tqdm(patients, desc="convert DICOM", disable=not progress):
             where = str(items[0][0].parent)
             try:
                 ct, series = ct_from_files(items, where)
-                rois, refused, notes = rasterize_rois(rt, ct, str(getattr(series.headers[0], "FrameOfReferenceUID", "")))
             except InputError as e:
                 skipped.append({"case": case, "reason": str(e).replace(f"{where}: ", ""), **ids})
                 continue
+            try:
+                # only the ROIs that name a wanted organ are rasterised (a plan's others would cost a mask each)
+                rois, refused, notes = rasterize_rois(rt, ct, str(getattr(series.headers[0], "FrameOfReferenceUID", "")),
+                                                      keep=lambda roi: name_map(roi)[0] in wanted)
+            except Exception as e:     # one malformed structure set from another system must not stop the rest
+                skipped.append({"case": case, "reason": f"RTSTRUCT {rt_file} could not be read: {type(e).__name__}: {e}",
+                                **ids})
+                continue
             masks, named, unmapped_here, skipped_here = {}, {}, {}, []
-            for roi, mask in rois.items():
+            for roi in dict.fromkeys(roi_names(rt)):
                 organ, rule = name_map(roi)
                 if rule == "skip":
                     skipped_here.append(roi)
                 elif organ is None:
                     unmapped_here[roi] = rule
                     unmapped[roi] = unmapped.get(roi, 0) + 1
-                elif organ in wanted:
+                elif roi in rois:
                     named.setdefault(organ, []).append(roi)
-                    masks[organ] = mask
+                    masks[organ] = rois[roi]
             for organ, rois_of in named.items():
                 if len(rois_of) > 1:             # which one the clinic meant is not ours to guess
                     del masks[organ]

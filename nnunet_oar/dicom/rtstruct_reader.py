@@ -3,7 +3,7 @@ the even-odd rule at voxel centres (the reading :func:`nnunet_oar.dicom.rtstruct
 for). Used by ``nnunet_oar convert-dicom`` (:mod:`nnunet_oar.conversion.dicom_rt`)."""
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -21,35 +21,68 @@ def referenced_series(ds) -> List[str]:
     return out
 
 
-def rasterize_rois(ds, image, frame_uid: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str], Dict[str, str]]:
+def roi_names(ds) -> List[str]:
+    """The ROI names of an RTSTRUCT (``StructureSetROISequence``), in order."""
+    return [str(getattr(r, "ROIName", "") or "") for r in getattr(ds, "StructureSetROISequence", [])]
+
+
+def _points(contour) -> Optional[np.ndarray]:
+    """A contour's points (n, 3) world mm, or None where its ContourData is missing or malformed."""
+    data = getattr(contour, "ContourData", None)
+    try:
+        pts = np.array(data, float).reshape(-1, 3) if data is not None and len(data) else None
+    except (TypeError, ValueError):
+        return None
+    return pts if pts is not None and np.isfinite(pts).all() else None
+
+
+def _area(xy: np.ndarray) -> float:
+    """The shoelace area of a closed polygon (n, 2), in the units of ``xy`` squared."""
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], bool]] = None
+                   ) -> Tuple[Dict[str, np.ndarray], Dict[str, str], Dict[str, str]]:
     """Every ROI of an RTSTRUCT on a CT's grid: the even-odd rule per slice at voxel centres, the reading
     :func:`write_rtstruct` is written for (holes and several components kept).
 
     Args:
         ds: the RTSTRUCT (pydicom data set).
         image: the CT (SimpleITK) whose slices the contours lie on.
-        frame_uid: the CT's FrameOfReferenceUID; an ROI in another frame is refused.
+        frame_uid: the CT's FrameOfReferenceUID; an ROI in another frame (its own, or where it names none,
+            the structure set's only one) is refused.
+        keep: the ROI names to read (default all): a plan's other structures (targets, rings, couch) are
+            neither checked nor rasterised, which would cost a full-size mask each.
 
     Returns:
         ``(masks, refused, notes)``: ``{ROI name: bool array (z, y, x)}`` for the ROIs that rasterise,
-        ``{ROI name: reason}`` for those that do not (empty, open contours or points, contours outside the
-        image, another frame of reference, contours on fewer than 60 % of the slices of its extent), and
-        ``{ROI name: note}`` for ROIs kept with a remark (clipped in-plane, contours between slices left
-        out, repeated contours counted once, slices without contour).
+        ``{ROI name: reason}`` for those that do not (empty, open contours or points, malformed contour
+        data, contours outside the image, another frame of reference, contours on fewer than 60 % of the
+        slices of its extent), and ``{ROI name: note}`` for ROIs kept with a remark (clipped in-plane,
+        contours between slices left out, contours of fewer than 3 points or no area left out, repeated
+        contours counted once, slices without contour).
     """
     from skimage.draw import polygon
-    names = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
-    frames = {int(r.ROINumber): str(getattr(r, "ReferencedFrameOfReferenceUID", "") or "")
-              for r in getattr(ds, "StructureSetROISequence", [])}
+    rois = [r for r in getattr(ds, "StructureSetROISequence", []) if hasattr(r, "ROINumber")]
+    names = {int(r.ROINumber): str(getattr(r, "ROIName", "") or "") for r in rois}
+    # an ROI that names no frame is in the structure set's, where it has exactly one
+    set_frames = {str(getattr(f, "FrameOfReferenceUID", "") or "")
+                  for f in getattr(ds, "ReferencedFrameOfReferenceSequence", [])} - {""}
+    default_frame = next(iter(set_frames)) if len(set_frames) == 1 else ""
+    frames = {int(r.ROINumber): str(getattr(r, "ReferencedFrameOfReferenceUID", "") or "") or default_frame
+              for r in rois}
     shape = image.GetSize()[::-1]
     # world (x, y, z) mm -> continuous index (x, y, z)
     to_index = np.linalg.inv(np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing()))
     origin = np.array(image.GetOrigin())
     contours_of = {int(rc.ReferencedROINumber): list(getattr(rc, "ContourSequence", []) or [])
-                   for rc in getattr(ds, "ROIContourSequence", [])}
+                   for rc in getattr(ds, "ROIContourSequence", []) if hasattr(rc, "ReferencedROINumber")}
     masks, refused, notes = {}, {}, {}
     same_name = {n for n in names.values() if list(names.values()).count(n) > 1}
     for number, name in names.items():
+        if keep is not None and not keep(name):
+            continue
         contours = contours_of.get(number, [])
         if name in same_name:
             refused[name] = "several ROIs have this name"
@@ -64,11 +97,15 @@ def rasterize_rois(ds, image, frame_uid: str) -> Tuple[Dict[str, np.ndarray], Di
         if kinds != {"CLOSED_PLANAR"}:
             refused[name] = f"contour types {sorted(kinds)}: only CLOSED_PLANAR contours outline a volume"
             continue
-        mask, reason, clipped, seen, off_slice, twice = np.zeros(shape, bool), None, False, set(), 0, 0
+        mask, reason, clipped, seen, off_slice, twice, flat = np.zeros(shape, bool), None, False, set(), 0, 0, 0
         # a contour belongs to a slice within min(0.5 mm, a quarter slice) of it (planning systems round)
         tol = min(0.5, 0.25 * image.GetSpacing()[2]) / image.GetSpacing()[2]
-        for c in contours:
-            pts = np.array(c.ContourData, float).reshape(-1, 3)
+        for i, c in enumerate(contours):
+            pts = _points(c)
+            if pts is None:
+                n = len(getattr(c, "ContourData", None) or [])
+                reason = f"contour {i + 1} has malformed ContourData ({n} values, not x, y, z triplets of numbers)"
+                break
             key = np.round(pts, 2).tobytes()
             if key in seen:                      # the same contour twice would cancel itself (even-odd)
                 twice += 1
@@ -78,6 +115,11 @@ def rasterize_rois(ds, image, frame_uid: str) -> Tuple[Dict[str, np.ndarray], Di
             k = int(round(float(idx[:, 2].mean())))
             if np.abs(idx[:, 2] - k).max() > tol:
                 off_slice += 1                   # between slices or not planar: not representable here
+                continue
+            # a contour of 1-2 points or no area holds no voxel centre; the polygon filler would still
+            # mark the voxels under its points (some export tools write such contours)
+            if len(np.unique(np.round(idx[:, :2], 6), axis=0)) < 3 or _area(idx[:, :2]) < 1e-6:
+                flat += 1
                 continue
             if not 0 <= k < shape[0]:
                 reason = f"a contour at z = {pts[:, 2].mean():.2f} mm lies outside the CT's slices"
@@ -93,6 +135,7 @@ def rasterize_rois(ds, image, frame_uid: str) -> Tuple[Dict[str, np.ndarray], Di
         remarks = [text for n, text in (
             (clipped, "extends beyond the CT's field of view; clipped to it"),
             (off_slice, f"{off_slice} contour(s) between CT slices or not planar, left out"),
+            (flat, f"{flat} contour(s) of fewer than 3 points or no area, left out"),
             (twice, f"{twice} repeated contour(s) counted once"),
             (gaps, f"{gaps} slice(s) without contour inside its extent")) if n]
         if reason:

@@ -250,10 +250,15 @@ def slice_geometry(headers: list, where: str) -> Tuple[np.ndarray, np.ndarray, n
     for key in ("Rows", "Columns"):
         sizes = [int(_numbers(h, key, 1, where)[0]) for h in headers]
         if len(set(sizes)) > 1:
-            raise InputError(f"{where}: slices have different {key} ({sorted(set(sizes))})")
+            k = next(i for i, n in enumerate(sizes) if n != sizes[0])
+            raise InputError(f"{where}: slices have different {key} ({sorted(set(sizes))}: {sizes[0]} in "
+                             f"{getattr(headers[0], 'filename', '?')}, {sizes[k]} in {getattr(headers[k], 'filename', '?')})")
     ps = np.array([_numbers(h, "PixelSpacing", 2, where) for h in headers])
     if np.abs(ps - ps[0]).max() > 1e-4:
-        raise InputError(f"{where}: slices have different PixelSpacing")
+        k = int(np.argmax(np.abs(ps - ps[0]).max(axis=1)))
+        raise InputError(f"{where}: slices have different PixelSpacing ({ps[0].tolist()} mm in "
+                         f"{getattr(headers[0], 'filename', '?')}, {ps[k].tolist()} mm in "
+                         f"{getattr(headers[k], 'filename', '?')})")
     if (ps[0] <= 0).any():
         raise InputError(f"{where}: PixelSpacing {ps[0].tolist()} is not positive")
     row_dir, col_dir = iop[0, :3], iop[0, 3:]
@@ -291,7 +296,9 @@ def slice_geometry(headers: list, where: str) -> Tuple[np.ndarray, np.ndarray, n
         ratio = steps[k] / step
         what = (f"missing slice(s): a {steps[k]:.2f} mm gap between {files[k]} and {files[k + 1]} "
                 f"where the spacing is {step:.2f} mm" if abs(ratio - round(ratio)) < 0.05 and ratio > 1.5
-                else f"non-uniform slice spacing ({steps.min():.2f} to {steps.max():.2f} mm)")
+                else f"non-uniform slice spacing ({steps.min():.2f} to {steps.max():.2f} mm; {steps[k]:.2f} mm "
+                     f"between {files[k]} ({pos[k]:.2f} mm) and {files[k + 1]} ({pos[k + 1]:.2f} mm) where the "
+                     f"median is {step:.2f} mm: two scan ranges or pitches joined?)")
         raise InputError(f"{where}: {what}")
     # a uniform stack's spacing from its end slices: from the median of rounded positions the grid would
     # drift by up to a slice over a long stack
