@@ -196,6 +196,11 @@ def test_benchmark_on_phantoms_end_to_end(tmp_path):
     md = (work / "report.md").read_text()
     assert "constant guess" in md and set(report["constant_guess"]) == {"liver", "kidney_left"}
     assert set(report["cut_by_box"]) >= {"liver", "kidney_left"}
+    # the widths the tiny trainers built (1/8 of nnU-Net's 32 features), read back from the checkpoints
+    sizes = report["trainers"]["network_sizes"]
+    assert set(sizes) == {"localizer", "organ networks", "baseline"} and len(sizes["organ networks"]) == 2
+    assert all(n["features_per_stage"][0] == 4 and n["parameters"] > 0 for nets in sizes.values() for n in nets)
+    assert "Networks, as their checkpoints hold them: localizer [4, 8" in md
     # every stage ran as a Snakemake job with its own log and measurement, which the report reads
     for name in ("loc_train_0", "loc_train_1", "loc_cv", "organ_crops", "organ_plan_911", "organ_plan_912",
                  "organ_train_911", "organ_train_912", "baseline_train",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from nnunet_oar.io import atomic_path, read_json, write_json
 
@@ -127,6 +127,19 @@ def _budget_lines(trainers: dict, stages: Dict[str, dict], unfinished: Sequence[
     return lines
 
 
+def _network_lines(sizes: Optional[dict]) -> List[str]:
+    """The trained networks' widths and sizes, as their checkpoints hold them."""
+    if not sizes:
+        return []
+    parts = []
+    for role, nets in sizes.items():
+        widths = sorted({tuple(n["features_per_stage"]) for n in nets}, key=len)
+        params = sorted(n["parameters"] / 1e6 for n in nets)
+        count = f"{params[0]:.1f}" if params[-1] - params[0] < 0.05 else f"{params[0]:.1f}-{params[-1]:.1f}"
+        parts.append(f"{role} {' or '.join(str(list(w)) for w in widths)} features per stage, {count} M parameters")
+    return ["Networks, as their checkpoints hold them: " + "; ".join(parts) + ".", ""]
+
+
 def _machine(device: str) -> str:
     import torch
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
@@ -166,6 +179,7 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
              f"training cases: the raw data set {settings['train_id']}. Trainers: localizer `{trainers['localizer']}`, "
              f"baseline and organ networks `{trainers['networks']}`; baseline configuration "
              f"`{trainers['baseline_config']}`. NSD tolerance {tolerance_mm} mm.", "",
+             *_network_lines(trainers.get("network_sizes")),
              *([f"**A partial report** (`--report-only`): these stages had not finished and their methods are "
                 f"not scored: {', '.join(unfinished)}.", ""] if unfinished else []),
              "## Table I: mean ± std over scored (case, organ) pairs", "",
