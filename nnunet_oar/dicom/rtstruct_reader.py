@@ -1,6 +1,11 @@
 """Reading an RTSTRUCT back onto a CT grid: which CT series it references, and every ROI rasterised with
 the even-odd rule at voxel centres (the reading :func:`nnunet_oar.dicom.rtstruct.write_rtstruct` is written
-for). Used by ``nnunet_oar convert-dicom`` (:mod:`nnunet_oar.conversion.dicom_rt`)."""
+for). Used by ``nnunet_oar convert-dicom`` (:mod:`nnunet_oar.conversion.dicom_rt`).
+
+A voxel centre on a contour counts as inside it (scikit-image's polygon fill). Our writer never puts a
+vertex on a centre; tools that trace a mask's pixels through their centres do, and there an outer contour
+holds its boundary voxels, as meant, while a hole traced that way also takes the ring of voxels its contour
+runs through (one voxel wider than drawn)."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Tuple
@@ -111,7 +116,10 @@ def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], boo
                 twice += 1
                 continue
             seen.add(key)
-            idx = (pts - origin) @ to_index.T
+            # to 1e-4 voxel (ContourData carries 4 decimals): a contour traced through voxel centres, as
+            # tools that outline a mask's pixels write them, then holds those centres every time, not as
+            # float noise decides (a 21 x 21 square read 422 voxels of its 441)
+            idx = np.round((pts - origin) @ to_index.T, 4)
             k = int(round(float(idx[:, 2].mean())))
             if np.abs(idx[:, 2] - k).max() > tol:
                 off_slice += 1                   # between slices or not planar: not representable here
