@@ -163,7 +163,8 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
         # tools write them) mark no voxel, beside a good contour and alone
         "Trachea": [("CLOSED_PLANAR", np.arange(11.0))],
         "Sternum": [("CLOSED_PLANAR", square + [0, 0, 15]), ("CLOSED_PLANAR", np.array([[-5, -5, 18], [5, 5, 18.]]))],
-        "Glnd_Thyroid": [("CLOSED_PLANAR", np.array([[0, 0, 15.]]))]})
+        "Glnd_Thyroid": [("CLOSED_PLANAR", np.array([[0, 0, 15.]]))],
+        "Musc_Psoas_L": [("CLOSED_PLANAR", square + [0, 0, 15]), ("CLOSED_PLANAR", np.array([7.0]))]})
     # E: an RTSTRUCT without a series reference (some planning systems omit it): linked by its frame
     e = write_ct_series(img, root / "E" / "ct", seed=5)
     write_rtstruct_file(root / "E" / "rs.dcm", img, e, {"Liver": liver}, series_uid="")
@@ -203,10 +204,11 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     assert "contoured on 5 of the 9 slices of its extent" in refused["Pancreas"]
     assert report["cases"][case_d]["roi_notes"]["Gallbladder"] == "1 repeated contour(s) counted once"
     assert refused["Trachea"] == "contour 1 has malformed ContourData (11 values, not x, y, z triplets of numbers)"
-    assert report["cases"][case_d]["roi_notes"]["Sternum"] == "1 contour(s) of fewer than 3 points or no area, left out"
+    assert report["cases"][case_d]["roi_notes"]["Sternum"] == "1 contour(s) of fewer than 3 points or on one line, left out"
     sternum = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / f"{case_d}.nii.gz")))
     assert (sternum[6] == json.loads((out / "dataset.json").read_text())["labels"]["sternum"]).sum() == 0
     assert refused["Glnd_Thyroid"].startswith("its contours enclose no voxel centre (1 contour(s) of fewer than 3")
+    assert refused["Musc_Psoas_L"] == "contour 2 has malformed ContourData (1 values, not x, y, z triplets of numbers)"
     assert "2 ROIs name lung_left" in refused["Lung_L"] and "Lt Lung" in refused["Lt Lung"]
     assert report["cases"][case_d]["unmapped_rois"] == {"Tumour bed": "unmapped"}
     assert "patient_id" not in report["cases"][case_a]
@@ -290,8 +292,14 @@ def test_an_roi_without_its_own_frame_is_in_the_structure_sets_and_only_wanted_r
     fine.SetSpacing((0.7, 0.7, 3.0))
     fine.SetOrigin((-250.3, -250.3, 0.0))
     fine_uids = write_ct_series(fine, tmp_path / "fine", seed=2)
-    lo, hi = round(-250.3 + 0.7 * 9, 4), round(-250.3 + 0.7 * 15, 4)
-    square = np.array([[lo, lo, 3], [hi, lo, 3], [hi, hi, 3], [lo, hi, 3]])
-    write_rtstruct_file(rs, fine, fine_uids, {"Liver": [("CLOSED_PLANAR", square)]})
-    masks, _, _ = rasterize_rois(pydicom.dcmread(rs), fine, fine_uids["frame"])
-    assert masks["Liver"].sum() == masks["Liver"][1].sum() == 7 * 7
+    for decimals in (4, 2):                 # ContourData as exports write it, to a few decimals
+        lo, hi = round(-250.3 + 0.7 * 9, decimals), round(-250.3 + 0.7 * 15, decimals)
+        square = np.array([[lo, lo, 3], [hi, lo, 3], [hi, hi, 3], [lo, hi, 3]])
+        write_rtstruct_file(rs, fine, fine_uids, {"Liver": [("CLOSED_PLANAR", square)]})
+        masks, _, _ = rasterize_rois(pydicom.dcmread(rs), fine, fine_uids["frame"])
+        assert masks["Liver"].sum() == masks["Liver"][1].sum() == 7 * 7
+    # an ROI without ROINumber cannot be tied to its contours: refused, named, not dropped
+    ds = pydicom.dcmread(rs)
+    del ds.StructureSetROISequence[0].ROINumber
+    assert rasterize_rois(ds, fine, fine_uids["frame"]) == ({}, {"Liver": "no ROINumber: its contours cannot be found"},
+                                                            {})

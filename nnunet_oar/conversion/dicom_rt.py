@@ -7,10 +7,12 @@ choice is reported. The CT is read by the same reader as ``predict`` (:mod:`nnun
 its refusals); each ROI is rasterised on it with the even-odd rule (:func:`~nnunet_oar.dicom.rtstruct_reader.rasterize_rois`,
 the reading ``predict --rtstruct`` writes for) and named by :mod:`nnunet_oar.conversion.names`.
 
-What does not convert is reported, not fatal: an ROI (empty, open contours, off-slice or outside the
-image, another frame of reference, an unmapped or ambiguous name, two ROIs naming one organ) is left out
-of its patient, whose other organs convert; a patient (no RTSTRUCT, a CT the reader refuses, an RTSTRUCT
-whose series is missing) is skipped. An organ not contoured for a patient is not annotated for it
+Only the ROIs whose names map to a wanted organ are rasterised. What does not convert is reported, not
+fatal: an ROI (empty, open contours, malformed contour data, off-slice or outside the image, another frame
+of reference, an unmapped or ambiguous name, two ROIs naming one organ) is left out of its patient, whose
+other organs convert, and contours of 1-2 points or on one line are left out of their ROI, noted; a
+patient (no RTSTRUCT, a CT the reader refuses, an RTSTRUCT whose series is missing or whose frame holds
+several CT series, an RTSTRUCT that cannot be read) is skipped. An organ not contoured for a patient is not annotated for it
 (``annotations.json``), as with OpenKBP. Overlaps: the smaller structure wins, counted.
 
 No patient-identifying field reaches the data set: the case id is a hash of the study and series UIDs
@@ -178,9 +180,10 @@ def convert_dicom(source: Path, dataset_id: int, names: Optional[Path] = None, o
                 # only the ROIs that name a wanted organ are rasterised (a plan's others would cost a mask each)
                 rois, refused, notes = rasterize_rois(rt, ct, str(getattr(series.headers[0], "FrameOfReferenceUID", "")),
                                                       keep=lambda roi: name_map(roi)[0] in wanted)
-            except Exception as e:     # one malformed structure set from another system must not stop the rest
-                skipped.append({"case": case, "reason": f"RTSTRUCT {rt_file} could not be read: {type(e).__name__}: {e}",
-                                **ids})
+            except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+                # a structure set malformed in a way the reader does not foresee: that patient, not the rest
+                skipped.append({"case": case, "reason": f"its RTSTRUCT could not be read ({type(e).__name__}: {e})",
+                                "rtstruct_file": str(rt_file), **ids})
                 continue
             masks, named, unmapped_here, skipped_here = {}, {}, {}, []
             for roi in dict.fromkeys(roi_names(rt)):

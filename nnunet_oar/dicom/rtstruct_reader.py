@@ -31,20 +31,16 @@ def roi_names(ds) -> List[str]:
     return [str(getattr(r, "ROIName", "") or "") for r in getattr(ds, "StructureSetROISequence", [])]
 
 
-def _points(contour) -> Optional[np.ndarray]:
-    """A contour's points (n, 3) world mm, or None where its ContourData is missing or malformed."""
+def _points(contour) -> Tuple[Optional[np.ndarray], int]:
+    """A contour's points (n, 3) world mm, or None where its ContourData is missing or malformed; and how
+    many values it holds."""
     data = getattr(contour, "ContourData", None)
     try:
-        pts = np.array(data, float).reshape(-1, 3) if data is not None and len(data) else None
+        values = np.asarray(data if data is not None else [], float).ravel()
     except (TypeError, ValueError):
-        return None
-    return pts if pts is not None and np.isfinite(pts).all() else None
-
-
-def _area(xy: np.ndarray) -> float:
-    """The shoelace area of a closed polygon (n, 2), in the units of ``xy`` squared."""
-    x, y = xy[:, 0], xy[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+        return None, int(np.size(data))
+    ok = values.size and values.size % 3 == 0 and np.isfinite(values).all()
+    return (values.reshape(-1, 3) if ok else None), int(values.size)
 
 
 def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], bool]] = None
@@ -65,12 +61,15 @@ def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], boo
         ``{ROI name: reason}`` for those that do not (empty, open contours or points, malformed contour
         data, contours outside the image, another frame of reference, contours on fewer than 60 % of the
         slices of its extent), and ``{ROI name: note}`` for ROIs kept with a remark (clipped in-plane,
-        contours between slices left out, contours of fewer than 3 points or no area left out, repeated
+        contours between slices left out, contours of fewer than 3 points or on one line left out, repeated
         contours counted once, slices without contour).
     """
     from skimage.draw import polygon
     rois = [r for r in getattr(ds, "StructureSetROISequence", []) if hasattr(r, "ROINumber")]
     names = {int(r.ROINumber): str(getattr(r, "ROIName", "") or "") for r in rois}
+    # an ROI without a number cannot be tied to its contours
+    unnumbered = [str(getattr(r, "ROIName", "") or "") for r in getattr(ds, "StructureSetROISequence", [])
+                  if not hasattr(r, "ROINumber")]
     # an ROI that names no frame is in the structure set's, where it has exactly one
     set_frames = {str(getattr(f, "FrameOfReferenceUID", "") or "")
                   for f in getattr(ds, "ReferencedFrameOfReferenceSequence", [])} - {""}
@@ -83,7 +82,9 @@ def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], boo
     origin = np.array(image.GetOrigin())
     contours_of = {int(rc.ReferencedROINumber): list(getattr(rc, "ContourSequence", []) or [])
                    for rc in getattr(ds, "ROIContourSequence", []) if hasattr(rc, "ReferencedROINumber")}
-    masks, refused, notes = {}, {}, {}
+    masks, notes = {}, {}
+    refused = {name: "no ROINumber: its contours cannot be found" for name in unnumbered
+               if keep is None or keep(name)}
     same_name = {n for n in names.values() if list(names.values()).count(n) > 1}
     for number, name in names.items():
         if keep is not None and not keep(name):
@@ -106,9 +107,8 @@ def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], boo
         # a contour belongs to a slice within min(0.5 mm, a quarter slice) of it (planning systems round)
         tol = min(0.5, 0.25 * image.GetSpacing()[2]) / image.GetSpacing()[2]
         for i, c in enumerate(contours):
-            pts = _points(c)
+            pts, n = _points(c)
             if pts is None:
-                n = len(getattr(c, "ContourData", None) or [])
                 reason = f"contour {i + 1} has malformed ContourData ({n} values, not x, y, z triplets of numbers)"
                 break
             key = np.round(pts, 2).tobytes()
@@ -116,17 +116,20 @@ def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], boo
                 twice += 1
                 continue
             seen.add(key)
-            # to 1e-4 voxel (ContourData carries 4 decimals): a contour traced through voxel centres, as
-            # tools that outline a mask's pixels write them, then holds those centres every time, not as
-            # float noise decides (a 21 x 21 square read 422 voxels of its 441)
-            idx = np.round((pts - origin) @ to_index.T, 4)
+            idx = (pts - origin) @ to_index.T
+            # in-plane indices within 0.01 voxel of a voxel centre go onto it (ContourData's few decimals and
+            # float noise put them a hair off): a contour traced through voxel centres, as tools that outline
+            # a mask's pixels write them, then holds those centres every time (a 21 x 21 square read 422
+            # voxels of its 441)
+            near = np.abs(idx[:, :2] - np.round(idx[:, :2])) < 0.01
+            idx[:, :2] = np.where(near, np.round(idx[:, :2]), idx[:, :2])
             k = int(round(float(idx[:, 2].mean())))
             if np.abs(idx[:, 2] - k).max() > tol:
                 off_slice += 1                   # between slices or not planar: not representable here
                 continue
-            # a contour of 1-2 points or no area holds no voxel centre; the polygon filler would still
+            # a contour of 1-2 points or on one line holds no voxel centre; the polygon filler would still
             # mark the voxels under its points (some export tools write such contours)
-            if len(np.unique(np.round(idx[:, :2], 6), axis=0)) < 3 or _area(idx[:, :2]) < 1e-6:
+            if np.linalg.matrix_rank(idx[:, :2] - idx[:, :2].mean(axis=0), tol=1e-6) < 2:
                 flat += 1
                 continue
             if not 0 <= k < shape[0]:
@@ -143,7 +146,7 @@ def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], boo
         remarks = [text for n, text in (
             (clipped, "extends beyond the CT's field of view; clipped to it"),
             (off_slice, f"{off_slice} contour(s) between CT slices or not planar, left out"),
-            (flat, f"{flat} contour(s) of fewer than 3 points or no area, left out"),
+            (flat, f"{flat} contour(s) of fewer than 3 points or on one line, left out"),
             (twice, f"{twice} repeated contour(s) counted once"),
             (gaps, f"{gaps} slice(s) without contour inside its extent")) if n]
         if reason:

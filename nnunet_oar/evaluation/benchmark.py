@@ -118,29 +118,38 @@ def run_benchmark(work: Path, settings: Settings, jobs: int = 1, report_only: bo
 
 def _network_sizes(s: Settings, work: Path, trainers: dict) -> dict:
     """The networks each method trained, as their checkpoints hold them (a budget trainer may build a
-    narrower network than its plans say): ``{"localizer" | "organ networks" | "baseline": [size, ...]}``
-    (:func:`nnunet_oar.training.network_size`; the localizer's first fold, every organ network, the
-    baseline trained at equal iterations, else at equal time); a role not trained yet is left out."""
+    narrower network than its plans say): ``{"localizer" | "organ networks" | "baseline": {name: size}}``
+    (:func:`nnunet_oar.training.network_size`; the localizer's first fold, each organ's network, the
+    baseline trained at equal iterations, else at equal time); a network not trained yet is left out, and
+    one whose checkpoint cannot be read is named with the reason instead of a size."""
     from nnunet_oar.models import read_manifest
     from nnunet_oar.paths import results_root
     from nnunet_oar.safe_load import load_checkpoint
     from nnunet_oar.training import network_size
-    out = {}
+    paths = {}
     models = work / "models"
     if (models / "models.json").is_file():
         m = read_manifest(models)
         loc = m["localizer"]
-        out["localizer"] = [models / loc["results_folder"] / f"fold_{loc['folds'][0]}" / "checkpoint_final.pth"]
-        out["organ networks"] = [models / e["results_folder"] / f"fold_{e['folds'][0]}" / e["checkpoint"]
-                                 for e in m["organs"].values()]
+        fold = f"fold_{loc['folds'][0]}"
+        paths["localizer"] = {fold: models / loc["results_folder"] / fold / "checkpoint_final.pth"}
+        paths["organ networks"] = {organ: models / e["results_folder"] / f"fold_{e['folds'][0]}" / e["checkpoint"]
+                                   for organ, e in m["organs"].items()}
     baseline = find_dataset(results_root(), s.baseline_id)
     for trainer in (trainers["networks"], trainers.get("baseline_equal_time")):
         path = baseline and baseline / f"{trainer}__nnUNetPlans__{trainers['baseline_config']}" / "fold_all" / \
             "checkpoint_final.pth"
         if trainer and path and path.is_file():
-            out["baseline"] = [path]
+            paths["baseline"] = {trainer: path}
             break
-    return {role: [network_size(load_checkpoint(p)["network_weights"]) for p in paths] for role, paths in out.items()}
+    out = {}
+    for role, named in paths.items():
+        for name, path in named.items():
+            try:
+                out.setdefault(role, {})[name] = network_size(load_checkpoint(path)["network_weights"])
+            except InputError as e:         # the scores stand without it
+                out.setdefault(role, {})[name] = {"unreadable": str(e)}
+    return out
 
 
 def two_stage_plan(s: Settings, work: Path, plan: Plan):

@@ -128,15 +128,22 @@ def _budget_lines(trainers: dict, stages: Dict[str, dict], unfinished: Sequence[
 
 
 def _network_lines(sizes: Optional[dict]) -> List[str]:
-    """The trained networks' widths and sizes, as their checkpoints hold them."""
+    """The trained networks' widths and sizes, as their checkpoints hold them (``{role: {name: size}}``)."""
     if not sizes:
         return []
     parts = []
-    for role, nets in sizes.items():
-        widths = sorted({tuple(n["features_per_stage"]) for n in nets}, key=len)
-        params = sorted(n["parameters"] / 1e6 for n in nets)
-        count = f"{params[0]:.1f}" if params[-1] - params[0] < 0.05 else f"{params[0]:.1f}-{params[-1]:.1f}"
-        parts.append(f"{role} {' or '.join(str(list(w)) for w in widths)} features per stage, {count} M parameters")
+    for role, named in sizes.items():
+        nets = [n for n in named.values() if "parameters" in n]
+        unreadable = [name for name, n in named.items() if "parameters" not in n]
+        text = role
+        if nets:
+            widths = sorted({tuple(n["features_per_stage"]) for n in nets}, key=len)
+            params = sorted(n["parameters"] / 1e6 for n in nets)
+            count = f"{params[0]:.1f}" if params[-1] - params[0] < 0.05 else f"{params[0]:.1f}-{params[-1]:.1f}"
+            text += f" {' or '.join(str(list(w)) for w in widths)} features per stage, {count} M parameters"
+        if unreadable:
+            text += f" (checkpoint unreadable: {', '.join(unreadable)})"
+        parts.append(text)
     return ["Networks, as their checkpoints hold them: " + "; ".join(parts) + ".", ""]
 
 
