@@ -97,7 +97,13 @@ def case_id(image_file: PathLike) -> str:
 
 
 def list_images(path: PathLike) -> List[Path]:
-    """One image file, or the images of a folder (``*.nii.gz``, ``*.nii``, ``*.mha``, ``*.nrrd``)."""
+    """One image file, or the images of a folder (``*.nii.gz``, ``*.nii``, ``*.mha``, ``*.nrrd``).
+
+    Raises:
+        InputError: naming the files where two of them are one case (:func:`case_id`: ``x.nii.gz`` and
+            ``x.nrrd``, or nnU-Net's channels ``x_0000`` and ``x_0001``): their outputs would overwrite
+            each other.
+    """
     path = Path(path)
     if path.is_file():
         return [path]
@@ -106,6 +112,12 @@ def list_images(path: PathLike) -> List[Path]:
     files = sorted(f for f in path.iterdir() if f.name.endswith(IMAGE_SUFFIXES))
     if not files:
         raise InputError(f"{path}: no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)})")
+    first: Dict[str, Path] = {}
+    for f in files:
+        if case_id(f) in first:
+            raise InputError(f"{first[case_id(f)]} and {f.name}: both are case {case_id(f)!r}, and their outputs would "
+                             "overwrite each other (one CT per case: rename or move one; a CT has one channel)")
+        first[case_id(f)] = f
     return files
 
 
@@ -146,7 +158,8 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
     """Read an image and check that it is usable.
 
     Raises:
-        InputError: naming ``path`` when the file is missing, unreadable, empty, not 3D, or holds NaN/inf.
+        InputError: naming ``path`` when the file is missing, unreadable, empty, not 3D, on a sheared grid
+            (a direction matrix that is not orthonormal), or holds NaN/inf.
     """
     path = Path(path)
     if path.is_dir():
@@ -158,6 +171,8 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reader error"
+        if "No such file" in first:     # ITK's MetaImage reader says so of a file it could not read whole
+            first = "the reader stopped short: truncated, or not the format its name says"
         raise InputError(f"{path}: cannot read {what} ({first})") from None
     if image.GetDimension() != 3:
         raise InputError(f"{path}: {what} is {image.GetDimension()}D, expected 3D")
@@ -165,6 +180,11 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
         raise InputError(f"{path}: {what} has {image.GetNumberOfComponentsPerPixel()} components per voxel")
     if 0 in image.GetSize():
         raise InputError(f"{path}: {what} is empty (size {image.GetSize()})")
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:
+        # a sheared or scaled direction: NIfTI (our outputs) cannot hold it, so the labels would not overlay
+        raise InputError(f"{path}: {what}'s direction matrix {np.round(direction, 4).tolist()} is not orthonormal "
+                         "(sheared or scaled axes); resample it to an orthogonal grid first")
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f" and (not np.isfinite(array).all() or _nifti_has_nan(path)):
         raise InputError(f"{path}: {what} holds NaN or infinite values")

@@ -66,8 +66,9 @@ def _inputs(inputs: Path) -> List[Tuple[str, Path]]:
 
 
 def _refuse_overwriting_inputs(sources: List[Tuple[str, Path]], output: Path) -> None:
-    """No output may replace an input: an output folder holding the inputs (``-o`` = the input's folder)
-    is refused, before any model is loaded, when a case's output name is one of the input files."""
+    """No output may replace an input or sit beside one: an output folder holding the inputs (``-o`` = the
+    input's folder) is refused before any model is loaded, naming the input an output would overwrite where
+    there is one."""
     out = output.resolve()
     for case, path in sources:
         inputs = set(p.resolve() for p in (path.iterdir() if path.is_dir() else [path]))
@@ -75,6 +76,11 @@ def _refuse_overwriting_inputs(sources: List[Tuple[str, Path]], output: Path) ->
             if out / f"{case}{suffix}" in inputs:
                 raise InputError(f"{path if path.is_file() else out / (case + suffix)}: an input that the output "
                                  f"{case}{suffix} would overwrite; choose another output folder (-o)")
+    for case, path in sources:
+        # outputs beside the inputs: a rerun would take the label maps for CTs (or refuse them as inputs)
+        if (path if path.is_dir() else path.parent).resolve() == out:
+            raise InputError(f"{path}: the output folder {out} holds this input, and outputs are never written "
+                             "beside the inputs; choose another output folder (-o)")
 
 
 def predict(inputs: Path, output: Path, models: Path, folds: Optional[Sequence] = None, device: str = "cpu",

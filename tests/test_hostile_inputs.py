@@ -44,6 +44,33 @@ def test_a_truncated_nifti_is_refused_not_read_as_zeros(tmp_path, compressed):
     assert str(cut) in str(e.value)
 
 
+def test_a_truncated_metaimage_or_a_sheared_grid_is_named_for_what_it_is(tmp_path):
+    img = sitk.GetImageFromArray(np.zeros((8, 10, 12), np.int16))
+    sitk.WriteImage(img, str(tmp_path / "ct.mha"))
+    cut = tmp_path / "cut.mha"
+    cut.write_bytes((tmp_path / "ct.mha").read_bytes()[:400])
+    with pytest.raises(InputError, match=r"cut\.mha: cannot read CT \(the reader stopped short: truncated"):
+        read_image(cut, "CT")
+    # axes at 80 degrees: NIfTI outputs cannot hold the shear, so labels would not overlay the CT
+    img.SetDirection([1, 0, 0, 0, 1, 0, 0, np.cos(np.radians(80)), np.sin(np.radians(80))])
+    sitk.WriteImage(img, str(tmp_path / "sheared.mha"))
+    with pytest.raises(InputError, match=r"sheared\.mha: CT's direction matrix .* is not orthonormal"):
+        read_image(tmp_path / "sheared.mha", "CT")
+
+
+def test_two_files_of_one_case_are_refused_before_either_is_read(tmp_path):
+    from nnunet_oar.io import list_images
+    for name in ("a.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz"):
+        ct_file(tmp_path / name, (4, 4, 4))
+    with pytest.raises(InputError, match=r"b_0000\.nii\.gz and b_0001\.nii\.gz: both are case 'b'"):
+        list_images(tmp_path)
+    (tmp_path / "b_0001.nii.gz").rename(tmp_path / "a.nrrd")
+    with pytest.raises(InputError, match=r"a\.nii\.gz and a\.nrrd: both are case 'a'"):
+        list_images(tmp_path)
+    (tmp_path / "a.nrrd").unlink()
+    assert [f.name for f in list_images(tmp_path)] == ["a.nii.gz", "b_0000.nii.gz"]
+
+
 def test_a_converter_that_meets_a_truncated_ct_leaves_the_existing_data_set_untouched(tmp_path):
     from nnunet_oar.phantom import write_phantoms
     raw = tmp_path / "raw"

@@ -441,6 +441,13 @@ def test_predict_never_overwrites_its_input(tmp_path):
         assert r.returncode == 2 and str(ct) in r.stderr and "overwrite" in r.stderr, r.stderr
     assert hashlib.sha256(ct.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in folder.iterdir()) == ["ct.nii.gz"]
+    # nnU-Net's naming (ct_0000.nii.gz -> ct.nii.gz) overwrites nothing, but outputs beside the inputs would
+    # be taken for inputs by the next run: refused too
+    ct.rename(folder / "ct_0000.nii.gz")
+    r = subprocess.run(["nnunet_oar", "predict", "-i", str(folder), "-o", str(folder), "-m", str(tmp_path / "no_models")],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "holds this input, and outputs are never written beside the inputs" in r.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["ct_0000.nii.gz"]
 
 
 @pytest.mark.slow
