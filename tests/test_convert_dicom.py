@@ -298,6 +298,12 @@ def test_an_roi_without_its_own_frame_is_in_the_structure_sets_and_only_wanted_r
         write_rtstruct_file(rs, fine, fine_uids, {"Liver": [("CLOSED_PLANAR", square)]})
         masks, _, _ = rasterize_rois(pydicom.dcmread(rs), fine, fine_uids["frame"])
         assert masks["Liver"].sum() == masks["Liver"][1].sum() == 7 * 7
+    # a hole traced through the centres of the voxels around it (as such tools trace a ring) takes none of them
+    a, b = round(-250.3 + 0.7 * 11, 4), round(-250.3 + 0.7 * 13, 4)
+    hole = np.array([[a, a, 3], [b, a, 3], [b, b, 3], [a, b, 3]])
+    write_rtstruct_file(rs, fine, fine_uids, {"Liver": [("CLOSED_PLANAR", square), ("CLOSED_PLANAR", hole)]})
+    masks, _, _ = rasterize_rois(pydicom.dcmread(rs), fine, fine_uids["frame"])
+    assert masks["Liver"].sum() == 7 * 7 - 1 and not masks["Liver"][1, 12, 12]
     # an ROI without ROINumber cannot be tied to its contours: refused, named, not dropped
     ds = pydicom.dcmread(rs)
     del ds.StructureSetROISequence[0].ROINumber

@@ -2,13 +2,14 @@
 the even-odd rule at voxel centres (the reading :func:`nnunet_oar.dicom.rtstruct.write_rtstruct` is written
 for). Used by ``nnunet_oar convert-dicom`` (:mod:`nnunet_oar.conversion.dicom_rt`).
 
-A voxel centre on a contour counts as inside it (scikit-image's polygon fill). Our writer never puts a
-vertex on a centre; tools that trace a mask's pixels through their centres do, and there an outer contour
-holds its boundary voxels, as meant, while a hole traced that way also takes the ring of voxels its contour
-runs through (one voxel wider than drawn)."""
+A voxel centre on a contour belongs to the structure the contour outlines: inside an outer contour
+(scikit-image's polygon fill counts it in), outside a hole (a contour inside an odd number of the slice's
+others). Our writer never puts a vertex on a centre; tools that trace a mask's pixels through their centres
+do, and so their outer contours keep their boundary voxels and their holes take none of the voxels around
+them."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,6 +44,26 @@ def _points(contour) -> Tuple[Optional[np.ndarray], int]:
     return (values.reshape(-1, 3) if ok else None), int(values.size)
 
 
+def _centres_on(xy: np.ndarray, shape_yx: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """The voxel centres (rows, columns) on a closed polygon's edges (in-plane indices x, y): the lattice
+    points of every edge between two vertices on voxel centres (elsewhere a centre lies on an edge only by a
+    coincidence that is not looked for)."""
+    rows, cols = [], []
+    for (x0, y0), (x1, y1) in zip(xy, np.roll(xy, -1, axis=0)):
+        if not all(float(v).is_integer() for v in (x0, y0, x1, y1)):
+            continue
+        dx, dy = int(x1 - x0), int(y1 - y0)
+        g = max(np.gcd(abs(dx), abs(dy)), 1)
+        t = np.arange(g + 1)
+        cols.append(int(x0) + t * (dx // g))
+        rows.append(int(y0) + t * (dy // g))
+    if not rows:
+        return np.zeros(0, int), np.zeros(0, int)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    keep = (r >= 0) & (r < shape_yx[0]) & (c >= 0) & (c < shape_yx[1])
+    return r[keep], c[keep]
+
+
 def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], bool]] = None
                    ) -> Tuple[Dict[str, np.ndarray], Dict[str, str], Dict[str, str]]:
     """Every ROI of an RTSTRUCT on a CT's grid: the even-odd rule per slice at voxel centres, the reading
@@ -65,6 +86,7 @@ def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], boo
         contours counted once, slices without contour).
     """
     from skimage.draw import polygon
+    from skimage.measure import points_in_poly
     rois = [r for r in getattr(ds, "StructureSetROISequence", []) if hasattr(r, "ROINumber")]
     names = {int(r.ROINumber): str(getattr(r, "ROIName", "") or "") for r in rois}
     # an ROI without a number cannot be tied to its contours
@@ -104,6 +126,7 @@ def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], boo
             refused[name] = f"contour types {sorted(kinds)}: only CLOSED_PLANAR contours outline a volume"
             continue
         mask, reason, clipped, seen, off_slice, twice, flat = np.zeros(shape, bool), None, False, set(), 0, 0, 0
+        on_slice: Dict[int, List[np.ndarray]] = {}     # slice -> its contours' in-plane indices (x, y)
         # a contour belongs to a slice within min(0.5 mm, a quarter slice) of it (planning systems round)
         tol = min(0.5, 0.25 * image.GetSpacing()[2]) / image.GetSpacing()[2]
         for i, c in enumerate(contours):
@@ -137,10 +160,16 @@ def rasterize_rois(ds, image, frame_uid: str, keep: Optional[Callable[[str], boo
                 break
             clipped |= bool((idx[:, :2] < -0.5).any() or (idx[:, 0] > shape[2] - 0.5).any()
                             or (idx[:, 1] > shape[1] - 0.5).any())
-            fill = np.zeros(shape[1:], bool)
-            rr, cc = polygon(idx[:, 1], idx[:, 0], shape[1:])
-            fill[rr, cc] = True
-            mask[k] ^= fill                      # even-odd: a contour inside another is a hole
+            on_slice.setdefault(k, []).append(idx[:, :2])
+        for k, polys in ({} if reason else on_slice).items():
+            for j, xy in enumerate(polys):
+                fill = np.zeros(shape[1:], bool)
+                rr, cc = polygon(xy[:, 1], xy[:, 0], shape[1:])
+                fill[rr, cc] = True
+                # inside an odd number of the slice's other contours: a hole, whose own line stays outside it
+                if sum(bool(points_in_poly(xy[:1], other)[0]) for m, other in enumerate(polys) if m != j) % 2:
+                    fill[_centres_on(xy, shape[1:])] = False
+                mask[k] ^= fill                  # even-odd: a contour inside another is a hole
         slices = np.flatnonzero(mask.any(axis=(1, 2)))
         gaps = int(slices[-1] - slices[0] + 1 - len(slices)) if len(slices) else 0
         remarks = [text for n, text in (
