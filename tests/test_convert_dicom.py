@@ -229,6 +229,28 @@ def test_what_does_not_convert_is_reported_and_the_rest_converts(tmp_path, nnune
     assert any(s.get("case") == case_d and "no RTSTRUCT labelled 'draft'" in s["reason"] for s in report["skipped"])
 
 
+def test_a_structure_set_the_reader_cannot_read_skips_its_patient_only(tmp_path, nnunet_env, monkeypatch):
+    from nnunet_oar.conversion import dicom_rt
+    img = _cube_ct()
+    liver = _ball(img, (-10, 0, 15), 8)
+    for name, seed in (("A", 1), ("B", 2)):
+        uids = write_ct_series(img, tmp_path / "in" / name / "ct", seed=seed)
+        write_rtstruct_file(tmp_path / "in" / name / "rs.dcm", img, uids, {"Liver": liver}, label=name)
+    read = dicom_rt.rasterize_rois
+
+    def broken_for_b(ds, *args, **kwargs):      # a malformation the reader does not foresee, in B only
+        if ds.StructureSetLabel == "B":
+            raise ValueError("invalid literal for int() with base 10: 'x'")
+        return read(ds, *args, **kwargs)
+    monkeypatch.setattr(dicom_rt, "rasterize_rois", broken_for_b)
+    out = convert_dicom(tmp_path / "in", 523, progress=False)
+    report = json.loads((out / "conversion_report.json").read_text())
+    assert len(json.loads((out / "annotations.json").read_text())) == 1
+    assert [s["reason"] for s in report["skipped"]] == [
+        "its RTSTRUCT could not be read (ValueError: invalid literal for int() with base 10: 'x')"]
+    assert "rs.dcm" not in (out / "conversion_report.json").read_text()
+
+
 def test_nothing_to_convert_is_named(tmp_path, nnunet_env, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["convert-dicom", "-i", str(tmp_path / "empty"), "-d", "522"]) == 2
