@@ -272,3 +272,30 @@ def test_the_reports_network_line_names_widths_sizes_and_unreadable_checkpoints(
         "organ networks [16, 32] or [16, 32, 64] features per stage, 0.3-1.4 M parameters (checkpoint "
         "unreadable: aorta).", ""]
     assert _network_lines({}) == _network_lines(None) == []
+
+
+def test_a_run_on_some_organs_scores_those_organs_only(tmp_path):
+    # OpenKBP converts all seven organs; `benchmark --organs` trains some, so the others are not misses
+    from nnunet_oar.evaluation.comparison import write_comparison
+    test_raw = tmp_path / "Dataset101_X"
+    (test_raw / "labelsTr").mkdir(parents=True)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    lab = np.zeros((12, 12, 12), np.uint8)
+    lab[2:5, 2:5, 2:5], lab[7:10, 7:10, 7:10] = 1, 2
+    for case in ("a", "b"):
+        sitk.WriteImage(sitk.GetImageFromArray(lab), str(test_raw / "labelsTr" / f"{case}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(np.where(lab == 1, lab, 0)), str(pred / f"{case}.nii.gz"))
+    for folder in (test_raw, pred):
+        (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "brainstem": 1, "larynx": 2}}))
+    (test_raw / "annotations.json").write_text(json.dumps({"a": ["brainstem", "larynx"], "b": ["brainstem", "larynx"]}))
+    trainers = {"localizer": "L", "networks": "N", "baseline_config": "3d_fullres"}
+    report = write_comparison(tmp_path, test_raw, {"two_stage_reference_boxes": pred}, {},
+                              {"dataset": "openkbp", "budget": "cpu", "train_id": 100, "device": "cpu",
+                               "organs": ["brainstem"]}, trainers)
+    assert set(report["per_organ"]["two_stage_reference_boxes"]) == {"brainstem"}
+    assert report["overall"]["two_stage_reference_boxes"]["dice"]["mean"] == 1.0
+    everything = write_comparison(tmp_path, test_raw, {"two_stage_reference_boxes": pred}, {},
+                                  {"dataset": "openkbp", "budget": "cpu", "train_id": 100, "device": "cpu",
+                                   "organs": None}, trainers)
+    assert everything["overall"]["two_stage_reference_boxes"]["dice"]["mean"] == 0.5    # larynx: a miss

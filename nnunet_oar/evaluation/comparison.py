@@ -163,6 +163,9 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
     ``unfinished`` names the stages a partial report (``--report-only``) leaves out."""
     from nnunet_oar.evaluation.evaluate import box_plots, evaluate_folders, write_metrics
     annotations = read_json(test_raw / "annotations.json")
+    if settings.get("organs"):
+        # --organs: a data set converted with more organs (OpenKBP's seven) is scored on those trained
+        annotations = {case: [o for o in organs if o in settings["organs"]] for case, organs in annotations.items()}
     results = {}
     for method, folder in methods.items():
         results[method] = evaluate_folders(test_raw / "labelsTr", folder, annotations, tolerance_mm, progress=False)
