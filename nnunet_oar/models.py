@@ -25,6 +25,7 @@ from nnunet_oar import organs as catalogue
 from nnunet_oar.io import InputError, atomic_dir, read_json, sha256_file, write_json
 from nnunet_oar.localization.boxes import DEFAULT_MARGIN_MM, DEFAULT_READOUT, DEFAULT_TAU
 from nnunet_oar.localization.localize import available_folds
+from nnunet_oar.localization.margins import read_margins, read_positions, read_z_extents
 from nnunet_oar.paths import find_dataset, raw_root, results_root
 
 MANIFEST = "models.json"
@@ -63,7 +64,7 @@ def _copy_results(src: Path, dst: Path, folds: Sequence, checkpoint: str) -> Non
 
 def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
                   localizer_trainer: str = "nnUNetTrainerOARHeatmap", organ_trainer: str = "nnUNetTrainer",
-                  plans: str = "nnUNetPlans", margins: Union[float, Dict[str, float]] = DEFAULT_MARGIN_MM,
+                  plans: str = "nnUNetPlans", margins: Union[float, Dict[str, float], Path] = DEFAULT_MARGIN_MM,
                   tau: float = DEFAULT_TAU, readout: str = DEFAULT_READOUT, organ_configuration: str = "3d_fullres",
                   organ_plans: Optional[str] = None, organ_checkpoint: str = "checkpoint_final.pth",
                   z_extent: Optional[Dict[str, dict]] = None, positions: Optional[Dict[str, dict]] = None) -> Path:
@@ -78,7 +79,9 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
             (``3d_fullres``, ``2d``, ...), plans identifier (default ``plans``; e.g. ``nnUNetResEncUNetMPlans``)
             and checkpoint (``checkpoint_final.pth`` or ``checkpoint_best.pth``), as ``nnUNetv2_predict``
             takes them; recorded per organ in ``models.json``.
-        margins: margin v in mm, one for all organs or per organ (e.g. calibrated ones).
+        margins: margin v in mm, one for all organs or per organ, or the ``margins.json`` of
+            ``localize --cross-validation`` (its calibrated margins, learned extents and consistency rules;
+            refused if it names an organ the localizer does not have).
         tau: the localizer's detection threshold.
         readout: the localizer's centroid read-out (``midpoint`` or ``weighted``).
         z_extent: ``{organ: rule}``: organs boxed by their learned extent along z (``margins.json``'s, see
@@ -93,6 +96,14 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
     loc_folds = available_folds(loc_src)
     if not loc_folds:
         raise FileNotFoundError(f"{loc_src}: no trained fold")
+    loc_labels = read_json(loc_src / "dataset.json")["labels"]
+    if isinstance(margins, Path):
+        path, margins = margins, read_margins(margins)
+        z_extent, positions = z_extent or read_z_extents(path), positions or read_positions(path)
+        unknown = sorted(set(margins) - set(loc_labels) - {"background"})
+        if unknown:
+            raise InputError(f"{path}: margins for organs the localizer does not have: {unknown} (its labels: "
+                             f"{loc_src / 'dataset.json'})")
     manifest = {"localizer": {"results_folder": "localizer", "configuration": "3d_loc", "trainer": localizer_trainer,
                               "folds": loc_folds, "margin_mm": margins, "tau": tau, "readout": readout,
                               **({"z_extent": z_extent} if z_extent else {}),
@@ -122,7 +133,7 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
                                          "checkpoint": organ_checkpoint,
                                          "postprocessing": POSTPROCESSING if pp is not None else None,
                                          "volume_ml": _trained_volume_range(dataset_id)}
-        organs = [*read_json(loc_src / "dataset.json")["labels"], *manifest["organs"]]
+        organs = [*loc_labels, *manifest["organs"]]
         write_json(catalogue.entries(dict.fromkeys(o for o in organs if o in catalogue.ORGANS)), tmp / CATALOGUE)
         write_json(manifest, tmp / MANIFEST)
     return Path(output)

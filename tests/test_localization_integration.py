@@ -204,6 +204,10 @@ def test_localizer_refusals_name_the_file(trained_localizer, tmp_path):
     err = fails(["nnunet_oar", "localize", "-i", str(image), "-o", str(tmp_path / "o"), "-m",
                  str(trained_localizer["model"]), "-f", "0", "--margins", str(bad)])
     assert str(bad) in err and "pancreas" in err
+    # ... and so does export-models, which writes them into the models folder that predict reads
+    err = fails(["nnunet_oar", "export-models", "-o", str(tmp_path / "models"), "--localizer-id", "601",
+                 "--organ-ids", "611", "--localizer-trainer", TRAINER, "--margins", str(bad)])
+    assert str(bad) in err and "pancreas" in err and not (tmp_path / "models").exists()
     bad.write_text("{not json")
     assert str(bad) in fails(["nnunet_oar", "localize", "-i", str(image), "-o", str(tmp_path / "o"), "-m",
                               str(trained_localizer["model"]), "-f", "0", "--margins", str(bad)])

@@ -4,21 +4,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nnunet_oar.cli.common import fail_on_errors, labels_file, margins
+from nnunet_oar.cli.common import fail_on_errors, labels_file
 from nnunet_oar.localization.boxes import DEFAULT_READOUT, READOUTS
 from nnunet_oar.organs import ROI_NAME_STYLES
 from nnunet_oar.segmentation.presets import GRID_FACTOR_FASTEST, PRESETS, TILES
 
 
 def _export_models(a) -> None:
-    from nnunet_oar.localization.margins import read_positions, read_z_extents
     from nnunet_oar.models import export_models
     from nnunet_oar.segmentation.planning import organ_dataset_ids_from
     out = export_models(Path(a.output), a.localizer_id, a.organ_ids or organ_dataset_ids_from(a.first_id),
-                        localizer_trainer=a.localizer_trainer, organ_trainer=a.organ_trainer, margins=margins(a),
-                        tau=a.tau, readout=a.readout, organ_configuration=a.configuration, organ_plans=a.plans,
-                        organ_checkpoint=a.checkpoint, z_extent=read_z_extents(Path(a.margins)) if a.margins else None,
-                        positions=read_positions(Path(a.margins)) if a.margins else None)
+                        localizer_trainer=a.localizer_trainer, organ_trainer=a.organ_trainer,
+                        margins=Path(a.margins) if a.margins else a.margin, tau=a.tau, readout=a.readout,
+                        organ_configuration=a.configuration, organ_plans=a.plans, organ_checkpoint=a.checkpoint)
     print(f"wrote {out}")
     if a.zip:
         from nnunet_oar.models import write_package

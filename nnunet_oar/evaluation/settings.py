@@ -18,8 +18,8 @@ PHANTOM_ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
 BUDGETS = {
     "tiny": ("nnUNetTrainerOARHeatmap_tiny", "nnUNetTrainerOARTiny"),        # tests: 8 iterations each
     "demo": ("nnUNetTrainerOARHeatmap_demo", "nnUNetTrainerOARDemo"),        # 250 / 160 iterations
-    "cpu": ("nnUNetTrainerOARHeatmap_cpu", "nnUNetTrainerOARCPU"),           # 1000 / 400 iterations
-    "gpu": ("nnUNetTrainerOARHeatmap_gpu", "nnUNetTrainerOARGPU"),           # 2000 / 1000 iterations
+    "cpu": ("nnUNetTrainerOARHeatmap_cpu", "nnUNetTrainerOARCPU"),           # 1500 / 400 iterations
+    "gpu": ("nnUNetTrainerOARHeatmap_gpu", "nnUNetTrainerOARGPU"),           # 4000 / 1000 iterations
     "full": ("nnUNetTrainerOARHeatmap", "nnUNetTrainer"),                    # nnU-Net's 1000 x 250
 }
 
