@@ -295,6 +295,7 @@ def test_a_run_on_some_organs_scores_those_organs_only(tmp_path):
                                "organs": ["brainstem"]}, trainers)
     assert set(report["per_organ"]["two_stage_reference_boxes"]) == {"brainstem"}
     assert report["overall"]["two_stage_reference_boxes"]["dice"]["mean"] == 1.0
+    assert "no baseline is scored yet" in (tmp_path / "report.md").read_text()
     everything = write_comparison(tmp_path, test_raw, {"two_stage_reference_boxes": pred}, {},
                                   {"dataset": "openkbp", "budget": "cpu", "train_id": 100, "device": "cpu",
                                    "organs": None}, trainers)

@@ -193,9 +193,10 @@ def write_comparison(work: Path, test_raw: Path, methods: Dict[str, Path], stage
              *([f"**A partial report** (`--report-only`): these stages had not finished and their methods are "
                 f"not scored: {', '.join(unfinished)}.", ""] if unfinished else []),
              "## Table I: mean ± std over scored (case, organ) pairs", "",
-             f"Δ Dice: the mean paired difference (method − {reference}) over the (case, organ) "
-             "pairs both scored, with its bootstrap 95 % interval (BCa, 10,000 resamples) and the Wilcoxon "
-             "signed-rank p-value.", *_budget_lines(trainers, stages, unfinished), "",
+             (f"Δ Dice: the mean paired difference (method − {reference}) over the (case, organ) "
+              "pairs both scored, with its bootstrap 95 % interval (BCa, 10,000 resamples) and the Wilcoxon "
+              "signed-rank p-value." if reference else "Δ Dice: no baseline is scored yet."),
+             *_budget_lines(trainers, stages, unfinished), "",
              "| method | Dice | HD95 (mm) | NSD | pairs | Δ Dice vs baseline [95 % CI] | p (Wilcoxon) |",
              "|---|---|---|---|---|---|---|"]
     for m, r in results.items():
