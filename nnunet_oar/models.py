@@ -98,12 +98,8 @@ def export_models(output: Path, localizer_id: int, organ_ids: Sequence[int],
         raise FileNotFoundError(f"{loc_src}: no trained fold")
     loc_labels = read_json(loc_src / "dataset.json")["labels"]
     if isinstance(margins, Path):
-        path, margins = margins, read_margins(margins)
+        path, margins = margins, read_margins(margins, [o for o in loc_labels if o != "background"])
         z_extent, positions = z_extent or read_z_extents(path), positions or read_positions(path)
-        unknown = sorted(set(margins) - set(loc_labels) - {"background"})
-        if unknown:
-            raise InputError(f"{path}: margins for organs the localizer does not have: {unknown} (its labels: "
-                             f"{loc_src / 'dataset.json'})")
     manifest = {"localizer": {"results_folder": "localizer", "configuration": "3d_loc", "trainer": localizer_trainer,
                               "folds": loc_folds, "margin_mm": margins, "tau": tau, "readout": readout,
                               **({"z_extent": z_extent} if z_extent else {}),

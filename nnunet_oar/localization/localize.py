@@ -183,11 +183,7 @@ class Localizer:
         self.organ_names = [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
         self.box_stats = load_box_stats(self.model_folder, self.folds)
         if isinstance(margin_mm, Path):
-            margins = read_margins(margin_mm)
-            unknown = sorted(set(margins) - set(self.organ_names))
-            if unknown:
-                raise InputError(f"{margin_mm}: margins for organs the localizer does not have: {unknown} "
-                                 f"(it has {self.organ_names})")
+            margins = read_margins(margin_mm, self.organ_names)
             z_extent, positions = read_z_extents(margin_mm), read_positions(margin_mm)
             margin_mm = {o: margins.get(o, DEFAULT_MARGIN_MM) for o in self.organ_names}
         self.margin_mm, self.tau, self.readout, self.z_extent = margin_mm, tau, readout, z_extent or {}

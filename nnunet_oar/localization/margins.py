@@ -7,7 +7,7 @@ one case's masks whatever the number of cases.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -18,14 +18,19 @@ from nnunet_oar.localization.extent import ENDS
 from nnunet_oar.plausibility import far_out_fences
 
 
-def read_margins(path: Path) -> Dict[str, float]:
-    """Per-organ margins (mm) from a ``margins.json`` written by ``localize --cross-validation``."""
+def read_margins(path: Path, organs: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """Per-organ margins (mm) from a ``margins.json`` written by ``localize --cross-validation``; with
+    ``organs`` (the localizer's), a file naming any other organ is refused."""
     path = Path(path)
     try:
         content = read_json(path)
-        return {organ: float(m["margin_mm"]) for organ, m in content.items()}
+        margins = {organ: float(m["margin_mm"]) for organ, m in content.items()}
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise InputError(f"{path}: not a margins file ({{organ: {{margin_mm: ...}}}}): {e}") from e
+    unknown = sorted(set(margins) - set(organs)) if organs is not None else []
+    if unknown:
+        raise InputError(f"{path}: margins for organs the localizer does not have: {unknown} (it has {list(organs)})")
+    return margins
 
 
 def read_z_extents(path: Path) -> Dict[str, dict]:
